@@ -1,0 +1,1 @@
+"""Model sources, recipe steps and fidelity: ONNX in, smaller faithful ONNX out."""

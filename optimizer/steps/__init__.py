@@ -1,0 +1,1 @@
+"""Recipe steps: each one reads an ONNX file and writes a new one (see base.StepSpec)."""

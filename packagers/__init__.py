@@ -1,0 +1,1 @@
+"""Runtime closures, handlers and deployable artifacts (Lambda zips, container images)."""

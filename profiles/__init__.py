@@ -1,0 +1,1 @@
+"""Platform limits as data: one TOML file per platform, validated when loaded."""
