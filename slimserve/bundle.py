@@ -1,0 +1,64 @@
+"""The value the later stages (check, package, compare) receive: an optimized model and its manifest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slimserve.errors import SlimserveError
+from slimserve.manifest import MANIFEST_NAME, read_manifest, sha256_file
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """An optimize output folder (model.onnx, tokenizer files, slimserve.json), or a bare .onnx file.
+
+    `files` lists every file a deployment must carry besides the manifest, relative to `root`.
+    For a bare .onnx the manifest is synthesised in memory (a tensor model with no tokenizer).
+    """
+
+    root: Path
+    model_path: Path
+    manifest: dict[str, Any]
+    files: tuple[str, ...]
+
+    @property
+    def is_text(self) -> bool:
+        return bool(self.manifest["runtime"]["kind"] == "text")
+
+    @property
+    def task(self) -> str:
+        return str(self.manifest["runtime"]["task"])
+
+
+def load_bundle(path: Path) -> ModelBundle:
+    path = Path(path)
+    if not path.exists():
+        raise SlimserveError(f"{path} does not exist", hint="pass an optimize output folder or a .onnx file")
+    if path.is_file():
+        return _bare_onnx_bundle(path)
+    manifest = read_manifest(path)
+    model_path = path / manifest["model"]["path"]
+    if not model_path.is_file():
+        raise SlimserveError(f"{path} has a manifest but its model {manifest['model']['path']} is missing")
+    files = tuple(
+        sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+    )
+    return ModelBundle(root=path, model_path=model_path, manifest=manifest, files=files)
+
+
+def _bare_onnx_bundle(path: Path) -> ModelBundle:
+    from slimserve.optimizer.onnx_io import describe_model  # onnx is imported only when needed
+
+    if path.suffix != ".onnx":
+        raise SlimserveError(f"{path} is not a .onnx file or an optimize output folder")
+    info = describe_model(path)
+    manifest: dict[str, Any] = {
+        "model": {"path": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path),
+                  "inputs": info["inputs"], "outputs": info["outputs"]},
+        "runtime": {"kind": "tensor", "task": "tensor", "max_batch": 64},
+        "source": {"kind": "onnx", "path": str(path.absolute())},
+    }
+    files = [path.name] + [f for f in info["external_data"]]
+    return ModelBundle(root=path.parent, model_path=path, manifest=manifest, files=tuple(sorted(files)))

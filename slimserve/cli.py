@@ -1,0 +1,98 @@
+"""The `slimserve` command: argument parsing, progress display, exit codes and the one error handler.
+
+Subcommands live in `slimserve/commands/` and are imported only when invoked, so `--help` stays fast.
+Exit codes: 0 success (and "fits"), 1 a result that breaks a limit/budget or a tool failure, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from slimserve import __version__
+from slimserve.errors import SlimserveError
+
+# name -> (module under slimserve.commands, one-line help). One registry; the CLI's choices come from it.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "optimize": ("optimize", "Export a model to ONNX, apply a recipe, measure fidelity."),
+    "check": ("check", "Hold an optimized model against platform limits; measure cold start and memory."),
+    "profiles": ("profiles", "List platform profiles or show one with its sources."),
+    "package": ("package", "Emit deployable artifacts: Lambda layer + function zips, or a container image."),
+    "compare": ("compare", "Run several recipes and put their trade-offs side by side."),
+    "build": ("build", "Compare, choose the best candidate under budgets, package and check it."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module = importlib.import_module(f"slimserve.commands.{COMMANDS[cmd_name][0]}")
+        command: click.Command = module.command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_) for name, (_, help_) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="slimserve")
+@click.option("--debug", is_flag=True, envvar="SLIMSERVE_DEBUG", help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Make ML models fit serverless platforms: optimize, check, package, compare."""
+    ctx.obj = {"debug": debug}
+
+
+def _error(message: str, hint: str | None = None) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and map every failure to one `error:` line and an exit code (never a traceback)."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("SLIMSERVE_DEBUG") not in (None, "", "0")
+    try:
+        result: Any = cli.main(args=args, prog_name="slimserve", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        _error("interrupted")
+        return 130
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "slimserve"
+        _error(exc.format_message(), hint=f"see `{command} --help`")
+        return 2
+    except click.ClickException as exc:
+        _error(exc.format_message())
+        return exc.exit_code
+    except SlimserveError as exc:
+        if debug:
+            traceback.print_exc()
+        _error(exc.message, exc.hint)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except Exception as exc:  # a bug, not a user error: say so, keep the traceback behind --debug
+        if debug:
+            traceback.print_exc()
+        _error(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+               hint="rerun with --debug and report the traceback")
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Measurements, each with exactly one implementation: reports and checks only read these values.
+
+- size of a deployment: `packagers` build the real artifacts; `PackageSize` holds what they weigh.
+- cold start and peak memory: `coldstart.measure_cold_start` runs the real handler in fresh interpreters.
+- fidelity: `slimserve.optimizer.fidelity`; latency of a model file: `latency.measure_latency`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PackageSize:
+    """Bytes of everything that would be deployed: model + handler + runtime closure for the target."""
+
+    unzipped_bytes: int
+    zipped_bytes: int
+    parts: dict[str, int] = field(default_factory=dict)  # e.g. {"layer.zip": n, "function.zip": n}
+    unzipped_parts: dict[str, int] = field(default_factory=dict)
+    layers: int = 1
+    image_bytes: int | None = None  # uncompressed image size, for container targets
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """Medians over `runs` fresh processes that see only the deployable files.
+
+    `python` is the interpreter version actually used; `fallback` says why it differs from the target.
+    """
+
+    import_ms: float
+    load_ms: float
+    first_inference_ms: float
+    total_ms: float
+    warm_ms: float
+    peak_rss_mb: float
+    runs: int
+    python: str
+    fallback: str | None = None
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
