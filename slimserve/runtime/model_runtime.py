@@ -52,12 +52,23 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 class LoadedModel:
     """An ONNX Runtime session plus the tokenizer and post-processing its manifest describes."""
 
-    def __init__(self, model_dir: str | os.PathLike[str], threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        threads: int | None = None,
+        *,
+        model_file: str | os.PathLike[str] | None = None,
+        spec: dict[str, Any] | None = None,
+    ) -> None:
+        """Load `model_dir` as its manifest says; `model_file`/`spec` override it (slimserve evaluates
+        candidate files this way before their folder exists)."""
         self.root = Path(model_dir)
-        with open(self.root / MANIFEST_NAME, encoding="utf-8") as fh:
-            manifest = json.load(fh)
-        self.spec: dict[str, Any] = manifest["runtime"]
-        model_file = self.root / manifest["model"]["path"]
+        if spec is None or model_file is None:
+            with open(self.root / MANIFEST_NAME, encoding="utf-8") as fh:
+                manifest = json.load(fh)
+            spec = spec or manifest["runtime"]
+            model_file = model_file or self.root / manifest["model"]["path"]
+        self.spec: dict[str, Any] = spec
         self.session = ort.InferenceSession(
             str(model_file), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
         )
