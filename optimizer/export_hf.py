@@ -1,0 +1,133 @@
+"""Hugging Face folder -> ONNX through optimum's exporter, offline, and a PyTorch reference runner."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.optimizer.exported import Exported, Feed
+from slimserve.optimizer.sources import HfFolderSource
+
+RUNTIME_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
+DEFAULT_MAX_LENGTH = 512
+
+
+def _require_export_extra() -> None:
+    try:
+        import optimum.exporters.onnx  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise SlimserveError(f"exporting a Hugging Face folder needs the export extra ({exc.name} is missing)",
+                             hint="pip install 'slimserve[export]'") from None
+
+
+def export_hf_folder(source: HfFolderSource, work_dir: Path) -> Exported:
+    """Export offline (HF_HUB_OFFLINE) so a folder never triggers a download."""
+    _require_export_extra()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from optimum.exporters.onnx import main_export
+
+    out = work_dir / "export"
+    try:
+        main_export(
+            str(source.path), output=str(out), task=source.task, library_name=source.library,
+            do_validation=False, trust_remote_code=source.trust_remote_code, device="cpu",
+        )
+    except (ValueError, KeyError, OSError, RuntimeError, NotImplementedError) as exc:
+        raise ToolError(f"optimum could not export {source.path}: {first_line(exc)}",
+                        hint="check the folder (config + weights + tokenizer) and --task") from exc
+    onnx_path = out / "model.onnx"
+    if not onnx_path.is_file():
+        raise ToolError(f"optimum's export of {source.path} produced no model.onnx")
+    if not (out / "tokenizer.json").is_file():
+        raise SlimserveError(f"{source.path} has no fast tokenizer (tokenizer.json) and none could be built",
+                             hint="save the tokenizer with a fast tokenizer (tokenizers library) first")
+    runtime = _runtime_spec(source, out)
+    reference = _pytorch_reference(source)
+    extra = tuple(out / name for name in RUNTIME_FILES if (out / name).is_file())
+    return Exported(onnx_path=onnx_path, runtime=runtime, reference=reference, reference_kind="pytorch",
+                    extra_files=extra, source_info={"task": source.task, "library": source.library})
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _runtime_spec(source: HfFolderSource, out: Path) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    max_length = min(int(getattr(tokenizer, "model_max_length", DEFAULT_MAX_LENGTH) or DEFAULT_MAX_LENGTH),
+                     DEFAULT_MAX_LENGTH)
+    config = _read_json(out / "config.json")
+    spec: dict[str, Any] = {
+        "kind": "text", "task": source.task, "tokenizer": "tokenizer.json",
+        "pad_id": int(tokenizer.pad_token_id or 0), "pad_token": str(tokenizer.pad_token or "[PAD]"),
+        "labels": None, "max_batch": 64, "max_chars": 20000,
+    }
+    if source.library == "sentence_transformers":
+        st_config = _read_json(source.path / "sentence_bert_config.json")
+        max_length = int(st_config.get("max_seq_length", max_length))
+        modules = json.loads((source.path / "modules.json").read_text(encoding="utf-8"))
+        normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
+        spec.update(output="sentence_embedding", pooling="none", normalize=normalize)
+    elif source.task == "text-classification":
+        id2label = config.get("id2label") or {}
+        labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label))]
+        spec.update(output="logits", pooling="none", normalize=False, labels=labels or None)
+    else:
+        spec.update(output="last_hidden_state", pooling="mean", normalize=False)
+    spec["max_length"] = max_length
+    return spec
+
+
+def _pytorch_reference(source: HfFolderSource) -> Any:
+    """The original PyTorch model, run on exactly the token ids the ONNX model sees."""
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    common = {"local_files_only": True, "trust_remote_code": source.trust_remote_code}
+    try:
+        if source.library == "sentence_transformers":
+            from sentence_transformers import SentenceTransformer
+
+            st = SentenceTransformer(str(source.path), device="cpu", local_files_only=True,
+                                     trust_remote_code=source.trust_remote_code)
+            st.eval()
+
+            def run_st(feed: Feed) -> dict[str, np.ndarray]:
+                features = {k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()}
+                with torch.inference_mode():
+                    out = st(features)
+                return {"sentence_embedding": out["sentence_embedding"].float().numpy(),
+                        "token_embeddings": out["token_embeddings"].float().numpy()}
+
+            return run_st
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        cls = AutoModelForSequenceClassification if source.task == "text-classification" else AutoModel
+        model = cls.from_pretrained(str(source.path), use_safetensors=not source.allow_pickle or None, **common)
+        model.eval()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ToolError(f"cannot load {source.path} with PyTorch for the reference outputs: {first_line(exc)}") from exc
+
+    def run_hf(feed: Feed) -> dict[str, np.ndarray]:
+        inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()}
+        with torch.inference_mode():
+            out = model(**inputs)
+        if source.task == "text-classification":
+            return {"logits": out.logits.float().numpy()}
+        return {"last_hidden_state": out.last_hidden_state.float().numpy()}
+
+    return run_hf

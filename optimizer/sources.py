@@ -1,0 +1,132 @@
+"""What `slimserve optimize MODEL` was given: an .onnx file, a Hugging Face folder, or `module:factory`.
+
+Detection is cheap and imports nothing heavy; exporting happens in export_hf / export_torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from slimserve.errors import SlimserveError
+
+SUPPORTED_TASKS = ("feature-extraction", "text-classification")
+TENSOR_DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8", "bool")
+_FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_SHAPE_RE = re.compile(r"^\d+(x\d+)*$")
+
+
+@dataclass(frozen=True)
+class OnnxSource:
+    path: Path
+    kind: Literal["onnx"] = "onnx"
+
+
+@dataclass(frozen=True)
+class HfFolderSource:
+    path: Path
+    task: str
+    library: Literal["transformers", "sentence_transformers"]
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    kind: Literal["hf-folder"] = "hf-folder"
+
+
+@dataclass(frozen=True)
+class TorchSource:
+    factory: str
+    input_shapes: tuple[tuple[int, ...], ...]
+    input_dtype: str = "float32"
+    kind: Literal["torch"] = "torch"
+    extra_sys_path: tuple[str, ...] = field(default=())
+
+
+Source = OnnxSource | HfFolderSource | TorchSource
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """`1x3x224x224` -> (1, 3, 224, 224)."""
+    if not _SHAPE_RE.match(text.strip()):
+        raise SlimserveError(f"--input-shape {text!r} is not of the form 1x3x224x224")
+    dims = tuple(int(d) for d in text.strip().split("x"))
+    if any(d <= 0 for d in dims):
+        raise SlimserveError(f"--input-shape {text!r} has a zero dimension")
+    return dims
+
+
+def resolve_source(
+    model: str,
+    *,
+    task: str | None = None,
+    input_shapes: tuple[str, ...] = (),
+    input_dtype: str = "float32",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> Source:
+    """Decide what kind of model `model` names, with one clear error when it is none of them."""
+    path = Path(model)
+    if task is not None and task not in SUPPORTED_TASKS:
+        raise SlimserveError(f"unknown task {task!r}", hint=f"choose one of: {', '.join(SUPPORTED_TASKS)}")
+    if path.is_file():
+        if path.suffix.lower() != ".onnx":
+            raise SlimserveError(f"{path} is a file but not an .onnx model",
+                                 hint="pass an .onnx file, a Hugging Face model folder, or package.module:factory")
+        return OnnxSource(path=path)
+    if path.is_dir():
+        return _hf_folder(path, task, trust_remote_code, allow_pickle)
+    if _FACTORY_RE.match(model) and not path.exists():
+        if not input_shapes:
+            raise SlimserveError(f"{model} is a PyTorch factory but no --input-shape was given",
+                                 hint="add --input-shape 1x3x224x224 (repeat it for each input)")
+        if input_dtype not in TENSOR_DTYPES:
+            raise SlimserveError(f"unknown --input-dtype {input_dtype!r}", hint=f"choose one of {', '.join(TENSOR_DTYPES)}")
+        return TorchSource(factory=model, input_shapes=tuple(parse_shape(s) for s in input_shapes),
+                           input_dtype=input_dtype)
+    raise SlimserveError(f"{model} does not exist",
+                         hint="pass an .onnx file, a Hugging Face model folder, or package.module:factory")
+
+
+def _hf_folder(path: Path, task: str | None, trust_remote_code: bool, allow_pickle: bool) -> HfFolderSource:
+    if not any(path.iterdir()):
+        raise SlimserveError(f"{path} is an empty folder", hint="pass a Hugging Face model folder with config.json and weights")
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        onnx_files = sorted(path.glob("*.onnx"))
+        hint = f"did you mean {onnx_files[0]}?" if onnx_files else "a model folder needs config.json and weights"
+        raise SlimserveError(f"{path} has no config.json: it is not a Hugging Face model folder", hint=hint)
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SlimserveError(f"{config_path} is not valid JSON: {exc}") from None
+    has_safetensors = any(path.glob("*.safetensors"))
+    has_pickle = any(path.glob("pytorch_model*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
+    if not has_safetensors and not has_pickle:
+        raise SlimserveError(f"{path} has no model weights (*.safetensors or pytorch_model.bin)")
+    if not has_safetensors and not allow_pickle:
+        raise SlimserveError(f"{path} has only pickle-based weights, which can run arbitrary code when loaded",
+                             hint="convert them to safetensors, or pass --allow-pickle if you trust this folder")
+    if "auto_map" in config and not trust_remote_code:
+        raise SlimserveError(f"{path} needs custom model code from the folder (config.json has auto_map)",
+                             hint="review that code, then pass --trust-remote-code")
+    library: Literal["transformers", "sentence_transformers"] = (
+        "sentence_transformers" if (path / "modules.json").is_file() else "transformers"
+    )
+    return HfFolderSource(path=path, task=task or infer_task(config, library), library=library,
+                          trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+
+
+def infer_task(config: dict[str, object], library: str) -> str:
+    """Task from the folder itself (the Hub's task inference needs the network; this does not)."""
+    if library == "sentence_transformers":
+        return "feature-extraction"
+    architectures = config.get("architectures") or []
+    arch = str(architectures[0]) if isinstance(architectures, list) and architectures else ""
+    if arch.endswith("ForSequenceClassification"):
+        return "text-classification"
+    if arch.endswith("Model") or not arch:
+        return "feature-extraction"
+    raise SlimserveError(f"cannot tell the task of a {arch} model",
+                         hint=f"pass --task (supported: {', '.join(SUPPORTED_TASKS)})")
