@@ -1,0 +1,213 @@
+"""The runtime closure: a site-packages folder of exactly what inference imports, for one target.
+
+`build_closure(target, text)` downloads the pinned wheels for the target's Python and architecture,
+unpacks them, trims what inference never touches (`slim.py`), compiles bytecode with the target's own
+interpreter (unchecked-hash .pyc: Lambda's read-only filesystem cannot write a cache), rewrites each
+`*.dist-info/RECORD` to list exactly the shipped files, smoke-tests it (import + one inference in a fresh
+`-I -S` interpreter that sees only the closure), and caches it under a key made of all of the above.
+
+Cache root: `$SLIMSERVE_CACHE/closures`, else `$XDG_CACHE_HOME/slimserve/closures`, else
+`~/.cache/slimserve/closures`. The cache is rebuildable: deleting it only costs a rebuild.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from slimserve.errors import ToolError, first_line
+from slimserve.packagers.interpreters import find_python
+from slimserve.packagers.slim import slim_tree
+from slimserve.packagers.target import ELF_MACHINE, Target
+from slimserve.packagers.wheels import PINS_FILE, Pin, download_wheel, read_pins, unpack_wheel
+from slimserve.progress import NULL_PROGRESS, Progress
+
+# Bump when the layout or the slimming rules change, so cached closures are rebuilt.
+CLOSURE_FORMAT = 4
+# Ship .py sources beside the unchecked-hash .pyc: tracebacks show source lines, and dropping the sources
+# saved no measurable import time (see benchmarks/results/lambda_layer.md) for ~4 MB less unzipped.
+KEEP_SOURCES = True
+INFO_NAME = "closure.json"
+
+
+def cache_root() -> Path:
+    if os.environ.get("SLIMSERVE_CACHE"):
+        return Path(os.environ["SLIMSERVE_CACHE"]) / "closures"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "slimserve" / "closures"
+
+
+def wheel_cache() -> Path:
+    return cache_root().parent / "wheels"
+
+
+def closure_key(target: Target, text: bool, pins: tuple[Pin, ...], compiler: str | None) -> str:
+    material = json.dumps({"format": CLOSURE_FORMAT, "python": target.python, "arch": target.arch,
+                           "text": text, "pins": [str(p) for p in pins], "bytecode": compiler,
+                           "sources": KEEP_SOURCES}, sort_keys=True)
+    digest = hashlib.sha256(material.encode()).hexdigest()[:16]
+    return f"{target.key}-{'text' if text else 'tensor'}-{digest}"
+
+
+def build_closure(target: Target, text: bool, cache_dir: Path | None = None,
+                  progress: Progress = NULL_PROGRESS) -> Path:
+    """The site-packages folder for `target` (cached); inference imports need nothing else."""
+    pins = read_pins(target, text)
+    python = find_python(target.python)
+    compiler = _interpreter_version(python) if python else None
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    final = root / closure_key(target, text, pins, compiler)
+    if (final / INFO_NAME).is_file() and (final / "site").is_dir():
+        return final / "site"
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+    try:
+        site = staging / "site"
+        site.mkdir()
+        with progress.stage(f"runtime closure for {target.describe()}", total=len(pins) + 3) as stage:
+            wheels = []
+            for pin in pins:
+                wheels.append(download_wheel(pin, target, wheel_cache() if cache_dir is None else root / "wheels"))
+                stage.advance()
+            for wheel in wheels:
+                unpack_wheel(wheel, site)
+            trimmed = slim_tree(site)
+            stage.advance()
+            if python is not None:
+                _compile(python, site)
+            stage.advance()
+            _rewrite_records(site)
+            if python is not None and _native_arch_matches(target):
+                _smoke_test(python, site, text)
+            stage.advance()
+        info = {"format": CLOSURE_FORMAT, "target": {"python": target.python, "arch": target.arch},
+                "text": text, "pins": [str(p) for p in pins], "wheels": [w.name for w in wheels],
+                "bytecode": compiler or "none: no python" + target.python + " on this machine",
+                "sources": KEEP_SOURCES, "trimmed_bytes": trimmed, "pins_file": PINS_FILE.name}
+        (staging / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        try:
+            os.replace(staging, final)
+        except OSError:  # another process finished the same closure first: use theirs
+            if not (final / INFO_NAME).is_file():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return final / "site"
+
+
+def closure_info(site: Path) -> dict[str, Any]:
+    """What `build_closure` recorded about a closure: pins, wheels, bytecode interpreter."""
+    data: dict[str, Any] = json.loads((Path(site).parent / INFO_NAME).read_text(encoding="utf-8"))
+    return data
+
+
+def _interpreter_version(python: Path) -> str:
+    out = subprocess.run([str(python), "-I", "-S", "-c", "import sys; print(sys.version.split()[0])"],
+                         capture_output=True, text=True, check=False)
+    return f"CPython {out.stdout.strip() or '?'}"
+
+
+def _compile(python: Path, site: Path) -> None:
+    """Unchecked-hash bytecode for the target version; legacy (sourceless) layout when sources are dropped."""
+    cmd = [str(python), "-I", "-S", "-m", "compileall", "-q", "-j", "0",
+           "--invalidation-mode", "unchecked-hash", str(site)]
+    if not KEEP_SOURCES:
+        cmd.insert(-1, "-b")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ToolError(f"compiling the runtime closure with {python} failed: {first_line(proc.stdout + proc.stderr)}")
+    if not KEEP_SOURCES:
+        for source in site.rglob("*.py"):
+            if not _in_dist_info(source, site) and source.with_suffix(".pyc").is_file():
+                source.unlink()
+
+
+def _in_dist_info(path: Path, site: Path) -> bool:
+    return path.relative_to(site).parts[0].endswith(".dist-info")
+
+
+def _record_hash(path: Path) -> str:
+    digest = hashlib.sha256(path.read_bytes()).digest()
+    return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _rewrite_records(site: Path) -> None:
+    """Each RECORD lists exactly the files shipped for its distribution (kept entries + their bytecode)."""
+    for record in sorted(site.glob("*.dist-info/RECORD")):
+        with open(record, newline="", encoding="utf-8") as fh:
+            listed = [row[0] for row in csv.reader(fh) if row]
+        shipped: list[str] = []
+        for rel in listed:
+            path = site / rel
+            if rel.endswith(".dist-info/RECORD") or not path.is_file():
+                continue
+            shipped.append(rel)
+            if rel.endswith(".py"):
+                pyc = [path.with_suffix(".pyc")] + sorted(path.parent.glob(f"__pycache__/{path.stem}.*.pyc"))
+                shipped.extend(p.relative_to(site).as_posix() for p in pyc if p.is_file())
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        for rel in sorted(set(shipped)):
+            path = site / rel
+            writer.writerow([rel, _record_hash(path), path.stat().st_size])
+        writer.writerow([record.relative_to(site).as_posix(), "", ""])
+        record.write_text(buf.getvalue(), encoding="utf-8")
+
+
+def _native_arch_matches(target: Target) -> bool:
+    return ELF_MACHINE[target.arch] == ELF_MACHINE.get(os.uname().machine.replace("aarch64", "arm64"), -1)
+
+
+_SMOKE = r"""
+import sys
+sys.path[:0] = [sys.argv[1]]
+import numpy, onnxruntime
+sess = onnxruntime.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+x = numpy.arange(4, dtype=numpy.float32).reshape(1, 4)
+(y,) = sess.run(None, {"x": x})
+assert (y == x + x).all(), y
+if sys.argv[3] == "1":
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_str('{"version":"1.0","model":{"type":"WordLevel","vocab":{"[UNK]":0,"hi":1},"unk_token":"[UNK]"},"pre_tokenizer":{"type":"Whitespace"}}')
+    assert tok.encode("hi there").ids == [1, 0]
+import importlib.metadata as md
+assert md.version("onnxruntime") and md.version("numpy")
+print("ok")
+"""
+
+
+def _smoke_test(python: Path, site: Path, text: bool) -> None:
+    """Import the closure alone (no dev venv) and run one tiny ONNX graph: proves the trimming is safe."""
+    with tempfile.TemporaryDirectory(prefix="slimserve-smoke-") as tmp:
+        model = Path(tmp) / "add.onnx"
+        model.write_bytes(_add_model_bytes())
+        proc = subprocess.run([str(python), "-I", "-S", "-c", _SMOKE, str(site), str(model), "1" if text else "0"],
+                              capture_output=True, text=True, cwd=tmp, check=False, timeout=300)
+    if proc.returncode != 0 or "ok" not in proc.stdout:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if "Error" in ln or "error" in ln]
+        raise ToolError(f"the trimmed runtime closure does not work: {lines[-1] if lines else 'no output'}",
+                        hint="this is a slimserve bug in packagers/slim.py rules; rerun with --debug and report it")
+
+
+def _add_model_bytes() -> bytes:
+    """y = x + x, IR 8 / opset 13 so every pinned onnxruntime (>= 1.16) loads it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])], "smoke",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return bytes(model.SerializeToString())

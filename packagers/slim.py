@@ -1,0 +1,71 @@
+"""What inference never touches, as data: the rules that trim an unpacked runtime closure.
+
+Each rule names paths relative to the site-packages root. Directory rules remove whole trees; file rules
+match names anywhere. `*.dist-info` is always kept (importlib.metadata reads it; onnxruntime asks for its
+own version at import). Every rule here is proven harmless by the closure's import-and-infer smoke test.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+from pathlib import Path
+
+# Whole trees inference never imports.
+DROP_DIRS = (
+    "onnxruntime/tools",          # model conversion / perf scripts (import onnx, etc.)
+    "onnxruntime/transformers",   # transformer graph fusion tooling (imports onnx, torch, sympy)
+    "onnxruntime/quantization",   # quantization tooling (imports onnx, sympy); slimserve quantizes at build time
+    "onnxruntime/datasets",       # sample models for the docs
+    "onnxruntime/backend",        # ONNX backend test API (imports onnx)
+    "numpy/f2py",                 # Fortran wrapper generator
+    "numpy/distutils",            # build tooling (numpy 1.x)
+    "numpy/_pyinstaller",         # PyInstaller hooks
+    "numpy/doc",
+    "numpy/_core/include",        # C headers
+    "numpy/core/include",         # C headers (numpy 1.x)
+    "numpy/_core/lib",            # static npymath + pkg-config
+    "numpy/core/lib",             # static npymath + pkg-config (numpy 1.x)
+    "numpy/random/lib",           # static npyrandom
+    "numpy/random/_examples",     # cython/numba examples
+    "tokenizers/tools",           # HTML visualizer for notebooks
+)
+# Directory names removed wherever they occur.
+DROP_DIR_NAMES = ("tests", "__pycache__")
+# File name patterns removed wherever they occur (outside *.dist-info).
+DROP_FILES = (
+    "*.pyi", "*.pxd", "*.pyx", "*.h", "*.hpp", "*.c", "*.cpp", "*.a", "*.pc", "py.typed",
+    "conftest.py",
+    # numpy's test-only extension modules (not _multiarray_tests: numpy 1.x imports it at init)
+    "_umath_tests.cpython-*.so", "_rational_tests.cpython-*.so", "_struct_ufunc_tests.cpython-*.so",
+    "_operand_flag_tests.cpython-*.so",
+    "libonnxruntime.so.*",            # ORT's C API for native callers; the Python module links ORT statically
+)
+
+
+def slim_tree(site: Path) -> int:
+    """Delete what inference never touches from an unpacked closure; returns the bytes removed."""
+    removed = 0
+    for rel in DROP_DIRS:
+        path = site / rel
+        if path.is_dir():
+            removed += _tree_bytes(path)
+            shutil.rmtree(path)
+    for path in sorted(site.rglob("*"), reverse=True):  # children before parents
+        if _in_dist_info(path, site) or not path.exists():
+            continue
+        if path.is_dir() and path.name in DROP_DIR_NAMES:
+            removed += _tree_bytes(path)
+            shutil.rmtree(path)
+        elif path.is_file() and any(fnmatch.fnmatch(path.name, pat) for pat in DROP_FILES):
+            removed += path.stat().st_size
+            path.unlink()
+    return removed
+
+
+def _in_dist_info(path: Path, site: Path) -> bool:
+    return path.relative_to(site).parts[0].endswith(".dist-info")
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -1,0 +1,74 @@
+"""Where an artifact will run: a Python version and a CPU architecture, and what follows from them.
+
+AWS Lambda's managed Python runtimes fix the C library the wheels must link against: python3.10 and
+python3.11 run on Amazon Linux 2 (glibc 2.26), python3.12 and later on Amazon Linux 2023 (glibc 2.34).
+A wheel tagged for a newer glibc installs fine and then fails to load at init, so the tags we ask pip
+for stop at the runtime's glibc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from slimserve.errors import SlimserveError
+
+Arch = Literal["x86_64", "arm64"]
+
+SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
+ARCHES: tuple[Arch, ...] = ("x86_64", "arm64")
+
+# Lambda runtime -> glibc (major, minor) of its base image: docs.aws.amazon.com/lambda/latest/dg/lambda-runtimes.html
+_GLIBC = {"3.10": (2, 26), "3.11": (2, 26), "3.12": (2, 34), "3.13": (2, 34), "3.14": (2, 34)}
+_WHEEL_ARCH = {"x86_64": "x86_64", "arm64": "aarch64"}
+# ELF e_machine values of native code for each architecture (EM_X86_64, EM_AARCH64).
+ELF_MACHINE = {"x86_64": 62, "arm64": 183}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A Lambda-compatible Linux target: CPython `python` ("3.12") on `arch` ("x86_64" | "arm64")."""
+
+    python: str = "3.12"
+    arch: Arch = "x86_64"
+
+    def __post_init__(self) -> None:
+        if self.python not in SUPPORTED_PYTHONS:
+            raise SlimserveError(
+                f"unsupported target Python {self.python!r}: Lambda runs {', '.join(SUPPORTED_PYTHONS)}",
+                hint="pass --python 3.12 (or another listed version)",
+            )
+        if self.arch not in ARCHES:
+            raise SlimserveError(f"unsupported architecture {self.arch!r}: choose x86_64 or arm64")
+
+    @property
+    def glibc(self) -> tuple[int, int]:
+        return _GLIBC[self.python]
+
+    @property
+    def wheel_arch(self) -> str:
+        return _WHEEL_ARCH[self.arch]
+
+    @property
+    def abi(self) -> str:
+        return "cp" + self.python.replace(".", "")
+
+    @property
+    def lambda_runtime(self) -> str:
+        return "python" + self.python
+
+    @property
+    def platform_tags(self) -> list[str]:
+        """manylinux tags, newest first, that the target's glibc can load (manylinux2014 = 2.17)."""
+        major, top = self.glibc
+        tags = [f"manylinux_{major}_{minor}_{self.wheel_arch}" for minor in range(top, 16, -1)]
+        return tags + [f"manylinux2014_{self.wheel_arch}"]
+
+    def describe(self) -> str:
+        """Short tag summary for error messages: 'cp312-manylinux_2_34..2_17_x86_64'."""
+        major, top = self.glibc
+        return f"{self.abi}-manylinux_{major}_{top}..{major}_17_{self.wheel_arch}"
+
+    @property
+    def key(self) -> str:
+        return f"py{self.python}-{self.arch}"
