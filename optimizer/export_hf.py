@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,17 @@ def _require_export_extra() -> None:
                              hint="pip install 'slimserve[export]'") from None
 
 
+def _quiet_libraries() -> None:
+    """optimum/transformers log tracing chatter on stderr; slimserve reports progress its own way."""
+    import logging
+
+    for name in ("optimum", "transformers", "sentence_transformers", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
 def export_hf_folder(source: HfFolderSource, work_dir: Path) -> Exported:
     """Export offline (HF_HUB_OFFLINE) so a folder never triggers a download."""
     _require_export_extra()
@@ -35,11 +47,14 @@ def export_hf_folder(source: HfFolderSource, work_dir: Path) -> Exported:
     from optimum.exporters.onnx import main_export
 
     out = work_dir / "export"
+    _quiet_libraries()
     try:
-        main_export(
-            str(source.path), output=str(out), task=source.task, library_name=source.library,
-            do_validation=False, trust_remote_code=source.trust_remote_code, device="cpu",
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            main_export(
+                str(source.path), output=str(out), task=source.task, library_name=source.library,
+                do_validation=False, trust_remote_code=source.trust_remote_code, device="cpu",
+            )
     except (ValueError, KeyError, OSError, RuntimeError, NotImplementedError) as exc:
         raise ToolError(f"optimum could not export {source.path}: {first_line(exc)}",
                         hint="check the folder (config + weights + tokenizer) and --task") from exc
@@ -98,6 +113,7 @@ def _pytorch_reference(source: HfFolderSource) -> Any:
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     common = {"local_files_only": True, "trust_remote_code": source.trust_remote_code}
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*")
     try:
         if source.library == "sentence_transformers":
             from sentence_transformers import SentenceTransformer

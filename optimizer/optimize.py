@@ -1,0 +1,247 @@
+"""Optimize = prepare once (export + reference outputs), then turn a recipe into a candidate folder.
+
+`prepare` is the expensive, recipe-independent part; `compare` reuses one `Prepared` for every recipe.
+`make_candidate` runs the recipe's steps file to file and measures fidelity against the reference.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.manifest import SCHEMA_VERSION, file_entries, library_versions, sha256_file, sha256_tree, write_manifest
+from slimserve.optimizer import eval_inputs
+from slimserve.optimizer.exported import Exported
+from slimserve.optimizer.fidelity import Fidelity, compare_outputs
+from slimserve.optimizer.onnx_io import describe_model, load_onnx, model_files, ort_session
+from slimserve.optimizer.recipes import parse_recipe
+from slimserve.optimizer.sources import HfFolderSource, OnnxSource, Source, TorchSource
+from slimserve.optimizer.steps.base import StepContext
+from slimserve.progress import NULL_PROGRESS, Progress
+from slimserve.runtime.model_runtime import LoadedModel
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclass
+class Prepared:
+    """Everything recipes share: the fp32 export, evaluation/calibration feeds and reference outputs."""
+
+    source: Source
+    exported: Exported
+    work_dir: Path
+    feeds: list[Feed]
+    calibration: list[Feed]
+    reference_primary: list[np.ndarray]
+    eval_source: str
+    export_seconds: float
+    reference_seconds: float
+    source_sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _onnx_source(source: OnnxSource) -> Exported:
+    info = describe_model(source.path)
+    session = ort_session(source.path)
+    output_names = [o.name for o in session.get_outputs()]
+
+    def run_fp32(feed: Any) -> dict[str, np.ndarray]:
+        return dict(zip(output_names, session.run(None, dict(feed))))
+
+    runtime = {"kind": "tensor", "task": "tensor", "max_batch": 64}
+    extra = tuple(source.path.parent / f for f in info["external_data"])
+    return Exported(onnx_path=source.path, runtime=runtime, reference=run_fp32, reference_kind="onnxruntime-fp32",
+                    extra_files=(), source_info={"external_data": [str(p.name) for p in extra]})
+
+
+def _source_digest(source: Source) -> tuple[str, str]:
+    if isinstance(source, OnnxSource):
+        return str(source.path.absolute()), sha256_tree(model_files(source.path), source.path.parent)
+    if isinstance(source, HfFolderSource):
+        files = [p for p in source.path.rglob("*") if p.is_file() and ".git" not in p.parts]
+        return str(source.path.absolute()), sha256_tree(files, source.path)
+    return source.factory, ""
+
+
+def export_source(source: Source, work_dir: Path) -> Exported:
+    if isinstance(source, OnnxSource):
+        return _onnx_source(source)
+    if isinstance(source, HfFolderSource):
+        from slimserve.optimizer.export_hf import export_hf_folder
+
+        return export_hf_folder(source, work_dir)
+    from slimserve.optimizer.export_torch import export_torch_module
+
+    return export_torch_module(source, work_dir)
+
+
+def _primary(model: LoadedModel | None, exported: Exported, outputs: dict[str, np.ndarray], feed: Feed) -> np.ndarray:
+    """The output fidelity is judged on: post-processed text output, or all tensor outputs side by side."""
+    if model is not None:
+        return model.postprocess(outputs, feed)
+    names = sorted(outputs)
+    return np.concatenate([np.asarray(outputs[n], dtype=np.float64).reshape(outputs[n].shape[0], -1) for n in names], axis=1)
+
+
+def prepare(source: Source, work_dir: Path, eval_path: Path | None = None, progress: Progress = NULL_PROGRESS) -> Prepared:
+    """Export the source once and compute the reference outputs every candidate is compared with."""
+    start = time.perf_counter()
+    with progress.stage("export to ONNX (fp32)"):
+        exported = export_source(source, work_dir)
+    export_seconds = time.perf_counter() - start
+    source_path, source_sha = _source_digest(source)
+
+    start = time.perf_counter()
+    info = describe_model(exported.onnx_path)
+    if exported.runtime["kind"] == "text":
+        encoder = LoadedModel(exported.onnx_path.parent, threads=0, model_file=exported.onnx_path, spec=exported.runtime)
+        texts = eval_inputs.load_texts(eval_path) if eval_path else eval_inputs.builtin_texts(eval_inputs.BUILTIN_EVAL)
+        calib_texts = texts if eval_path else eval_inputs.builtin_texts(eval_inputs.BUILTIN_CALIB)
+        feeds = eval_inputs.text_feeds(texts, encoder.encode)
+        calibration = [encoder.encode([t]) for t in calib_texts]
+        eval_source = str(eval_path) if eval_path else f"built-in {eval_inputs.BUILTIN_EVAL} ({len(texts)} texts)"
+    else:
+        encoder = None
+        names = [i["name"] for i in info["inputs"]]
+        if eval_path:
+            if Path(eval_path).suffix != ".npz":
+                raise SlimserveError(f"--eval {eval_path}: models that do not take text need an .npz of named input arrays")
+            feeds = eval_inputs.load_npz(eval_path, names)
+            eval_source = str(eval_path)
+        else:
+            feeds = eval_inputs.synthetic_feeds(info["inputs"], exported.input_shapes)
+            eval_source = f"synthetic seeded inputs ({len(feeds)} samples)"
+        calibration = feeds
+    reference_primary = []
+    with progress.stage("reference outputs", total=len(feeds)) as stage:
+        for feed in feeds:
+            try:
+                raw = exported.reference(feed)
+            except SlimserveError:
+                raise
+            except Exception as exc:  # the user's model failing on its own inputs
+                raise ToolError(f"the original model failed on the evaluation inputs: {first_line(exc)}") from exc
+            reference_primary.append(_primary(encoder, exported, raw, feed))
+            stage.advance()
+    return Prepared(source=source, exported=exported, work_dir=work_dir, feeds=feeds, calibration=calibration,
+                    reference_primary=reference_primary, eval_source=eval_source, export_seconds=export_seconds,
+                    reference_seconds=time.perf_counter() - start, source_sha256=source_sha,
+                    extra={"source_path": source_path})
+
+
+def _output_kind(runtime: dict[str, Any]) -> str:
+    if runtime["task"] == "text-classification":
+        return "logits"
+    return "embedding" if runtime["kind"] == "text" else "tensor"
+
+
+def evaluate(prepared: Prepared, model_file: Path, progress: Progress = NULL_PROGRESS) -> Fidelity:
+    """Run a candidate file on the evaluation feeds and compare with the reference."""
+    runtime = prepared.exported.runtime
+    model = LoadedModel(prepared.exported.onnx_path.parent, threads=0, model_file=model_file, spec=runtime)
+    text_model = model if runtime["kind"] == "text" else None
+    candidate = []
+    with progress.stage("evaluate fidelity", total=len(prepared.feeds)) as stage:
+        for feed in prepared.feeds:
+            try:
+                outputs = model.run(feed)
+            except Exception as exc:  # onnxruntime runtime failures on the candidate
+                raise ToolError(f"the optimized model fails at inference: {first_line(exc)}") from exc
+            candidate.append(_primary(text_model, prepared.exported, outputs, feed))
+            stage.advance()
+    output = runtime.get("output") or ",".join(sorted(model.output_names))
+    try:
+        return compare_outputs(prepared.reference_primary, candidate, kind=_output_kind(runtime), output=output,
+                               reference_name=prepared.exported.reference_kind, eval_source=prepared.eval_source)
+    except ValueError as exc:
+        raise ToolError(f"the optimized model's output no longer matches the original: {exc}") from None
+
+
+def run_recipe(prepared: Prepared, recipe: str, dst: Path, progress: Progress = NULL_PROGRESS) -> tuple[list[dict[str, Any]], float]:
+    """Apply each step file to file; returns per-step records and total seconds."""
+    steps = parse_recipe(recipe)
+    current = prepared.exported.onnx_path
+    records: list[dict[str, Any]] = []
+    total = 0.0
+    scratch = prepared.work_dir / f"recipe-{abs(hash((recipe, str(dst))))}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    for index, step in enumerate(steps):
+        step_dir = scratch / f"{index}-{step.label}"
+        step_dir.mkdir()
+        out = step_dir / "model.onnx"
+        ctx = StepContext(work_dir=step_dir / "work", calibration=prepared.calibration, progress=progress)
+        ctx.work_dir.mkdir()
+        started = time.perf_counter()
+        with progress.stage(f"step {step.label}"):
+            try:
+                result = step.spec.run(current, out, ctx, step.argument)
+            except SlimserveError:
+                raise
+            except Exception as exc:  # a step's library failed in a way it did not anticipate
+                raise ToolError(f"step {step.label} failed on this model: {first_line(exc)}",
+                                hint="try another recipe, or rerun with --debug and report it") from exc
+        seconds = time.perf_counter() - started
+        total += seconds
+        load_onnx(result.path)  # every step must leave a parseable model behind
+        records.append({"step": step.label, "seconds": round(seconds, 3), "bytes": result.path.stat().st_size,
+                        "notes": list(result.notes), **({"details": dict(result.details)} if result.details else {})})
+        current = result.path
+    for path in model_files(current):
+        shutil.copy2(path, dst / ("model.onnx" if path == current else path.name))
+    return records, total
+
+
+def make_candidate(prepared: Prepared, recipe: str, out_dir: Path, progress: Progress = NULL_PROGRESS) -> dict[str, Any]:
+    """Write model.onnx, runtime files and slimserve.json into `out_dir` (a staging folder)."""
+    steps, recipe_seconds = run_recipe(prepared, recipe, out_dir, progress)
+    model_path = out_dir / "model.onnx"
+    ort_session(model_path)  # a candidate onnxruntime cannot load is an error, not a result
+    started = time.perf_counter()
+    fidelity = evaluate(prepared, model_path, progress)
+    eval_seconds = time.perf_counter() - started
+    for extra in prepared.exported.extra_files:
+        shutil.copy2(extra, out_dir / extra.name)
+    info = describe_model(model_path)
+    data_bytes = sum((out_dir / f).stat().st_size for f in info["external_data"])
+    manifest: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "source": {"kind": prepared.source.kind, "path": prepared.extra["source_path"],
+                   "sha256": prepared.source_sha256, **prepared.exported.source_info},
+        "recipe": recipe,
+        "steps": steps,
+        "versions": library_versions(),
+        "model": {"path": "model.onnx", "bytes": model_path.stat().st_size + data_bytes,
+                  "sha256": sha256_file(model_path), "external_data": info["external_data"],
+                  "fp32_bytes": prepared.exported.onnx_path.stat().st_size,
+                  "inputs": info["inputs"], "outputs": info["outputs"], "opset": info["opset"]},
+        "runtime": prepared.exported.runtime,
+        "fidelity": fidelity.as_dict(),
+        "timings": {"export_s": round(prepared.export_seconds, 3), "reference_s": round(prepared.reference_seconds, 3),
+                    "recipe_s": round(recipe_seconds, 3), "eval_s": round(eval_seconds, 3)},
+        "notes": [note for record in steps for note in record["notes"]],
+    }
+    manifest["files"] = file_entries(out_dir)
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def optimize(source: Source, recipe: str, out: Path, work_dir: Path, eval_path: Path | None = None,
+             progress: Progress = NULL_PROGRESS) -> dict[str, Any]:
+    """Validate the recipe before the (slow) export, then prepare and build one candidate into `out`."""
+    parse_recipe(recipe)
+    prepared = prepare(source, work_dir, eval_path, progress)
+    return make_candidate(prepared, recipe, out, progress)
+
+
+def recipes_in(names: Sequence[str]) -> list[str]:
+    for name in names:
+        parse_recipe(name)
+    return list(names)
