@@ -57,6 +57,7 @@ class Limit(_Strict):
     note: str = ""
     severity: Literal["fail", "warn"] = "fail"
     per_archive: bool = False  # the limit applies to each uploaded archive on its own (Lambda direct upload)
+    scope: str = ""  # a few words on what is counted, for reasons: "function + all layers"
     advice: str = ""  # what to do when the limit is exceeded, appended to the reason
 
     _source = field_validator("source")(_check_source)

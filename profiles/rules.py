@@ -1,0 +1,363 @@
+"""Hold measured facts against one platform profile: each rule gives a finding a person can act on.
+
+Rules only read numbers: package size, cold start and peak RSS come from `slimserve.measure` values,
+fidelity from the manifest. Nothing here measures, prints or exits. A `--memory` the platform does not
+offer is bad input (`SlimserveError`, exit 2); everything else is a finding with pass / warn / fail.
+
+Projection of cold start onto the platform (an estimate, always labelled as one):
+
+    projected = measured here × max(1, host vCPUs used / platform vCPUs at that memory)
+
+Cold start is dominated by single-threaded work (imports, reading and deserialising the model, a first
+inference on one small batch), so `host_vcpus` defaults to 1. A platform share below one vCPU (Lambda at
+512 MB ≈ 0.29 vCPU) stretches the measured time in proportion; more vCPUs than were used here are not
+assumed to make it faster. CPU models differ too, so treat the projection as a guide, not a promise.
+
+Memory headroom: a setting holds the model when it is ≥ peak RSS × 1.5 + 64 MB. The peak is measured on a
+single small batch; larger requests grow onnxruntime's arena and activation buffers roughly in proportion
+(the 1.5×), and the platform's own runtime client, log shipping and the Python allocator's fragmentation
+add a fixed amount that a bare measurement here does not include (the 64 MB).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from slimserve.errors import SlimserveError
+from slimserve.measure import ColdStart, PackageSize
+from slimserve.profiles.schema import SIZE_UNITS, Limit, Profile, _num
+
+Status = Literal["pass", "warn", "fail"]
+STATUSES: tuple[Status, ...] = ("pass", "warn", "fail")
+
+HEADROOM_FACTOR = 1.5
+HEADROOM_MB = 64
+INIT_WARN_FRACTION = 0.5  # projections are estimates: within 2× of the init limit is worth a warning
+
+# Findings are reported in this order on every platform (then by id), so reports diff cleanly.
+RULE_ORDER = ("python", "arch", "zipped-size", "unzipped-size", "layers", "image-size", "memory",
+              "init-time", "cold-start", "fidelity")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One rule's verdict: `measured` against `limit`, both in `unit` (strings for versions/archs)."""
+
+    id: str
+    name: str
+    status: Status
+    measured: float | str | None
+    limit: float | str | None
+    unit: str
+    reason: str
+    source: str = ""
+    estimate: bool = False
+
+    @property
+    def order(self) -> tuple[int, str]:
+        return (RULE_ORDER.index(self.id) if self.id in RULE_ORDER else len(RULE_ORDER), self.id)
+
+
+@dataclass(frozen=True)
+class DeploymentFacts:
+    """What was measured once and is held against every platform.
+
+    `package` and `cold_start` come from the one measurement function of each; `fidelity_mean` is the
+    manifest's mean per-sample cosine (None for a bare .onnx); `python`/`arch` is the target measured for.
+    """
+
+    package: PackageSize
+    cold_start: ColdStart
+    python: str
+    arch: str
+    fidelity_mean: float | None = None
+    fidelity_min: float | None = None
+    host_vcpus: float = 1.0
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return self.cold_start.peak_rss_mb
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    memory_mb: int | None = None
+    max_cold_start_ms: float | None = None
+    min_fidelity: float | None = None
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Cold start measured here, projected onto `memory_mb` on the platform (an estimate)."""
+
+    memory_mb: int
+    vcpus: float
+    factor: float
+    init_ms: float
+    total_ms: float
+    formula: str
+
+
+@dataclass(frozen=True)
+class PlatformVerdict:
+    name: str
+    title: str
+    memory_mb: int | None  # the setting the findings were evaluated at
+    recommended_memory_mb: int | None
+    findings: tuple[Finding, ...]
+    projection: Projection | None = None
+    memory_note: str = ""
+    sources: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def fits(self) -> bool:
+        return all(f.status != "fail" for f in self.findings)
+
+
+def memory_needed_mb(peak_rss_mb: float) -> float:
+    return peak_rss_mb * HEADROOM_FACTOR + HEADROOM_MB
+
+
+def validate_memory(profile: Profile, memory_mb: int | None) -> None:
+    """`--memory` must be a setting the platform offers: otherwise bad input (exit 2)."""
+    if memory_mb is not None and not profile.memory.allows(memory_mb):
+        raise SlimserveError(
+            f"--memory {memory_mb} MB is not a memory setting of {profile.name} "
+            f"(allowed: {profile.memory.describe()})",
+            hint="pick an allowed value, or leave --memory out to get a recommended setting")
+
+
+def project(profile: Profile, facts: DeploymentFacts, memory_mb: int) -> Projection:
+    cs = facts.cold_start
+    vcpus = profile.cpu.vcpus_at(memory_mb)
+    factor = max(1.0, facts.host_vcpus / vcpus)
+    init_here = cs.import_ms + cs.load_ms
+    formula = (f"max(1, {_num(facts.host_vcpus)} vCPU used here / {vcpus:.3g} vCPU at "
+               f"{memory_mb:,} {profile.memory.unit}) = ×{factor:.2f}")
+    return Projection(memory_mb=memory_mb, vcpus=vcpus, factor=factor, init_ms=init_here * factor,
+                      total_ms=cs.total_ms * factor, formula=formula)
+
+
+def recommend_memory(profile: Profile, facts: DeploymentFacts, options: RuleOptions) -> int | None:
+    """Smallest allowed setting that holds peak RSS with headroom, starts within the platform's init
+    limit and meets --max-cold-start (both through the projection). None when no setting does."""
+    init_limit = profile.limits.init_timeout
+    for memory in profile.memory.candidates(memory_needed_mb(facts.peak_rss_mb)):
+        proj = project(profile, facts, memory)
+        if init_limit is not None and proj.init_ms > init_limit.base():
+            continue
+        if options.max_cold_start_ms is not None and proj.total_ms > options.max_cold_start_ms:
+            continue
+        return memory
+    return None
+
+
+def evaluate(profile: Profile, facts: DeploymentFacts, options: RuleOptions) -> PlatformVerdict:
+    validate_memory(profile, options.memory_mb)
+    recommended = recommend_memory(profile, facts, options)
+    if options.memory_mb is not None:
+        memory, note = options.memory_mb, "as requested with --memory"
+    elif recommended is not None:
+        memory, note = recommended, "the recommended setting"
+    else:  # nothing fits every constraint: judge at the largest setting, the best case the platform has
+        memory, note = profile.memory.highest, "the largest setting (no setting meets every constraint)"
+    projection = project(profile, facts, memory)
+    findings: list[Finding] = []
+    for rule in RULES:
+        finding = rule(profile, facts, options, memory, projection)
+        if finding is not None:
+            findings.append(finding)
+    findings.sort(key=lambda f: f.order)
+    return PlatformVerdict(name=profile.name, title=profile.title, memory_mb=memory,
+                           recommended_memory_mb=recommended, findings=tuple(findings),
+                           projection=projection, memory_note=note, sources=tuple(profile.sources()))
+
+
+# --- the rules ---------------------------------------------------------------------------------------
+
+Rule = Callable[[Profile, DeploymentFacts, RuleOptions, int, Projection], "Finding | None"]
+
+
+def _python(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
+            proj: Projection) -> Finding:
+    offered = profile.runtime.python
+    span = f"{offered[0]}–{offered[-1]}" if len(offered) > 1 else offered[0]
+    ok = facts.python in offered
+    reason = (f"Python {facts.python} is offered" if ok else
+              f"Python {facts.python} is not offered by {profile.name} ({span}): pass --python {offered[-1]}")
+    return Finding("python", "Python version", "pass" if ok else "fail", facts.python, span, "",
+                   reason, profile.runtime.source)
+
+
+def _arch(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
+          proj: Projection) -> Finding:
+    archs = profile.runtime.archs
+    ok = facts.arch in archs
+    reason = (f"{facts.arch} is offered" if ok else
+              f"{facts.arch} is not offered by {profile.name} ({', '.join(archs)}): pass --arch {archs[0]}")
+    return Finding("arch", "CPU architecture", "pass" if ok else "fail", facts.arch, ", ".join(archs), "",
+                   reason, profile.runtime.source)
+
+
+def _size_finding(rule_id: str, name: str, label: str, limit: Limit, measured_bytes: float,
+                  *, estimate: bool = False, detail: str = "") -> Finding:
+    factor = SIZE_UNITS[limit.unit]
+    measured = measured_bytes / factor
+    over = measured_bytes > limit.base()
+    scope = f" for {limit.scope}" if limit.scope else ""
+    est = "estimated " if estimate else ""
+    shown = f"{est}{label} {_size(measured, limit.unit)}{detail}"
+    if over:
+        reason = f"{shown} > {limit.display()} limit{scope}"
+        reason += f": {limit.advice}" if limit.advice else ""
+    else:
+        reason = f"{shown} ≤ {limit.display()} limit{scope}"
+    return Finding(rule_id, name, limit.severity if over else "pass", round(measured, 3), limit.value,
+                   limit.unit, reason, limit.source, estimate)
+
+
+def _zipped(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
+            proj: Projection) -> Finding | None:
+    limit = profile.limits.zipped_size
+    if limit is None:
+        return None
+    pkg = facts.package
+    if limit.per_archive and pkg.parts:
+        part, size = max(sorted(pkg.parts.items()), key=lambda kv: kv[1])
+        return _size_finding("zipped-size", "Zipped upload size", "zipped", limit, size,
+                             detail=f" (largest archive, {part})")
+    return _size_finding("zipped-size", "Zipped upload size", "zipped", limit, pkg.zipped_bytes)
+
+
+def _unzipped(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
+              proj: Projection) -> Finding | None:
+    limit = profile.limits.unzipped_size
+    if limit is None:
+        return None
+    return _size_finding("unzipped-size", "Unzipped size", "unzipped", limit, facts.package.unzipped_bytes)
+
+
+def _layers(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
+            proj: Projection) -> Finding | None:
+    limit = profile.limits.layers
+    if limit is None:
+        return None
+    n = facts.package.layers
+    over = n > limit.value
+    reason = f"{n} layer{'s' if n != 1 else ''} {'>' if over else '≤'} {_num(limit.value)} allowed"
+    if over and limit.advice:
+        reason += f": {limit.advice}"
+    return Finding("layers", "Layers", limit.severity if over else "pass", n, limit.value, "count", reason,
+                   limit.source)
+
+
+def _image(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
+           proj: Projection) -> Finding | None:
+    limit = profile.limits.image_size
+    if limit is None:
+        return None
+    if facts.package.image_bytes is not None:
+        return _size_finding("image-size", "Image size", "image", limit, facts.package.image_bytes)
+    # TODO(issue 5): packagers/container measures the real image and fills PackageSize.image_bytes;
+    # until then: the profile's base image size + everything the zip package would unpack.
+    assert profile.image is not None  # noqa: S101  # the schema requires [image] with limits.image_size
+    base = profile.image.base_size.base()
+    detail = (f" ({profile.image.base} ≈ {_size(base / SIZE_UNITS[limit.unit], limit.unit)} "
+              f"+ unzipped package)")
+    return _size_finding("image-size", "Image size", "image", limit, base + facts.package.unzipped_bytes,
+                         estimate=True, detail=detail)
+
+
+def _memory(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
+            proj: Projection) -> Finding:
+    peak = facts.peak_rss_mb
+    need = memory_needed_mb(peak)
+    unit = profile.memory.unit
+    source = profile.memory.source
+    headroom = f"peak RSS {peak:,.0f} MB × {HEADROOM_FACTOR} + {HEADROOM_MB} MB = {need:,.0f} MB"
+    if options.memory_mb is None and not profile.memory.candidates(need):
+        return Finding("memory", "Memory", "fail", round(peak, 1), profile.memory.highest, unit,
+                       f"{headroom} needed, above the largest setting {profile.memory.highest:,} {unit}: "
+                       "choose a smaller recipe", source)
+    if memory < peak:
+        return Finding("memory", "Memory", "fail", round(peak, 1), memory, unit,
+                       f"peak RSS {peak:,.0f} MB > {memory:,} {unit} memory: the function would run out of "
+                       f"memory; use ≥ {math.ceil(need):,} {unit} or a smaller recipe", source)
+    if memory < need:
+        return Finding("memory", "Memory", "warn", round(peak, 1), memory, unit,
+                       f"peak RSS {peak:,.0f} MB fits {memory:,} {unit} but without headroom ({headroom}): "
+                       "larger requests may run out of memory", source)
+    return Finding("memory", "Memory", "pass", round(peak, 1), memory, unit,
+                   f"{memory:,} {unit} holds {headroom}",
+                   source)
+
+
+def _init_time(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
+               proj: Projection) -> Finding | None:
+    limit = profile.limits.init_timeout
+    if limit is None:
+        return None
+    cs = facts.cold_start
+    limit_ms = limit.base()
+    shown = (f"projected init {_ms(proj.init_ms)} at {memory:,} {profile.memory.unit} = (import "
+             f"{_ms(cs.import_ms)} + load {_ms(cs.load_ms)} measured here) × {proj.formula}")
+    if proj.init_ms > limit_ms:
+        status: Status = "fail"
+        reason = f"{shown} > {limit.display()} init limit"
+        reason += f": {limit.advice}" if limit.advice else ""
+    elif proj.init_ms > INIT_WARN_FRACTION * limit_ms:
+        status = "warn"
+        reason = f"{shown} is within 2× of the {limit.display()} init limit (an estimate)"
+    else:
+        status = "pass"
+        reason = f"{shown} ≤ {limit.display()} init limit"
+    return Finding("init-time", "Init time (estimate)", status, round(proj.init_ms, 1),
+                   round(limit_ms, 1), "ms", reason, limit.source, estimate=True)
+
+
+def _cold_start(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
+                proj: Projection) -> Finding | None:
+    budget = options.max_cold_start_ms
+    if budget is None:
+        return None
+    cs = facts.cold_start
+    ok = proj.total_ms <= budget
+    shown = (f"projected cold start {_ms(proj.total_ms)} at {memory:,} {profile.memory.unit} = "
+             f"{_ms(cs.total_ms)} measured here × {proj.formula}")
+    reason = (f"{shown} ≤ --max-cold-start {_ms(budget)}" if ok else
+              f"{shown} > --max-cold-start {_ms(budget)}: raise --memory or choose a faster-loading recipe")
+    return Finding("cold-start", "Cold start (estimate)", "pass" if ok else "fail", round(proj.total_ms, 1),
+                   budget, "ms", reason, profile.cpu.source, estimate=True)
+
+
+def _fidelity(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
+              proj: Projection) -> Finding | None:
+    floor = options.min_fidelity
+    if floor is None:
+        return None
+    if facts.fidelity_mean is None:
+        return Finding("fidelity", "Fidelity", "fail", None, floor, "cosine",
+                       "no fidelity measurement in the manifest: run `slimserve optimize` to measure it")
+    ok = facts.fidelity_mean >= floor
+    worst = f", min {facts.fidelity_min:.4f}" if facts.fidelity_min is not None else ""
+    reason = (f"mean cosine {facts.fidelity_mean:.4f}{worst} {'≥' if ok else '<'} --min-fidelity {floor}"
+              + ("" if ok else ": choose a more faithful recipe"))
+    return Finding("fidelity", "Fidelity", "pass" if ok else "fail", facts.fidelity_mean, floor, "cosine",
+                   reason)
+
+
+RULES: tuple[Rule, ...] = (_python, _arch, _zipped, _unzipped, _layers, _image, _memory, _init_time,
+                           _cold_start, _fidelity)
+
+
+def _size(value: float, unit: str) -> str:
+    if value < 10:
+        return f"{value:,.2f} {unit}"
+    return f"{value:,.1f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
+
+
+def _ms(ms: float) -> str:
+    return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:,.0f} ms"
