@@ -1,0 +1,87 @@
+"""Warm latency and session load time of one model folder: the only place they are measured.
+
+Measured in this process with the shipped runtime (`LoadedModel`), so pre- and post-processing count
+as they will in production. Cold start (a fresh process) is `coldstart.py`'s job, not this one's.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLE_TEXTS = (
+    "Serverless inference bills per request and scales to zero.",
+    "How long does a cold start take on a small Lambda function?",
+    "Die Katze sitzt auf der Fensterbank und schaut in den Regen.",
+    "SELECT id, name FROM users WHERE created_at > NOW() - INTERVAL '7 days';",
+    "A quantized encoder is about four times smaller than its float32 original.",
+    "¿Dónde está la estación de tren más cercana?",
+    "def add(a, b):\n    return a + b",
+    "Short.",
+)
+
+
+@dataclass(frozen=True)
+class Latency:
+    load_ms: float
+    batch1_ms: float
+    batch8_ms: float | None  # None when the model's batch dimension is fixed at 1
+    runs: int
+    threads: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _tensor_request(model: Any, batch: int) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    request = {}
+    for spec in model.session.get_inputs():
+        shape = [batch] + [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape[1:]]
+        dtype = model.input_types[spec.name]
+        request[spec.name] = (rng.standard_normal(shape) if np.dtype(dtype).kind == "f"
+                              else rng.integers(0, 2, shape)).astype(dtype)
+    return request
+
+
+def measure_latency(folder: Path, runs: int = 20, threads: int = 1) -> Latency:
+    """Median over `runs` warm calls at batch 1 and batch 8, after one warm-up call each.
+
+    One thread by default: serverless instances usually have about one vCPU, and it keeps numbers on
+    this shared machine comparable between candidates.
+    """
+    from slimserve.runtime.model_runtime import LoadedModel
+
+    started = time.perf_counter()
+    model = LoadedModel(folder, threads=threads)
+    load_ms = (time.perf_counter() - started) * 1000
+
+    def call(batch: int) -> None:
+        if model.kind == "text":
+            model.predict_texts(list(SAMPLE_TEXTS[:batch]))
+        else:
+            model.predict_tensors(requests[batch])
+
+    requests = {} if model.kind == "text" else {b: _tensor_request(model, b) for b in (1, 8)}
+    medians: dict[int, float | None] = {}
+    for batch in (1, 8):
+        try:
+            call(batch)
+        except ValueError:  # InputError: a fixed batch size cannot take 8 samples
+            medians[batch] = None
+            continue
+        samples = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            call(batch)
+            samples.append((time.perf_counter() - started) * 1000)
+        medians[batch] = statistics.median(samples)
+    b8 = medians[8]
+    return Latency(load_ms=round(load_ms, 2), batch1_ms=round(medians[1] or 0.0, 3),
+                   batch8_ms=None if b8 is None else round(b8, 3),
+                   runs=runs, threads=threads)
