@@ -80,7 +80,7 @@ class Limit(_Strict):
         return self.value * unit_family(self.unit)[self.unit]
 
     def display(self) -> str:
-        return f"{_num(self.value)} {self.unit}"
+        return _num(self.value) if self.unit == "count" else f"{_num(self.value)} {self.unit}"
 
 
 class Limits(_Strict):

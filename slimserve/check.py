@@ -1,0 +1,145 @@
+"""The `check` pipeline: load a model bundle, measure it once, hold the facts against each platform.
+
+No printing and no exit codes here: `run_check` returns a `Report` (or raises `SlimserveError` for bad
+input before anything slow starts). Package size and cold start each come from their one measurement
+function (packagers.lambda_target, measure.coldstart), imported lazily and called once per check,
+whatever the number of platforms.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slimserve.bundle import ModelBundle, load_bundle
+from slimserve.errors import SlimserveError
+from slimserve.measure import ColdStart, PackageSize
+from slimserve.profiles.loader import ALL, list_profiles, load_profile
+from slimserve.profiles.rules import DeploymentFacts, RuleOptions, evaluate, validate_memory
+from slimserve.profiles.schema import Profile
+from slimserve.progress import NULL_PROGRESS, Progress
+from slimserve.report import Report, make_report
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    memory_mb: int | None = None
+    python: str = "3.12"
+    arch: str = "x86_64"
+    max_cold_start_ms: float | None = None
+    min_fidelity: float | None = None
+    runs: int = 3
+    host_vcpus: float = 1.0  # vCPUs the measured cold start used here; see profiles.rules on projections
+
+    def rule_options(self) -> RuleOptions:
+        return RuleOptions(memory_mb=self.memory_mb, max_cold_start_ms=self.max_cold_start_ms,
+                           min_fidelity=self.min_fidelity)
+
+
+def resolve_profiles(platforms: Sequence[str | Profile], profile_files: Sequence[Path] = ()) -> list[Profile]:
+    """Platform names (or `all`) and profile files -> distinct profiles; unknown or broken ones raise."""
+    found: list[Profile] = []
+    for item in platforms:
+        if isinstance(item, Profile):
+            found.append(item)
+        elif item == ALL:
+            found.extend(load_profile(name) for name in list_profiles())
+        else:
+            found.append(load_profile(item))
+    found.extend(load_profile(Path(f)) for f in profile_files)
+    if not found:
+        raise SlimserveError("no platform to check against",
+                             hint=f"pass --platform NAME (one of: {', '.join(list_profiles())}, or all) "
+                                  "or --profile FILE")
+    unique: dict[str, Profile] = {}
+    for profile in found:
+        if profile.name in unique and unique[profile.name] != profile:
+            raise SlimserveError(f"two different profiles are named {profile.name!r}",
+                                 hint="rename the `name` in your profile file")
+        unique.setdefault(profile.name, profile)
+    return [unique[name] for name in sorted(unique)]
+
+
+def validate_options(options: CheckOptions, profiles: Sequence[Profile]) -> None:
+    if options.runs < 1:
+        raise SlimserveError(f"--runs must be at least 1, got {options.runs}")
+    if options.max_cold_start_ms is not None and not (options.max_cold_start_ms > 0
+                                                      and math.isfinite(options.max_cold_start_ms)):
+        raise SlimserveError(f"--max-cold-start must be a positive number of ms, got {options.max_cold_start_ms}")
+    if options.min_fidelity is not None and not 0 < options.min_fidelity <= 1:
+        raise SlimserveError(f"--min-fidelity is a mean cosine in (0, 1], got {options.min_fidelity}")
+    for profile in profiles:
+        validate_memory(profile, options.memory_mb)
+
+
+def _target(options: CheckOptions) -> Any:
+    from slimserve.packagers.target import Target  # validates python/arch with a one-line error
+
+    return Target(python=options.python, arch=options.arch)  # type: ignore[arg-type]  # checked by Target
+
+
+def _readable_model(bundle: ModelBundle) -> None:
+    """Fail fast, before minutes of measuring, when the model file is not a readable ONNX model."""
+    from slimserve.optimizer.onnx_io import load_onnx
+
+    load_onnx(bundle.model_path)
+
+
+def measure_package(bundle: ModelBundle, target: Any) -> PackageSize:
+    from slimserve.packagers.lambda_target import lambda_package_size
+
+    size: PackageSize = lambda_package_size(bundle, target)
+    return size
+
+
+def measure_cold_start(bundle: ModelBundle, target: Any, runs: int) -> ColdStart:
+    from slimserve.measure.coldstart import cold_start_for_bundle
+
+    cold: ColdStart = cold_start_for_bundle(bundle, target, runs)
+    return cold
+
+
+def model_summary(bundle: ModelBundle) -> dict[str, Any]:
+    manifest = bundle.manifest
+    model = manifest.get("model", {})
+    return {"path": str(bundle.model_path), "bytes": model.get("bytes"), "recipe": manifest.get("recipe"),
+            "fidelity": manifest.get("fidelity")}
+
+
+def facts_for(bundle: ModelBundle, options: CheckOptions, package: PackageSize, cold_start: ColdStart) -> DeploymentFacts:
+    fidelity = bundle.manifest.get("fidelity") or {}
+    mean, worst = fidelity.get("mean"), fidelity.get("min")
+    return DeploymentFacts(package=package, cold_start=cold_start, python=options.python, arch=options.arch,
+                           fidelity_mean=float(mean) if isinstance(mean, (int, float)) else None,
+                           fidelity_min=float(worst) if isinstance(worst, (int, float)) else None,
+                           host_vcpus=options.host_vcpus)
+
+
+def check_facts(path: str, profiles: Sequence[Profile], facts: DeploymentFacts, options: CheckOptions,
+                model: dict[str, Any] | None = None) -> Report:
+    """Evaluate already-measured facts against each profile (pure: no measuring, no I/O)."""
+    rule_options = options.rule_options()
+    verdicts = [evaluate(profile, facts, rule_options) for profile in profiles]
+    return make_report(path=path, python=facts.python, arch=facts.arch, package=facts.package,
+                       cold_start=facts.cold_start, verdicts=verdicts, model=model,
+                       host_vcpus=facts.host_vcpus)
+
+
+def run_check(path: Path | str, platforms: Sequence[str | Profile], options: CheckOptions | None = None,
+              progress: Progress = NULL_PROGRESS, *, profile_files: Sequence[Path] = ()) -> Report:
+    """Check the optimize output folder (or bare .onnx) at `path` against every chosen platform."""
+    options = options or CheckOptions()
+    profiles = resolve_profiles(platforms, profile_files)
+    validate_options(options, profiles)
+    target = _target(options)
+    bundle = load_bundle(Path(path))
+    _readable_model(bundle)
+    with progress.stage(f"measure package size ({options.python}, {options.arch})"):
+        package = measure_package(bundle, target)
+    with progress.stage(f"measure cold start ({options.runs} fresh processes)", total=None):
+        cold_start = measure_cold_start(bundle, target, options.runs)
+    facts = facts_for(bundle, options, package, cold_start)
+    return check_facts(str(path), profiles, facts, options, model_summary(bundle))

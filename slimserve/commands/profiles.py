@@ -1,0 +1,74 @@
+"""`slimserve profiles` lists the shipped platform profiles; `slimserve profiles show NAME` prints one."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.group("profiles", invoke_without_command=True)
+@click.pass_context
+def command(ctx: click.Context) -> None:
+    """List platform profiles, or show one with every limit and the page it comes from."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from slimserve.profiles.loader import list_profiles, load_profile
+
+    table = Table(title="platform profiles (slimserve profiles show NAME)", title_justify="left")
+    for column in ("name", "package", "memory", "python", "arch", "title"):
+        table.add_column(column, no_wrap=column != "title")
+    for name in list_profiles():
+        p = load_profile(name)
+        py = p.runtime.python
+        table.add_row(p.name, p.package, p.memory.describe(), py[0] if len(py) == 1 else f"{py[0]}–{py[-1]}",
+                      ", ".join(p.runtime.archs), p.title)
+    Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 140).print(table)
+
+
+@command.command("show")
+@click.argument("name", metavar="NAME|FILE")
+@click.option("--json", "as_json", is_flag=True, help="Print the parsed profile as JSON.")
+def show(name: str, as_json: bool) -> None:
+    """Print one profile (a shipped NAME or a profile FILE) with the source of every number."""
+    from slimserve.profiles.loader import load_profile
+    from slimserve.profiles.schema import LIMIT_FAMILIES
+
+    p = load_profile(name)
+    if as_json:
+        click.echo(json.dumps(p.model_dump(mode="json"), indent=2, ensure_ascii=False))
+        return
+    lines = [f"{p.name}: {p.title}", f"  provider {p.provider}, package {p.package}", f"  docs     {p.docs}", ""]
+    rt = p.runtime
+    lines += [f"  python   {', '.join(rt.python)}", f"  arch     {', '.join(rt.archs)}",
+              f"           source: {rt.source}"] + ([f"           note: {rt.note}"] if rt.note else [])
+    mem = p.memory
+    default = f" (default {mem.default:,})" if mem.default is not None else ""
+    lines += [f"  memory   {mem.describe()}{default}", f"           source: {mem.source}"]
+    lines += [f"           note: {mem.note}"] if mem.note else []
+    lines += [f"  cpu      {p.cpu.describe()}", f"           source: {p.cpu.source}"]
+    lines += [f"           note: {p.cpu.note}"] if p.cpu.note else []
+    lines += ["", "  limits (checked)"]
+    for key in LIMIT_FAMILIES:
+        limit = getattr(p.limits, key)
+        if limit is None:
+            continue
+        flags = [f for f in (limit.severity == "warn" and "warn only", limit.per_archive and "per archive") if f]
+        extra = f" [{', '.join(flags)}]" if flags else ""
+        lines += [f"    {key:<16} {limit.display()}{extra}", f"{'':21}source: {limit.source}"]
+        lines += [f"{'':21}note: {limit.note}"] if limit.note else []
+    if p.image is not None:
+        b = p.image.base_size
+        lines += ["", f"  image    base {p.image.base} ≈ {b.display()} (estimate)", f"           source: {b.source}"]
+        lines += [f"           note: {b.note}"] if b.note else []
+    if p.info:
+        lines += ["", "  other limits (informational)"]
+        for key, limit in sorted(p.info.items()):
+            lines += [f"    {key:<24} {limit.display()}", f"{'':29}source: {limit.source}"]
+            lines += [f"{'':29}note: {limit.note}"] if limit.note else []
+    lines += ["", "  sources"] + [f"    {url}" for url in p.sources()]
+    click.echo("\n".join(lines))

@@ -1,0 +1,58 @@
+"""`--format json`: the machine-readable report.
+
+Shape (stable keys first, extras after):
+{"fits": bool,
+ "platforms": {NAME: {"fits", "checks": [{"id", "name", "status", "measured", "limit", "unit", "reason",
+                                          "source", "estimate"}], "recommended_memory_mb", ...extras}},
+ "package": {"unzipped_bytes", "zipped_bytes", ...extras},
+ "cold_start": {"import_ms", "load_ms", "first_inference_ms", "total_ms", "runs", ...extras},
+ "peak_rss_mb": N, ...extras}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any, TextIO
+
+from slimserve import __version__
+from slimserve.report import PROJECTION_NOTE, Report
+
+
+def report_dict(report: Report) -> dict[str, Any]:
+    cs = report.cold_start
+    platforms: dict[str, Any] = {}
+    for v in report.platforms:
+        platforms[v.name] = {
+            "fits": v.fits,
+            "checks": [asdict(f) for f in v.findings],
+            "recommended_memory_mb": v.recommended_memory_mb,
+            "title": v.title,
+            "memory_mb": v.memory_mb,
+            "memory_note": v.memory_note,
+            "projection": None if v.projection is None else {**asdict(v.projection), "estimate": True},
+            "sources": list(v.sources),
+        }
+    pkg = report.package
+    return {
+        "fits": report.fits,
+        "platforms": platforms,
+        "package": {"unzipped_bytes": pkg.unzipped_bytes, "zipped_bytes": pkg.zipped_bytes,
+                    "layers": pkg.layers, "parts": dict(sorted(pkg.parts.items())),
+                    "unzipped_parts": dict(sorted(pkg.unzipped_parts.items())), "image_bytes": pkg.image_bytes},
+        "cold_start": {"import_ms": cs.import_ms, "load_ms": cs.load_ms,
+                       "first_inference_ms": cs.first_inference_ms, "total_ms": cs.total_ms, "runs": cs.runs,
+                       "warm_ms": cs.warm_ms, "python": cs.python, "fallback": cs.fallback,
+                       "measured_here": True},
+        "peak_rss_mb": cs.peak_rss_mb,
+        "target": {"python": report.python, "arch": report.arch},
+        "path": report.path,
+        "model": dict(report.model),
+        "projection_method": {"host_vcpus": report.host_vcpus, "formula": PROJECTION_NOTE},
+        "slimserve": __version__,
+    }
+
+
+def render(report: Report, out: TextIO) -> None:
+    json.dump(report_dict(report), out, indent=2, ensure_ascii=False)
+    out.write("\n")
