@@ -1,0 +1,196 @@
+"""Step `fp32`: ONNX Runtime graph optimization only, saved offline so cold starts skip the work.
+
+Level chosen: ORT_ENABLE_EXTENDED, measured on all-MiniLM-L6-v2 (benchmarks/results/quant_sweep.md).
+Why not the others:
+- BASIC only folds constants and removes redundant nodes; EXTENDED adds the fusions that matter for
+  encoders (SkipLayerNormalization, BiasGelu, FusedMatMul, attention). They are com.microsoft contrib ops
+  that every stock onnxruntime CPU build implements on x86_64 and arm64, so the saved file is portable
+  across the two Lambda architectures.
+- ALL adds layout transforms (NCHWc, blocked for the build machine's SIMD width) that ORT documents as
+  hardware-specific when saved offline: a file made on an AVX-512 build host can be wrong or slow on a
+  Graviton. We never save that level.
+
+The module also holds the small load/save/check helpers every quantization step shares, so that there is
+one way to read a model, one way to write it (external data only above 2 GB) and one way to turn an
+onnx/onnxruntime failure into a one-line ToolError.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec
+
+if TYPE_CHECKING:
+    import onnx
+
+# Protobuf cannot serialise a message above 2 GiB; past this we write ONNX external data.
+PROTOBUF_LIMIT = 2**31 - 1
+# Portable offline levels, by name (see module docstring for why "all" is absent).
+LEVELS = ("basic", "extended")
+DEFAULT_LEVEL = "extended"
+
+
+def load_model(src: Path, step: str, *, load_external: bool = True) -> onnx.ModelProto:
+    """Read an ONNX file (with its external data), or fail with a one-line ToolError naming the step."""
+    import onnx
+
+    if not Path(src).is_file():
+        raise SlimserveError(f"{step}: input model {src} does not exist", hint="check the model path")
+    try:
+        return onnx.load(str(src), load_external_data=load_external)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ValueError...: all mean "unreadable"
+        raise ToolError(
+            f"{step}: onnx cannot read {src}: {first_line(exc)}", hint="is this a valid ONNX file?"
+        ) from exc
+
+
+def save_model(model: onnx.ModelProto, dst: Path, step: str) -> Path:
+    """Write `model` to `dst`; tensors go to `<dst>.data` only when the whole model exceeds 2 GB."""
+    import onnx
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    large = model.ByteSize() > PROTOBUF_LIMIT if _byte_size_ok(model) else True
+    try:
+        if large:
+            onnx.save_model(
+                model,
+                str(dst),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=dst.name + ".data",
+                size_threshold=1024,
+            )
+        else:
+            onnx.save_model(model, str(dst))
+    except Exception as exc:
+        raise ToolError(f"{step}: onnx cannot write {dst}: {first_line(exc)}") from exc
+    return dst
+
+
+def _byte_size_ok(model: onnx.ModelProto) -> bool:
+    """ByteSize() itself raises on some protobuf builds past 2 GB; treat that as 'large'."""
+    try:
+        model.ByteSize()
+    except Exception:  # protobuf's own overflow error type differs between implementations
+        return False
+    return True
+
+
+def check_session(path: Path, step: str) -> None:
+    """Prove the written model loads in a stock onnxruntime CPU session; ToolError (one line) otherwise."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ToolError(
+            f"{step}: the written model does not load in onnxruntime: {first_line(exc)}",
+            hint="report this model to the slimserve maintainers; try another recipe step meanwhile",
+        ) from exc
+
+
+def ort_optimize(src: Path, dst: Path, step: str, level: str = DEFAULT_LEVEL) -> Path:
+    """Run ORT's graph optimizer at a portable `level` and save the result to `dst` (offline mode)."""
+    import onnxruntime as ort
+
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }
+    if level not in levels:
+        raise SlimserveError(f"{step}: unknown optimization level {level!r}", hint=f"use one of {LEVELS}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = levels[level]
+    opts.optimized_model_filepath = str(dst)
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    if _needs_external(src):
+        # ORT writes initializers beside the model when asked; required past the protobuf limit.
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", Path(dst).name + ".data"
+        )
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ToolError(f"{step}: onnxruntime cannot optimize {Path(src).name}: {first_line(exc)}") from exc
+    return Path(dst)
+
+
+def _needs_external(src: Path) -> bool:
+    """True when the source model with its data is near the protobuf limit."""
+    src = Path(src)
+    total = src.stat().st_size
+    for sibling in src.parent.iterdir():
+        if sibling != src and sibling.suffix in {".data", ".bin"} and sibling.name.startswith(src.stem):
+            total += sibling.stat().st_size
+    return total > PROTOBUF_LIMIT
+
+
+def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepResult:
+    """Optimize the graph with ORT at the extended level (see the module docstring for why)."""
+    level = DEFAULT_LEVEL
+    with ctx.progress.stage(f"fp32: onnxruntime {level} graph optimization"):
+        ort_optimize(Path(src), Path(dst), "fp32", level)
+        check_session(Path(dst), "fp32")
+    before, after = os.path.getsize(src), os.path.getsize(dst)
+    notes = (
+        f"onnxruntime {level}-level optimizations saved offline; contrib ops need onnxruntime>=1.20 at runtime",
+    )
+    return StepResult(path=Path(dst), notes=notes, details={"level": level, "bytes_in": before, "bytes_out": after})
+
+
+SPEC = StepSpec(
+    name="fp32",
+    help="ONNX Runtime graph optimization (portable extended level) saved offline; weights stay float32.",
+    run=run,
+)
+
+
+def detach_initializer_inputs(model: onnx.ModelProto) -> int:
+    """Drop graph inputs that merely shadow an initializer (old exporters' keep_initializers_as_inputs).
+
+    Such weights are overridable at run time, so no optimizer may fold or quantize them. No serving code
+    feeds weights, so we make them plain constants. Returns how many inputs were removed.
+    """
+    names = {init.name for init in model.graph.initializer}
+    keep = [inp for inp in model.graph.input if inp.name not in names]
+    removed = len(model.graph.input) - len(keep)
+    if removed:
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+    return removed
+
+
+def normalize_for_quant(src: Path, work_dir: Path, step: str) -> tuple[Path, tuple[str, ...]]:
+    """A copy of `src` whose weights are plain initializers, ready for the quantizers.
+
+    Weights can arrive through Constant nodes, Identity/Transpose of initializers or graph inputs with
+    initializers; quantizers only look at initializers. Detaching the shadowing inputs and running ORT's
+    basic level (constant folding, ONNX ops only, so still portable) turns all of those into initializers.
+    When ORT cannot optimize the model we fall back to the detached model as it is, and say so.
+    """
+    model = load_model(src, step)
+    notes: list[str] = []
+    removed = detach_initializer_inputs(model)
+    if removed:
+        notes.append(f"{removed} graph inputs that shadowed initializers were made constants")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    detached = save_model(model, work_dir / f"{step}-detached.onnx", step)
+    folded = work_dir / f"{step}-folded.onnx"
+    try:
+        ort_optimize(detached, folded, step, "basic")
+    except ToolError as exc:
+        notes.append(f"constant folding skipped ({exc.message})")
+        return detached, tuple(notes)
+    return folded, tuple(notes)

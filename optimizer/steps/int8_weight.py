@@ -1,0 +1,487 @@
+"""Step `int8-weight`: weights stored as int8, activations stay float.
+
+What it writes (chosen by measurement on all-MiniLM-L6-v2, benchmarks/results/quant_sweep.md):
+- MatMul / Gemm / Conv weights: symmetric int8, one scale per output channel, as
+  `DequantizeLinear(int8, scale, axis) -> MatMul`. Standard ONNX ops only. Per-channel symmetric int8
+  keeps the embedding at cosine > 0.999 with no sensitive-node exclusions. MatMulNBits with bits=8
+  (block 128) was equally faithful on ORT 1.32 but the QDQ form is portable to any runtime and was not
+  slower to load or run here.
+- Embedding tables (Gather on a 2-D float initializer, axis 0): an int8 table with one float scale per
+  row: `Mul(Cast(Gather(table_i8, ids)), Gather(row_scales, ids))`. The table stays int8 in memory and only
+  the looked-up rows are widened, which `DequantizeLinear -> Gather` cannot promise (ORT may fold it to a
+  float table at load). GatherBlockQuantized (uint8, bits=8) was measured too; see the sweep.
+
+Tensors below `MIN_ELEMENTS` (biases, LayerNorm, tiny tables) stay float: they cost bytes nobody
+notices and carry most of the precision risk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from slimserve.errors import ToolError, first_line
+from slimserve.optimizer.steps import graph_opt
+from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec
+
+if TYPE_CHECKING:
+    import onnx
+
+STEP = "int8-weight"
+MIN_ELEMENTS = 4096
+
+MatMulMode = Literal["fold", "dq", "nbits", "castmul", "none"]
+EmbeddingMode = Literal["gather-mul", "gbq", "dq", "none"]
+
+
+@dataclass(frozen=True)
+class Int8WeightOptions:
+    """How each kind of weight is stored. Defaults are the measured choice (see module docstring)."""
+
+    # fold: int8 * fp16 block scales, folded to float at load; dq: DequantizeLinear per-axis;
+    # nbits: MatMulNBits bits=8; castmul: like fold with one scale per output channel
+    matmul: MatMulMode = "fold"
+    embeddings: EmbeddingMode = "gather-mul"  # gather-mul: int8 table + row scales; gbq: GatherBlockQuantized
+    conv: bool = True
+    min_elements: int = MIN_ELEMENTS
+    block: int = 32  # block along the reduction axis (fold and nbits modes)
+    accuracy_level: int = 0  # MatMulNBits: 0 keeps activations float; 4 lets ORT quantize them to int8
+    search_clip: bool = False
+
+
+def symmetric_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 with one scale per slice along `axis` (range [-127, 127], zero point 0).
+
+    Returns (q, scale) with `scale` shaped like w.shape[axis]. An all-zero slice gets scale 1 so that
+    dequantization never divides by zero.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.abs(w).max(axis=reduce) if reduce else np.abs(w)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scale
+
+
+class _Graph:
+    """Index of one ONNX graph: initializers by name and the nodes consuming each value."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.inits = {t.name: t for t in graph.initializer}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.graph_outputs = {o.name for o in graph.output}
+        self._used: set[str] = {n for n in self.inits} | {o for n in graph.node for o in n.output}
+
+    def fresh(self, base: str) -> str:
+        """A value name not used anywhere in the graph yet."""
+        name, i = base, 0
+        while name in self._used:
+            i += 1
+            name = f"{base}_{i}"
+        self._used.add(name)
+        return name
+
+    def float_weight(self, name: str, min_elements: int) -> np.ndarray | None:
+        """The initializer `name` as float32 if it is a float tensor worth quantizing, else None."""
+        from onnx import TensorProto, numpy_helper
+
+        init = self.inits.get(name)
+        if init is None or init.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
+            return None
+        if int(np.prod(init.dims)) < min_elements or name in self.graph_outputs:
+            return None
+        return numpy_helper.to_array(init).astype(np.float32)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _ensure_ms_domain(model: onnx.ModelProto) -> None:
+    from onnx import helper
+
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def _weight_axis(node: onnx.NodeProto, rank: int) -> int | None:
+    """The output-channel axis of the weight input of `node`, or None if it is not a weight input."""
+    if node.op_type == "MatMul":
+        return 1 if rank == 2 else None
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if node.op_type == "Conv":
+        return 0
+    return None
+
+
+def _dequantized(
+    g: _Graph, name: str, w: np.ndarray, axis: int, opts: Int8WeightOptions, opset: int, reduce_axis: int | None
+) -> list:
+    """Nodes + initializers that rebuild float `name` from int8; returns the new nodes."""
+    from onnx import helper, numpy_helper
+
+    if opts.matmul == "dq" and opset >= 13:
+        q, scale = symmetric_int8(w, axis)
+        q_name, s_name = g.fresh(name + "_i8"), g.fresh(name + "_scale")
+        g.graph.initializer.extend([numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale, s_name)])
+        return [helper.make_node("DequantizeLinear", [q_name, s_name], [name], name=g.fresh(name + "_dq"), axis=axis)]
+    return _fold_nodes(g, name, w, axis, reduce_axis if opts.matmul == "fold" else None, opts.block)
+
+
+def _fold_nodes(g: _Graph, name: str, w: np.ndarray, axis: int, reduce_axis: int | None, block: int) -> list:
+    """int8 weight * float16 scales via Cast/Mul/Reshape: plain ONNX that ORT constant-folds at load.
+
+    With `reduce_axis` (2-D weights whose reduction length divides by `block`) each output channel gets
+    one scale per `block` inputs; otherwise one scale per output channel. Folding means the session
+    computes in float32 exactly like the original model: the only error is the weight rounding.
+    """
+    from onnx import helper, numpy_helper
+
+    shape = list(w.shape)
+    if reduce_axis is not None and w.ndim == 2 and shape[reduce_axis] % block == 0 and shape[reduce_axis] > block:
+        split = shape[:reduce_axis] + [shape[reduce_axis] // block, block] + shape[reduce_axis + 1 :]
+        blocks = w.reshape(split)
+        amax = np.abs(blocks).max(axis=reduce_axis + 1, keepdims=True)
+    else:
+        split = shape
+        blocks = w
+        amax = np.abs(w).max(axis=tuple(i for i in range(w.ndim) if i != axis), keepdims=True)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float16)
+    scale = np.where(scale.astype(np.float32) > 0, scale, np.float16(1.0))
+    q = np.clip(np.rint(blocks / scale.astype(np.float32)), -127, 127).astype(np.int8)
+    q_name, s_name = g.fresh(name + "_i8"), g.fresh(name + "_scale16")
+    g.graph.initializer.extend([numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale, s_name)])
+    qf, sf = g.fresh(name + "_qf"), g.fresh(name + "_sf")
+    nodes = [
+        helper.make_node("Cast", [q_name], [qf], name=g.fresh(name + "_castq"), to=1),
+        helper.make_node("Cast", [s_name], [sf], name=g.fresh(name + "_casts"), to=1),
+    ]
+    if split == shape:
+        nodes.append(helper.make_node("Mul", [qf, sf], [name], name=g.fresh(name + "_mul")))
+        return nodes
+    prod, shape_name = g.fresh(name + "_blocks"), g.fresh(name + "_shape")
+    g.graph.initializer.append(numpy_helper.from_array(np.asarray(shape, dtype=np.int64), shape_name))
+    nodes += [
+        helper.make_node("Mul", [qf, sf], [prod], name=g.fresh(name + "_mul")),
+        helper.make_node("Reshape", [prod, shape_name], [name], name=g.fresh(name + "_reshape")),
+    ]
+    return nodes
+
+
+def _quantize_linear_weights(model: onnx.ModelProto, opts: Int8WeightOptions) -> int:
+    """Replace float MatMul/Gemm/Conv weights with int8 + per-channel scale; returns how many."""
+    g = _Graph(model.graph)
+    opset = _opset(model)
+    new_nodes: list = []
+    done = []
+    for name in list(g.inits):
+        users = g.consumers.get(name, [])
+        if not users or any(n.op_type == "Gather" for n in users):
+            continue
+        if not opts.conv and any(n.op_type == "Conv" for n in users):
+            continue
+        axes = {_weight_axis(n, len(g.inits[name].dims)) if list(n.input).index(name) == 1 else None for n in users}
+        if len(axes) != 1 or None in axes:
+            continue
+        w = g.float_weight(name, opts.min_elements)
+        if w is None:
+            continue
+        axis = axes.pop()
+        reduce_axis = 1 - axis if w.ndim == 2 else None
+        new_nodes += _dequantized(g, name, w, axis, opts, opset, reduce_axis)
+        done.append(name)
+    _drop_initializers(model.graph, done)
+    _prepend(model.graph, new_nodes)
+    return len(done)
+
+
+def _quantize_embeddings(model: onnx.ModelProto, mode: EmbeddingMode, min_elements: int) -> int:
+    """Replace Gather(float table, ids) (axis 0) with an int8 table and per-row scales; returns how many."""
+    g = _Graph(model.graph)
+    done = []
+    for node in list(model.graph.node):
+        if node.op_type != "Gather" or any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            continue
+        name = node.input[0]
+        if len(g.consumers.get(name, [])) != 1 or name not in g.inits or len(g.inits[name].dims) != 2:
+            continue
+        w = g.float_weight(name, min_elements)
+        if w is None:
+            continue
+        if mode == "gbq" and w.shape[1] % 16:
+            continue
+        build = {"gather-mul": _gather_mul, "gbq": _gather_block_quantized, "dq": _dq_gather}[mode]
+        nodes = build(g, node, w)
+        idx = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        for k, n in enumerate(nodes):
+            model.graph.node.insert(idx + k, n)
+        done.append(name)
+    _drop_initializers(model.graph, done)
+    if mode == "gbq" and done:
+        _ensure_ms_domain(model)
+    return len(done)
+
+
+def _gather_mul(g: _Graph, node: onnx.NodeProto, w: np.ndarray) -> list:
+    """Gather the int8 rows and their scales, widen only those rows: memory stays int8."""
+    from onnx import helper, numpy_helper
+
+    name, ids, out = node.input[0], node.input[1], node.output[0]
+    q, scale = symmetric_int8(w, 0)
+    q_name, s_name = g.fresh(name + "_i8"), g.fresh(name + "_row_scale")
+    g.graph.initializer.extend(
+        [numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale.reshape(-1, 1), s_name)]
+    )
+    rows, rows_f, row_s = g.fresh(out + "_i8"), g.fresh(out + "_f"), g.fresh(out + "_s")
+    return [
+        helper.make_node("Gather", [q_name, ids], [rows], name=g.fresh(node.name + "_q"), axis=0),
+        helper.make_node("Cast", [rows], [rows_f], name=g.fresh(node.name + "_cast"), to=1),
+        helper.make_node("Gather", [s_name, ids], [row_s], name=g.fresh(node.name + "_scale"), axis=0),
+        helper.make_node("Mul", [rows_f, row_s], [out], name=g.fresh(node.name + "_mul")),
+    ]
+
+
+def _gather_block_quantized(g: _Graph, node: onnx.NodeProto, w: np.ndarray) -> list:
+    """com.microsoft GatherBlockQuantized on a uint8 table (bits=8), blocks along the row."""
+    from onnx import helper, numpy_helper
+
+    name = node.input[0]
+    dim = w.shape[1]
+    block = max(b for b in (16, 32, 64, 128, 256) if dim % b == 0)
+    blocks = w.reshape(w.shape[0], dim // block, block)
+    amax = np.abs(blocks).max(axis=2)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(blocks / scale[..., None]), -127, 127).astype(np.int16) + 128
+    q_name, s_name = g.fresh(name + "_u8"), g.fresh(name + "_scales")
+    g.graph.initializer.extend(
+        [numpy_helper.from_array(q.reshape(w.shape).astype(np.uint8), q_name), numpy_helper.from_array(scale, s_name)]
+    )
+    return [
+        helper.make_node(
+            "GatherBlockQuantized", [q_name, node.input[1], s_name], [node.output[0]],
+            name=g.fresh(node.name + "_gbq"), domain="com.microsoft",
+            bits=8, block_size=block, gather_axis=0, quantize_axis=1,
+        )
+    ]
+
+
+def _dq_gather(g: _Graph, node: onnx.NodeProto, w: np.ndarray) -> list:
+    """DequantizeLinear(table, per-row scale) -> Gather: simplest, but ORT may fold it to float at load."""
+    from onnx import helper, numpy_helper
+
+    name = node.input[0]
+    q, scale = symmetric_int8(w, 0)
+    q_name, s_name, deq = g.fresh(name + "_i8"), g.fresh(name + "_row_scale"), g.fresh(name + "_deq")
+    g.graph.initializer.extend([numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale, s_name)])
+    return [
+        helper.make_node("DequantizeLinear", [q_name, s_name], [deq], name=g.fresh(name + "_dq"), axis=0),
+        helper.make_node("Gather", [deq, node.input[1]], [node.output[0]], name=node.name, axis=0),
+    ]
+
+
+def _drop_initializers(graph: onnx.GraphProto, names: list[str]) -> None:
+    gone = set(names)
+    keep = [t for t in graph.initializer if t.name not in gone]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def _prepend(graph: onnx.GraphProto, nodes: list) -> None:
+    """Dequantization nodes depend only on initializers, so putting them first keeps topological order."""
+    for k, n in enumerate(nodes):
+        graph.node.insert(k, n)
+
+
+def block_quantize(
+    w: np.ndarray, bits: int, block: int, symmetric: bool, search_clip: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Quantize a [K, N] weight in blocks of `block` along K, as MatMulNBits stores it.
+
+    Returns (q, scales, zero_points): q is uint8 [N, k_blocks, block] holding values in [0, 2**bits), scales
+    float32 [N, k_blocks], zero points uint8 [N, k_blocks] (None when symmetric: MatMulNBits then uses
+    2**(bits-1)). Symmetric blocks map the largest magnitude to -2**(bits-1) so no level is wasted.
+    `search_clip` shrinks each block's range to the factor (1.0 ... 0.7) with the least squared error,
+    which matters at 4 bits where one outlier otherwise flattens the whole block.
+    """
+    w = np.asarray(w, dtype=np.float32).T  # [N, K]
+    n, k = w.shape
+    kb = -(-k // block)
+    blocks = np.pad(w, ((0, 0), (0, kb * block - k))).reshape(n, kb, block)
+    best = None
+    for alpha in np.linspace(1.0, 0.7, 7) if search_clip else (1.0,):
+        cand = _quantize_blocks(blocks, bits, symmetric, float(alpha))
+        err = ((_dequantize_blocks(*cand, bits) - blocks) ** 2).sum(axis=2)
+        if best is None:
+            best, best_err = list(cand), err
+            continue
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best[0] = np.where(better[..., None], cand[0], best[0])
+        best[1] = np.where(better, cand[1], best[1])
+        best[2] = np.where(better, cand[2], best[2])
+    q, scale, zp = best
+    return q.astype(np.uint8), scale.astype(np.float32), None if symmetric else zp.astype(np.uint8)
+
+
+def _quantize_blocks(blocks: np.ndarray, bits: int, symmetric: bool, alpha: float) -> tuple:
+    levels = 2**bits
+    if symmetric:
+        idx = np.abs(blocks).argmax(axis=2)[..., None]
+        peak = np.take_along_axis(blocks, idx, axis=2)[..., 0] * alpha
+        scale = np.where(peak != 0, peak / -(levels // 2), 1.0)
+        zp = np.full(scale.shape, levels // 2, dtype=np.float32)
+    else:
+        lo = np.minimum(blocks.min(axis=2), 0) * alpha
+        hi = np.maximum(blocks.max(axis=2), 0) * alpha
+        scale = np.where(hi > lo, (hi - lo) / (levels - 1), 1.0)
+        zp = np.clip(np.rint(-lo / scale), 0, levels - 1)
+    q = np.clip(np.rint(blocks / scale[..., None]) + zp[..., None], 0, levels - 1)
+    return q, scale, zp
+
+
+def _dequantize_blocks(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, bits: int) -> np.ndarray:
+    return (q - zp[..., None]) * scale[..., None]
+
+
+def pack_bits(q: np.ndarray, bits: int) -> np.ndarray:
+    """Pack uint8 values of `bits` bits along the last axis, low-order bits first (MatMulNBits layout)."""
+    if bits == 8:
+        return q.astype(np.uint8)
+    per = 8 // bits
+    pad = (-q.shape[-1]) % per
+    q = np.pad(q.astype(np.uint8), [(0, 0)] * (q.ndim - 1) + [(0, pad)])
+    q = q.reshape(*q.shape[:-1], -1, per)
+    out = np.zeros(q.shape[:-1], dtype=np.uint8)
+    for i in range(per):
+        out |= (q[..., i] << (bits * i)).astype(np.uint8)
+    return out
+
+
+def matmul_nbits_nodes(
+    g: _Graph, node: onnx.NodeProto, w: np.ndarray, bits: int, block: int, symmetric: bool,
+    accuracy_level: int, search_clip: bool = False,
+) -> list:
+    """A com.microsoft MatMulNBits node (and its initializers) replacing MatMul(A, w)."""
+    from onnx import helper, numpy_helper
+
+    k, n = w.shape
+    q, scale, zp = block_quantize(w, bits, block, symmetric, search_clip)
+    base = node.input[1]
+    b_name, s_name = g.fresh(base + f"_q{bits}"), g.fresh(base + "_scales")
+    g.graph.initializer.extend(
+        [numpy_helper.from_array(pack_bits(q, bits), b_name), numpy_helper.from_array(scale, s_name)]
+    )
+    inputs = [node.input[0], b_name, s_name]
+    if zp is not None:
+        zp_name = g.fresh(base + "_zp")
+        g.graph.initializer.append(numpy_helper.from_array(pack_bits(zp, bits), zp_name))
+        inputs.append(zp_name)
+    return [
+        helper.make_node(
+            "MatMulNBits", inputs, list(node.output), name=g.fresh((node.name or base) + f"_nbits{bits}"),
+            domain="com.microsoft", K=k, N=n, bits=bits, block_size=block, accuracy_level=accuracy_level,
+        )
+    ]
+
+
+def replace_matmuls_nbits(
+    model: onnx.ModelProto, bits: int, block: int, symmetric: bool, accuracy_level: int,
+    *, search_clip: bool = False, exclude: frozenset[str] = frozenset(), min_elements: int = MIN_ELEMENTS,
+) -> list[str]:
+    """Swap every MatMul with a 2-D float constant weight (sole consumer) for MatMulNBits; returns names."""
+    g = _Graph(model.graph)
+    done, weights = [], []
+    for idx, node in enumerate(list(model.graph.node)):
+        if node.op_type != "MatMul" or node.name in exclude or len(g.consumers.get(node.input[1], [])) != 1:
+            continue
+        w = g.float_weight(node.input[1], min_elements)
+        if w is None or w.ndim != 2:
+            continue
+        new = matmul_nbits_nodes(g, node, w, bits, block, symmetric, accuracy_level, search_clip)
+        pos = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        model.graph.node.insert(pos, new[0])
+        done.append(node.name)
+        weights.append(node.input[1])
+    _drop_initializers(model.graph, weights)
+    if done:
+        _ensure_ms_domain(model)
+    return done
+
+
+def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int8WeightOptions, step: str = STEP) -> StepResult:
+    """Weight-only int8 of `src` into `dst` with `opts`; shared by the step and the sweep variants."""
+    prepared, notes = graph_opt.normalize_for_quant(Path(src), ctx.work_dir, step)
+    model = graph_opt.load_model(prepared, step)
+    try:
+        n_emb = 0 if opts.embeddings == "none" else _quantize_embeddings(model, opts.embeddings, opts.min_elements)
+        if opts.matmul == "nbits":
+            n_lin = len(replace_matmuls_nbits(
+                model, 8, opts.block, True, opts.accuracy_level, search_clip=opts.search_clip,
+                min_elements=opts.min_elements,
+            ))
+            n_lin += _quantize_linear_weights(model, Int8WeightOptions(matmul="castmul", conv=opts.conv))
+        elif opts.matmul != "none":
+            n_lin = _quantize_linear_weights(model, opts)
+        else:
+            n_lin = 0
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ToolError(f"{step}: cannot rewrite the weights of {Path(src).name}: {first_line(exc)}") from exc
+    if n_emb + n_lin == 0:
+        notes += ("no float MatMul/Gemm/Conv weight or embedding table was large enough to quantize",)
+    graph_opt.save_model(model, Path(dst), step)
+    graph_opt.check_session(Path(dst), step)
+    return StepResult(
+        path=Path(dst),
+        notes=notes + ("weights int8 (per-channel / per-row symmetric); activations and compute stay float",),
+        details={"quantized_linear_weights": n_lin, "quantized_embeddings": n_emb, "matmul": opts.matmul,
+                 "embeddings": opts.embeddings},
+    )
+
+
+def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepResult:
+    """Weight-only int8 with the measured defaults."""
+    with ctx.progress.stage(f"{STEP}: int8 weights, float activations"):
+        return quantize(Path(src), Path(dst), ctx, Int8WeightOptions())
+
+
+def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], object], str]]:  # noqa: N802
+    """Alternatives measured by benchmarks/quant_sweep.py (not used by the step itself)."""
+    def v(**kw: object) -> Callable[[Path, Path, StepContext], object]:
+        return lambda s, d, c: quantize(s, d, c, Int8WeightOptions(**kw))  # type: ignore[arg-type]
+
+    return {
+        "w8-dq": (v(matmul="dq"), "DequantizeLinear per-channel MatMul weights (ORT fuses to MatMulNBits acc 4)"),
+        "w8-fold-noemb": (v(embeddings="none"), "fold MatMul weights, float embeddings"),
+        "w8-emb-only": (v(matmul="none"), "int8 embeddings (Gather+Cast+Mul) only"),
+        "w8-fold-gbq": (v(embeddings="gbq"), "fold MatMul + GatherBlockQuantized uint8 embeddings"),
+        "w8-fold-dqgather": (v(embeddings="dq"), "fold MatMul + DequantizeLinear->Gather embeddings"),
+        "w8-castmul": (v(matmul="castmul"), "Cast+Mul per-channel MatMul weights (folded to float at load)"),
+        "w8-fold-b64": (v(block=64), "Cast+Mul+Reshape, fp16 scales per 64 inputs (folded at load)"),
+        "w8-fold-b16": (v(block=16), "Cast+Mul+Reshape, fp16 scales per 16 inputs (folded at load)"),
+        "w8-nbits-b32-acc0": (v(matmul="nbits"), "MatMulNBits bits=8 block 32 accuracy_level 0"),
+        "w8-nbits-b32-acc4": (v(matmul="nbits", accuracy_level=4), "MatMulNBits bits=8 block 32 acc 4"),
+        "w8-nbits-b128-acc0": (v(matmul="nbits", block=128), "MatMulNBits bits=8 block 128 acc 0"),
+        "w8-nbits-b16-acc0": (v(matmul="nbits", block=16), "MatMulNBits bits=8 block 16 acc 0"),
+    }
+
+
+SPEC = StepSpec(
+    name=STEP,
+    help="Weight-only int8: MatMul/Gemm/Conv weights per-channel int8 and embedding tables int8 per row; "
+    "activations stay float.",
+    run=run,
+)
