@@ -233,7 +233,8 @@ def with_config(
 
 
 def env_map(env: Sequence[str]) -> dict[str, str]:
-    return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    pairs = (item.partition("=") for item in env)
+    return {key: value for key, _, value in pairs}
 
 
 def extend_env(env: Sequence[str], updates: Mapping[str, str]) -> list[str]:

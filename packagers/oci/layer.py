@@ -106,29 +106,29 @@ def build_layer(
         dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
     clash = dirs & files.keys()
     if clash:
-        raise SlimserveError(f"layer entry {sorted(clash)[0]!r} is both a file and a folder")
+        raise SlimserveError(f"layer entry {min(clash)!r} is both a file and a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel) as gz:
-            counter = _HashingWriter(gz)  # type: ignore[arg-type]
-            with tarfile.open(fileobj=counter, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-                for name in sorted(dirs | files.keys()):
-                    if name in dirs:
-                        tar.addfile(_info(name, directory=True, size=0, executable=True, epoch=epoch))
-                        continue
-                    src = files[name]
-                    if isinstance(src, bytes):
-                        tar.addfile(_info(name, directory=False, size=len(src), executable=False, epoch=epoch),
-                                    io.BytesIO(src))
-                        continue
-                    try:
-                        st = os.stat(src)
-                        with open(src, "rb") as fh:
-                            executable = bool(st.st_mode & stat.S_IXUSR)
-                            tar.addfile(_info(name, directory=False, size=st.st_size, executable=executable,
-                                              epoch=epoch), fh)
-                    except OSError as exc:
-                        raise SlimserveError(f"cannot read {src} for the image: {exc.strerror}") from None
+    with open(out, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel) as gz:
+        counter = _HashingWriter(gz)  # type: ignore[arg-type]
+        with tarfile.open(fileobj=counter, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for name in sorted(dirs | files.keys()):
+                if name in dirs:
+                    tar.addfile(_info(name, directory=True, size=0, executable=True, epoch=epoch))
+                    continue
+                src = files[name]
+                if isinstance(src, bytes):
+                    tar.addfile(_info(name, directory=False, size=len(src), executable=False, epoch=epoch),
+                                io.BytesIO(src))
+                    continue
+                try:
+                    st = os.stat(src)
+                    with open(src, "rb") as fh:
+                        executable = bool(st.st_mode & stat.S_IXUSR)
+                        tar.addfile(_info(name, directory=False, size=st.st_size, executable=executable,
+                                          epoch=epoch), fh)
+                except OSError as exc:
+                    raise SlimserveError(f"cannot read {src} for the image: {exc.strerror}") from None
     return Layer(
         digest=Digest.of_file(out),
         diff_id=Digest("sha256", counter.sha.hexdigest()),

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from slimserve.errors import SlimserveError
 
 from .digest import Digest
-from .image import (INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, Image, Layer, Platform, family_of)
+from .image import INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, Image, Layer, Platform, family_of
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
@@ -39,6 +40,11 @@ def _put_blob(root: Path, digest: Digest, *, data: bytes | None = None, source: 
     except OSError:
         shutil.copyfile(source, dest)
     os.chmod(dest, 0o644)
+
+
+def located(image: Image, root: Path) -> Image:
+    """The same image with each layer pointing at its blob in the layout at `root`."""
+    return replace(image, layers=tuple(replace(lyr, path=blob_path(root, lyr.digest)) for lyr in image.layers))
 
 
 def manifest_descriptor(image: Image, ref_name: str | None = None) -> dict[str, Any]:

@@ -32,8 +32,16 @@ from typing import Any, BinaryIO
 from slimserve.errors import SlimserveError, ToolError, first_line
 
 from .digest import Digest
-from .image import (DOCKER_LAYER_GZIP, INDEX_TYPES, MANIFEST_TYPES, OCI_LAYER_GZIP, Image, Layer, Platform,
-                    family_of)
+from .image import (
+    DOCKER_LAYER_GZIP,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_LAYER_GZIP,
+    Image,
+    Layer,
+    Platform,
+    family_of,
+)
 from .layer import layer_from_blob
 
 DOCKER_HUB = "docker.io"
@@ -320,7 +328,7 @@ class RegistryClient:
 
     def _blob_cache(self) -> Path:
         if self.cache_dir:
-            return self.cache_dir
+            return Path(self.cache_dir)
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         return Path(base) / "slimserve" / "blobs"
 
@@ -435,7 +443,7 @@ class RegistryClient:
         return False
 
     def _location(self, ref: Reference, resp: _Response) -> str:
-        location = resp.headers.get("Location")
+        location = str(resp.headers.get("Location") or "")
         if not location:
             raise ToolError(f"registry {ref.registry} gave no upload location")
         return urllib.parse.urljoin(self._base(ref) + "/", location)
