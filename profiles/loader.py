@@ -76,7 +76,9 @@ def parse_profile(data: dict[str, Any], origin: str = "<profile>") -> Profile:
 
 def _first_problem(exc: ValidationError) -> str:
     """One line for the first error pydantic found: where, what, and a suggestion for typos."""
-    err = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # A typo shows up twice (the misspelt key is unknown, the real one missing): report the typo.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = [str(part) for part in err["loc"]]
     where = ".".join(loc) or "(top level)"
     kind = err["type"]
