@@ -30,6 +30,17 @@ DROP_DIRS = (
     "numpy/random/_examples",     # cython/numba examples
     "tokenizers/tools",           # HTML visualizer for notebooks
 )
+# NumPy >= 2 imports these submodules lazily (numpy/__init__.py `__getattr__`) and inference never asks
+# for them; NumPy 1.x imports random/fft/polynomial/ma/ctypeslib at init, so there they stay.
+# This layer is an inference runtime, not a general numpy: `np.random` raises ImportError in it.
+DROP_DIRS_NUMPY2 = (
+    "numpy/random", "numpy/fft", "numpy/polynomial", "numpy/ma", "numpy/testing", "numpy/typing",
+    "numpy/ctypeslib",
+)
+DROP_FILES_NUMPY2 = (
+    "numpy/_core/_simd.cpython-*.so",              # SIMD test harness, imported only by numpy's tests
+    "numpy/_core/_multiarray_tests.cpython-*.so",  # imported at init by numpy 1.x only
+)
 # Directory names removed wherever they occur.
 DROP_DIR_NAMES = ("tests", "__pycache__")
 # File name patterns removed wherever they occur (outside *.dist-info).
@@ -46,7 +57,12 @@ DROP_FILES = (
 def slim_tree(site: Path) -> int:
     """Delete what inference never touches from an unpacked closure; returns the bytes removed."""
     removed = 0
-    for rel in DROP_DIRS:
+    numpy2 = any(p.name.split("-")[1].startswith(("2.", "3.")) for p in site.glob("numpy-*.dist-info"))
+    for pattern in DROP_FILES_NUMPY2 if numpy2 else ():
+        for path in site.glob(pattern):
+            removed += path.stat().st_size
+            path.unlink()
+    for rel in DROP_DIRS + (DROP_DIRS_NUMPY2 if numpy2 else ()):
         path = site / rel
         if path.is_dir():
             removed += _tree_bytes(path)

@@ -56,7 +56,11 @@ def read_pins(target: Target, text: bool, path: Path = PINS_FILE) -> tuple[Pin, 
 
 
 def download_wheel(pin: Pin, target: Target, dest: Path) -> Path:
-    """One wheel for `target`, from the configured package index; a one-line ToolError otherwise."""
+    """One wheel for `target`, from the configured package index; a one-line ToolError otherwise.
+
+    `dest` is a download cache shared across runs; wheels go to a per-target subfolder.
+    """
+    dest = dest / target.key
     dest.mkdir(parents=True, exist_ok=True)
     before = set(dest.glob("*.whl"))
     cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input", "-q",
@@ -74,15 +78,22 @@ def download_wheel(pin: Pin, target: Target, dest: Path) -> Path:
             f"cannot get {pin} for {target.describe()}: {why[:200]}",
             hint="check network access to the package index, or choose another --python/--arch",
         )
-    new = sorted(set(dest.glob("*.whl")) - before) or _matching(dest, pin)
+    new = sorted(set(dest.glob("*.whl")) - before) or _matching(dest, pin, target)
     if not new:
         raise ToolError(f"pip reported success but no wheel for {pin} appeared in {dest}")
     return new[0]
 
 
-def _matching(dest: Path, pin: Pin) -> list[Path]:
+def _matching(dest: Path, pin: Pin, target: Target) -> list[Path]:
+    """Wheels already in `dest` (pip skips the download) for this pin, ABI and architecture."""
     stem = pin.name.replace("-", "_").lower() + "-" + pin.version + "-"
-    return sorted(p for p in dest.glob("*.whl") if p.name.lower().startswith(stem))
+    found = []
+    for path in sorted(dest.glob("*.whl")):
+        name = path.name.lower()
+        parts = name[:-4].split("-")
+        if name.startswith(stem) and parts[-2] in (target.abi, "abi3", "none") and target.wheel_arch in parts[-1]:
+            found.append(path)
+    return found
 
 
 def unpack_wheel(wheel: Path, site: Path) -> None:
