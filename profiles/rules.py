@@ -26,9 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from slimserve.profiles.schema import SIZE_UNITS, Limit, Profile, _num
+
 from slimserve.errors import SlimserveError
 from slimserve.measure import ColdStart, PackageSize
-from slimserve.profiles.schema import SIZE_UNITS, Limit, Profile, _num
 
 Status = Literal["pass", "warn", "fail"]
 STATUSES: tuple[Status, ...] = ("pass", "warn", "fail")
@@ -151,7 +152,7 @@ def recommend_memory(profile: Profile, facts: DeploymentFacts, options: RuleOpti
             continue
         if options.max_cold_start_ms is not None and proj.total_ms > options.max_cold_start_ms:
             continue
-        return memory
+        return int(memory)
     return None
 
 
@@ -263,7 +264,7 @@ def _image(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memor
         return _size_finding("image-size", "Image size", "image", limit, facts.package.image_bytes)
     # TODO(issue 5): packagers/container measures the real image and fills PackageSize.image_bytes;
     # until then: the profile's base image size + everything the zip package would unpack.
-    assert profile.image is not None  # noqa: S101  # the schema requires [image] with limits.image_size
+    assert profile.image is not None  # the schema requires [image] with limits.image_size
     base = profile.image.base_size.base()
     detail = (f" ({profile.image.base} ≈ {_size(base / SIZE_UNITS[limit.unit], limit.unit)} "
               f"+ unzipped package)")

@@ -14,11 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # Unit -> factor to the family's base unit (bytes, milliseconds, count). AWS writes "MB" where it means
 # MiB (250 MB = 262,144,000 bytes); profiles therefore say MiB where the platform's bytes are binary.
-SIZE_UNITS = {"B": 1, "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
+SIZE_UNITS: dict[str, float] = {"B": 1, "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
               "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
-TIME_UNITS = {"ms": 1.0, "s": 1000.0, "min": 60_000.0}
-COUNT_UNITS = {"count": 1}
-ALL_UNITS = {**SIZE_UNITS, **TIME_UNITS, **COUNT_UNITS}
+TIME_UNITS: dict[str, float] = {"ms": 1.0, "s": 1000.0, "min": 60_000.0}
+COUNT_UNITS: dict[str, float] = {"count": 1}
+ALL_UNITS: dict[str, float] = {**SIZE_UNITS, **TIME_UNITS, **COUNT_UNITS}
 
 # The limits rules know how to check, and the unit family each needs. Adding a platform needs no code;
 # adding a new *kind* of limit does (a rule in rules.py). Anything else informative goes under [info].
@@ -34,7 +34,7 @@ LIMIT_FAMILIES: dict[str, dict[str, float]] = {
 def unit_family(unit: str) -> dict[str, float]:
     for family in (SIZE_UNITS, TIME_UNITS, COUNT_UNITS):
         if unit in family:
-            return family  # type: ignore[return-value]  # int-valued dicts are float-compatible here
+            return family
     raise ValueError(f"unknown unit {unit!r} (use one of {', '.join(ALL_UNITS)})")
 
 
@@ -164,7 +164,7 @@ class Memory(_Strict):
     def allows(self, mb: int) -> bool:
         if self.values:
             return mb in self.values
-        assert self.min is not None and self.max is not None  # noqa: S101  # guaranteed by the validator
+        assert self.min is not None and self.max is not None  # guaranteed by the validator
         return self.min <= mb <= self.max and (mb - self.min) % self.step == 0
 
     def describe(self) -> str:
@@ -178,7 +178,7 @@ class Memory(_Strict):
         (rounded to the platform's step) so recommendations read like settings people choose."""
         if self.values:
             return [v for v in self.values if v >= at_least]
-        assert self.min is not None and self.max is not None  # noqa: S101  # guaranteed by the validator
+        assert self.min is not None and self.max is not None  # guaranteed by the validator
         grain = granularity if granularity % self.step == 0 else self.step
         start = max(self.min, math.ceil(at_least / grain) * grain)
         start = self.min + math.ceil((start - self.min) / self.step) * self.step  # back onto the step grid
@@ -223,7 +223,7 @@ class Cpu(_Strict):
 
     def vcpus_at(self, memory_mb: int) -> float:
         if self.model == "proportional":
-            assert self.mb_per_vcpu is not None and self.max_vcpus is not None  # noqa: S101  # validated
+            assert self.mb_per_vcpu is not None and self.max_vcpus is not None  # validated
             return min(self.max_vcpus, memory_mb / self.mb_per_vcpu)
         for tier in self.tiers:
             if memory_mb <= tier.memory:

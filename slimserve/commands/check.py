@@ -54,9 +54,8 @@ def command(path: Path, platforms: tuple[str, ...], profile_files: tuple[Path, .
     with progress_for(sys.stderr) as progress:
         report = run_check(path, platforms, options, progress, profile_files=profile_files)
     if output is not None:
-        with atomic_file(output) as tmp:
-            with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-                renderer(fmt)(report, fh)
+        with atomic_file(output) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            renderer(fmt)(report, fh)
         renderer("text")(report, sys.stdout)
         click.echo(f"report ({fmt}) written to {output}", err=True)
     else:

@@ -83,7 +83,7 @@ def fmt_value(value: float | str | None, unit: str) -> str:
     return f"{shown} {unit}".strip()
 
 
-def fmt_bytes(n: int | float) -> str:
+def fmt_bytes(n: float) -> str:
     mib = n / 1024**2
     return f"{mib:,.1f} MiB" if mib < 100 else f"{mib:,.0f} MiB"
 
