@@ -1,0 +1,165 @@
+"""Cold start and peak memory: the one implementation, run in fresh interpreters that see only the deployment.
+
+Each run starts `pythonX.Y -I -S` (no user site, no site-packages, no PYTHON* variables, no cwd on the
+path) whose `sys.path` is the deployable folders followed by the interpreter's own standard library.
+A probe inside it times, with `time.perf_counter`:
+  import_ms            import numpy + onnxruntime (+ tokenizers for text models): the layer's cost
+  load_ms              import the handler module = Lambda's init phase (manifest, session, tokenizer)
+  first_inference_ms   the first `handler(sample)` call
+  warm_ms              median of `warm_runs` further calls
+and reads its peak RSS (`ru_maxrss`, kB on Linux). Figures are medians over `runs` processes. Interpreter
+start-up itself is not included (Lambda's managed runtime has already started Python before the init phase).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from slimserve.errors import SlimserveError, ToolError
+from slimserve.measure import ColdStart
+
+_PROBE = r"""
+import json, resource, sys, time
+sys.path[:0] = json.loads(sys.argv[1])
+sample = json.loads(sys.argv[2])
+warm_runs = int(sys.argv[3])
+text = sys.argv[4] == "1"
+t0 = time.perf_counter()
+import numpy, onnxruntime
+if text:
+    import tokenizers
+t1 = time.perf_counter()
+import lambda_handler
+t2 = time.perf_counter()
+first = lambda_handler.handler(sample, None)
+t3 = time.perf_counter()
+warm = []
+for _ in range(warm_runs):
+    s = time.perf_counter()
+    lambda_handler.handler(sample, None)
+    warm.append((time.perf_counter() - s) * 1000)
+warm.sort()
+error = first.get("error") if isinstance(first, dict) else None
+print(json.dumps({"import_ms": (t1 - t0) * 1000, "load_ms": (t2 - t1) * 1000,
+                  "first_inference_ms": (t3 - t2) * 1000,
+                  "warm_ms": warm[len(warm) // 2] if warm else float("nan"),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "error": error}))
+"""
+
+
+def resolve_python(version: str) -> tuple[Path, str, str | None]:
+    """(interpreter, its X.Y, why it is not the target or None): the target's python when installed."""
+    from slimserve.packagers.interpreters import find_python
+
+    found = find_python(version)
+    if found is not None:
+        return found, version, None
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return (Path(sys.executable), here,
+            f"python{version} is not installed here; measured with python{here} "
+            f"(install it, e.g. `pyenv install {version}`, to measure the target)")
+
+
+def measure_cold_start(sys_path: list[Path], model_dir: Path, python: str, sample: dict[str, Any],
+                       runs: int = 5, warm_runs: int = 20, *, text: bool | None = None,
+                       executable: Path | None = None, fallback: str | None = None) -> ColdStart:
+    """Medians over `runs` fresh `-I -S` interpreters whose path is exactly `sys_path` (+ stdlib).
+
+    `sys_path` must hold `lambda_handler.py` and the runtime libraries; `model_dir` is the folder the
+    handler loads (passed as SLIMSERVE_MODEL_DIR). `python` is the version ("3.12") to run; `executable`
+    pins the interpreter (its version must be `python`); otherwise it is looked up, with a fallback.
+    """
+    if runs < 1:
+        raise SlimserveError(f"cold start needs at least one run, got {runs}")
+    if executable is not None:
+        exe, version, why = Path(executable), python, fallback
+    else:
+        exe, version, why = resolve_python(python)
+        why = why or fallback
+    if text is None:
+        manifest = json.loads((Path(model_dir) / "slimserve.json").read_text(encoding="utf-8"))
+        text = manifest["runtime"]["kind"] == "text"
+    paths = json.dumps([str(Path(p).absolute()) for p in sys_path])
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
+           "LANG": "C.UTF-8", "SLIMSERVE_MODEL_DIR": str(Path(model_dir).absolute())}
+    samples: dict[str, list[float]] = {k: [] for k in ("import_ms", "load_ms", "first_inference_ms", "warm_ms",
+                                                          "peak_rss_mb", "total_ms")}
+    with tempfile.TemporaryDirectory(prefix="slimserve-cold-") as cwd:
+        for _ in range(runs):
+            proc = subprocess.run(
+                [str(exe), "-I", "-S", "-B", "-c", _PROBE, paths, json.dumps(sample), str(warm_runs),
+                 "1" if text else "0"],
+                capture_output=True, text=True, cwd=cwd, env=env, timeout=600, check=False)
+            lines = proc.stdout.strip().splitlines()
+            if proc.returncode != 0 or not lines:
+                err = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+                raise ToolError(f"the deployed handler failed to start: {err[-1][:300] if err else 'no output'}",
+                                hint="rerun with --debug; the runtime closure or the model files are incomplete")
+            result = json.loads(lines[-1])
+            if result.get("error"):
+                raise ToolError(f"the deployed handler rejected the cold-start sample: {result['error']}")
+            for key in ("import_ms", "load_ms", "first_inference_ms", "warm_ms", "peak_rss_mb"):
+                samples[key].append(float(result[key]))
+            samples["total_ms"].append(result["import_ms"] + result["load_ms"] + result["first_inference_ms"])
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    return ColdStart(import_ms=med["import_ms"], load_ms=med["load_ms"],
+                     first_inference_ms=med["first_inference_ms"], total_ms=med["total_ms"],
+                     warm_ms=med["warm_ms"], peak_rss_mb=med["peak_rss_mb"], runs=runs, python=version,
+                     fallback=why, samples=samples)
+
+
+def sample_event(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A representative direct-invocation event: one sentence, or one row of zeros per tensor input."""
+    if manifest["runtime"]["kind"] == "text":
+        return {"inputs": ["Serverless inference should start fast and stay small."]}
+    inputs: dict[str, Any] = {}
+    for spec in manifest["model"]["inputs"]:
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.get("shape") or []]
+        value: Any = 0
+        for dim in reversed(shape):
+            value = [value] * dim
+        inputs[spec["name"]] = value
+    return {"inputs": inputs}
+
+
+def cold_start_for_bundle(bundle: Any, target: Any, runs: int = 5, warm_runs: int = 20) -> ColdStart:
+    """Lay out the Lambda tree (opt/python = closure, task = function files) and measure it.
+
+    Without the target interpreter (or on another CPU architecture) it measures a closure built for
+    the interpreter and architecture it can run, and says so in `fallback`.
+    """
+    from slimserve.packagers.closure import build_closure
+    from slimserve.packagers.lambda_target import function_entries
+    from slimserve.packagers.target import Target
+
+    exe, version, why = resolve_python(target.python)
+    host_arch = "arm64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
+    arch = target.arch
+    if arch != host_arch:
+        why = (why + "; " if why else "") + f"{target.arch} cannot run here: measured the {host_arch} build"
+        arch = host_arch
+    closure = build_closure(Target(python=version, arch=arch), bundle.is_text)
+    with tempfile.TemporaryDirectory(prefix="slimserve-lambda-") as tmp:
+        opt, task = Path(tmp) / "opt", Path(tmp) / "task"
+        opt.mkdir()
+        (opt / "python").symlink_to(closure, target_is_directory=True)
+        for arcname, src in function_entries(bundle).items():
+            dest = task / arcname
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(src, bytes):
+                dest.write_bytes(src)
+            else:
+                shutil.copyfile(src, dest)
+        return measure_cold_start([task, opt / "python"], task / "model", version, sample_event(bundle.manifest),
+                                  runs=runs, warm_runs=warm_runs, text=bundle.is_text, executable=exe,
+                                  fallback=why)
