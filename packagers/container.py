@@ -44,6 +44,7 @@ from slimserve.packagers.oci.image import (
 from slimserve.packagers.oci.layer import (
     Source,
     build_layer,
+    image_path,
     layer_from_blob,
     source_date_epoch,
     tree_entries,
@@ -98,7 +99,7 @@ PLATFORMS: dict[str, PlatformSpec] = {
         name="gcp-cloud-run",
         default_base="docker.io/library/python:{python}-slim",
         app_dir="/app", packages_dir="/app/packages",
-        handler_files=("http_app.py", "model_runtime.py"),
+        handler_files=("http_app.py", "lambda_handler.py", "model_runtime.py"),
         cmd=("python3", "/app/http_app.py"),
         env=(("PYTHONPATH", "/app/packages:/app"), ("PYTHONUNBUFFERED", "1"), ("PYTHONDONTWRITEBYTECODE", "1")),
         working_dir="/app", exposed_ports=("8080/tcp",), extra_wheels=(WAITRESS,),
@@ -160,13 +161,13 @@ def role_entries(bundle: ModelBundle, spec: PlatformSpec, closure: Path,
         if not src.is_file():
             raise SlimserveError(f"the shipped runtime file {name} is missing from {RUNTIME_DIR}",
                                  hint="reinstall slimserve")
-        handler[f"{spec.app_dir}/{name}"] = src
-    model: dict[str, Source] = {f"{spec.app_dir}/model/{rel}": bundle.root / rel for rel in bundle.files}
+        handler[image_path(f"{spec.app_dir}/{name}")] = src
+    model: dict[str, Source] = {image_path(f"{spec.app_dir}/model/{rel}"): bundle.root / rel for rel in bundle.files}
     manifest_file = bundle.root / MANIFEST_NAME
     if manifest_file.is_file() and _json_file(manifest_file) == bundle.manifest:
-        model[f"{spec.app_dir}/model/{MANIFEST_NAME}"] = manifest_file
+        model[image_path(f"{spec.app_dir}/model/{MANIFEST_NAME}")] = manifest_file
     else:  # a bare .onnx: its manifest exists only in memory
-        model[f"{spec.app_dir}/model/{MANIFEST_NAME}"] = (json.dumps(bundle.manifest, indent=2) + "\n").encode()
+        model[image_path(f"{spec.app_dir}/model/{MANIFEST_NAME}")] = (json.dumps(bundle.manifest, indent=2) + "\n").encode()
     return {"runtime": runtime, "handler": handler, "model": model}
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from slimserve.packagers.oci import layout
-from slimserve.packagers.oci.image import DOCKER, OCI, Addendum, Family, Image, append_layers, canonical
+from slimserve.packagers.oci.digest import Digest
+from slimserve.packagers.oci.image import DOCKER, OCI, OCI_INDEX, Addendum, Family, Image, append_layers, canonical
 from slimserve.packagers.oci.layer import build_layer
 
 REGISTRY_BIN = shutil.which("docker-registry")
@@ -161,8 +162,12 @@ def make_index_layout(root: Path, archs: Sequence[str], family: Family = OCI) ->
         image = base_image(work, arch=arch, family=family)
         layout.write(image, root)
         descriptors.append(layout.manifest_descriptor(image))
-    index = {"schemaVersion": 2, "mediaType": family.index, "manifests": descriptors}
-    (root / "index.json").write_text(json.dumps(index))
+    nested = json.dumps({"schemaVersion": 2, "mediaType": family.index, "manifests": descriptors}).encode()
+    digest = Digest.of_bytes(nested)
+    layout.blob_path(root, digest).write_bytes(nested)
+    top = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+           "manifests": [{"mediaType": family.index, "digest": str(digest), "size": len(nested)}]}
+    (root / "index.json").write_text(json.dumps(top))
     return root
 
 

@@ -1,8 +1,10 @@
 """HTTP front for container platforms (Cloud Run, Azure Container Apps): a WSGI app plus its server.
 
-Shipped as-is inside container images beside `model_runtime.py` and the model folder. Imports only the
-standard library, the shipped runtime and (when present) `waitress`, a small pure-Python WSGI server
-with a thread pool. The model loads once, at import; requests reuse the session.
+Shipped as-is inside container images beside `lambda_handler.py`, `model_runtime.py` and the model
+folder. Requests go through `lambda_handler.handler` as API-Gateway-style events, so validation, limits
+and answers are exactly the Lambda ones (one implementation). Imports only the standard library, the
+shipped runtime and (when present) `waitress`, a small pure-Python WSGI server with a thread pool.
+The model loads once, at import; requests reuse the session.
 
     POST /            {"inputs": ["text", ...]}        -> {"embeddings": [...]} or {"labels", "scores"}
     POST /            {"inputs": {name: nested lists}}  -> {"outputs": {...}}   (tensor models)
@@ -18,63 +20,45 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
-from model_runtime import InputError, LoadedModel, available_cpus
+import lambda_handler
+from model_runtime import available_cpus
 
-MODEL_DIR = Path(os.environ.get("SLIMSERVE_MODEL_DIR") or Path(__file__).resolve().parent / "model")
 MAX_BODY_BYTES = int(os.environ.get("SLIMSERVE_MAX_BODY_BYTES", str(6 * 1024 * 1024)))
 
-MODEL = LoadedModel(MODEL_DIR)
-
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Content Too Large", 500: "Internal Server Error"}
 
 
-def predict(payload: Any) -> dict[str, Any]:
-    """The answer for one decoded JSON request, or InputError with a message fit for the caller."""
-    if not isinstance(payload, dict) or "inputs" not in payload:
-        raise InputError('the request must be a JSON object with an "inputs" field')
-    inputs = payload["inputs"]
-    if MODEL.kind == "text":
-        if isinstance(inputs, str):
-            inputs = [inputs]
-        if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) for t in inputs):
-            raise InputError('"inputs" must be a non-empty list of strings')
-        if len(inputs) > MODEL.max_batch:
-            raise InputError(f"at most {MODEL.max_batch} inputs per request (got {len(inputs)})")
-        return MODEL.predict_texts(inputs)
-    if not isinstance(inputs, dict):
-        raise InputError('"inputs" must be an object mapping input names to nested lists')
-    return MODEL.predict_tensors(inputs)
-
-
-def _reply(start_response: StartResponse, status: str, body: dict[str, Any]) -> list[bytes]:
-    data = json.dumps(body).encode("utf-8")
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+def _reply(start_response: StartResponse, status: int, body: str) -> list[bytes]:
+    data = body.encode("utf-8")
+    start_response(f"{status} {_REASONS.get(status, 'Error')}",
+                    [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
     return [data]
 
 
 def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """WSGI front of `lambda_handler.handler`: one place validates requests and runs the model."""
     method = environ.get("REQUEST_METHOD", "GET")
     path = environ.get("PATH_INFO", "/")
     if method == "GET" and path in ("/", "/health", "/healthz"):
-        return _reply(start_response, "200 OK", {"status": "ok", "task": MODEL.spec.get("task")})
+        return _reply(start_response, 200, json.dumps({"status": "ok", "task": lambda_handler.MODEL.spec.get("task")}))
     if method != "POST" or path not in ("/", "/predict", "/invocations"):
-        return _reply(start_response, "404 Not Found", {"error": f"no route for {method} {path}"})
+        return _reply(start_response, 404, json.dumps({"error": f"no route for {method} {path}"}))
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
-        length = -1
-    if length <= 0 or length > MAX_BODY_BYTES:
-        return _reply(start_response, "400 Bad Request",
-                      {"error": f"the request needs a JSON body of at most {MAX_BODY_BYTES} bytes"})
+        length = 0
+    if length > MAX_BODY_BYTES:
+        return _reply(start_response, 413, json.dumps({"error": f"request body over {MAX_BODY_BYTES} bytes"}))
+    raw = environ["wsgi.input"].read(length) if length > 0 else b""
     try:
-        payload = json.loads(environ["wsgi.input"].read(length))
-        return _reply(start_response, "200 OK", predict(payload))
-    except (ValueError, UnicodeDecodeError) as exc:  # InputError is a ValueError; so is bad JSON
-        message = str(exc) if isinstance(exc, InputError) else f"the body is not valid JSON: {exc}"
-        return _reply(start_response, "400 Bad Request", {"error": message})
+        body = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _reply(start_response, 400, json.dumps({"error": "request body is not UTF-8"}))
+    answer = lambda_handler.handler({"httpMethod": method, "body": body, "isBase64Encoded": False})
+    return _reply(start_response, int(answer["statusCode"]), str(answer["body"]))
 
 
 def serve(port: int | None = None, host: str = "0.0.0.0") -> None:
