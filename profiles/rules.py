@@ -117,6 +117,10 @@ class PlatformVerdict:
     def fits(self) -> bool:
         return all(f.status != "fail" for f in self.findings)
 
+    def finding(self, rule_id: str) -> Finding | None:
+        """The finding of one rule (`memory`, `unzipped-size`, ...), or None when it did not apply."""
+        return next((f for f in self.findings if f.id == rule_id), None)
+
 
 def memory_needed_mb(peak_rss_mb: float) -> float:
     return peak_rss_mb * HEADROOM_FACTOR + HEADROOM_MB
@@ -262,8 +266,9 @@ def _image(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memor
         return None
     if facts.package.image_bytes is not None:
         return _size_finding("image-size", "Image size", "image", limit, facts.package.image_bytes)
-    # TODO(issue 5): packagers/container measures the real image and fills PackageSize.image_bytes;
-    # until then: the profile's base image size + everything the zip package would unpack.
+    # Without a measured image (slimserve.check measures one when CheckOptions.image_bases names a base
+    # for this platform, through packagers.container.container_image_size): the profile's base image
+    # size + everything the package unpacks to, labelled as an estimate.
     assert profile.image is not None  # the schema requires [image] with limits.image_size
     base = profile.image.base_size.base()
     detail = (f" ({profile.image.base} ≈ {_size(base / SIZE_UNITS[limit.unit], limit.unit)} "

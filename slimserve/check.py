@@ -8,6 +8,7 @@ whatever the number of platforms.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ class CheckOptions:
     min_fidelity: float | None = None
     runs: int = 3
     host_vcpus: float = 1.0  # vCPUs the measured cold start used here; see profiles.rules on projections
+    # Container platform -> base image (registry ref, `oci:PATH` or an OCI layout folder). For each platform
+    # listed, the real image is assembled (packagers.container) and measured instead of estimated.
+    image_bases: tuple[tuple[str, str], ...] = ()
 
     def rule_options(self) -> RuleOptions:
         return RuleOptions(memory_mb=self.memory_mb, max_cold_start_ms=self.max_cold_start_ms,
@@ -102,6 +106,14 @@ def measure_cold_start(bundle: ModelBundle, target: Any, runs: int) -> ColdStart
     return cold
 
 
+def measure_image(bundle: ModelBundle, target: Any, profile: Profile, base: str) -> int | None:
+    """Uncompressed bytes of the image `profile`'s container target would ship (None: not measurable)."""
+    from slimserve.packagers.container import container_image_size
+
+    size: PackageSize = container_image_size(bundle, target, base, platform=profile.name)
+    return size.image_bytes
+
+
 def model_summary(bundle: ModelBundle) -> dict[str, Any]:
     manifest = bundle.manifest
     model = manifest.get("model", {})
@@ -119,10 +131,19 @@ def facts_for(bundle: ModelBundle, options: CheckOptions, package: PackageSize, 
 
 
 def check_facts(path: str, profiles: Sequence[Profile], facts: DeploymentFacts, options: CheckOptions,
-                model: dict[str, Any] | None = None) -> Report:
-    """Evaluate already-measured facts against each profile (pure: no measuring, no I/O)."""
+                model: dict[str, Any] | None = None, image_bytes: dict[str, int] | None = None) -> Report:
+    """Evaluate already-measured facts against each profile (pure: no measuring, no I/O).
+
+    `image_bytes` holds measured image sizes by platform; container platforms without one get the
+    estimate (base image + unzipped package) from the rules, labelled as such.
+    """
     rule_options = options.rule_options()
-    verdicts = [evaluate(profile, facts, rule_options) for profile in profiles]
+    verdicts = []
+    for profile in profiles:
+        measured = (image_bytes or {}).get(profile.name)
+        platform_facts = facts if measured is None else dataclasses.replace(
+            facts, package=dataclasses.replace(facts.package, image_bytes=measured))
+        verdicts.append(evaluate(profile, platform_facts, rule_options))
     return make_report(path=path, python=facts.python, arch=facts.arch, package=facts.package,
                        cold_start=facts.cold_start, verdicts=verdicts, model=model,
                        host_vcpus=facts.host_vcpus)
@@ -141,5 +162,13 @@ def run_check(path: Path | str, platforms: Sequence[str | Profile], options: Che
         package = measure_package(bundle, target)
     with progress.stage(f"measure cold start ({options.runs} fresh processes)", total=None):
         cold_start = measure_cold_start(bundle, target, options.runs)
+    images: dict[str, int] = {}
+    bases = dict(options.image_bases)
+    for profile in profiles:
+        if profile.package == "container" and profile.name in bases:
+            with progress.stage(f"measure {profile.name} image"):
+                measured = measure_image(bundle, target, profile, bases[profile.name])
+            if measured is not None:
+                images[profile.name] = measured
     facts = facts_for(bundle, options, package, cold_start)
-    return check_facts(str(path), profiles, facts, options, model_summary(bundle))
+    return check_facts(str(path), profiles, facts, options, model_summary(bundle), images)

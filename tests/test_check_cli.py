@@ -118,3 +118,21 @@ def test_real_check_of_a_tiny_tensor_model(tiny_onnx: Path, tmp_path: Path) -> N
                     "--max-cold-start", "1", "--format", "github")
     assert tight.returncode == 1, (tight.stdout, tight.stderr)
     assert "::error title=aws-lambda-zip%3A Cold start (estimate)::" in tight.stdout
+
+
+def test_measured_image_size_replaces_the_estimate_for_that_platform_only() -> None:
+    from slimserve.check import CheckOptions, check_facts, resolve_profiles
+    from slimserve.measure import ColdStart, PackageSize
+    from slimserve.profiles.rules import DeploymentFacts
+
+    facts = DeploymentFacts(
+        package=PackageSize(unzipped_bytes=80_000_000, zipped_bytes=27_000_000),
+        cold_start=ColdStart(import_ms=300, load_ms=20, first_inference_ms=2, total_ms=322, warm_ms=1,
+                             peak_rss_mb=90, runs=1, python="3.12"),
+        python="3.12", arch="x86_64")
+    profiles = resolve_profiles(["aws-lambda-container", "gcp-cloud-run", "aws-lambda-zip"])
+    report = check_facts("m", profiles, facts, CheckOptions(), image_bytes={"aws-lambda-container": 11 * 10**9})
+    measured = report.verdict("aws-lambda-container").finding("image-size")
+    assert measured is not None and measured.status == "fail" and not measured.estimate
+    assert report.verdict("gcp-cloud-run").finding("image-size") is None  # Cloud Run documents no image limit
+    assert report.verdict("aws-lambda-zip").fits

@@ -45,6 +45,13 @@ class Report:
     def peak_rss_mb(self) -> float:
         return self.cold_start.peak_rss_mb
 
+    def verdict(self, platform: str) -> PlatformVerdict:
+        """The verdict for one platform by name (KeyError if it was not checked)."""
+        for v in self.platforms:
+            if v.name == platform:
+                return v
+        raise KeyError(platform)
+
 
 def make_report(*, path: str, python: str, arch: str, package: PackageSize, cold_start: ColdStart,
                 verdicts: Sequence[PlatformVerdict], model: Mapping[str, Any] | None = None,
