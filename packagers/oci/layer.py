@@ -48,13 +48,12 @@ def image_path(path: str) -> str:
 
 
 def tree_entries(folder: Path, prefix: str) -> dict[str, Path]:
-    """Every file under `folder` (symlinks followed, `__pycache__` skipped) mapped below `prefix`."""
+    """Every file under `folder` (symlinks followed) mapped below `prefix`. Nothing is filtered: a runtime
+    closure may ship sourceless or unchecked-hash bytecode on purpose."""
     entries: dict[str, Path] = {}
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        dirs.sort()
         for name in files:
-            if name.endswith(".pyc"):
-                continue
             src = Path(root) / name
             entries[image_path(f"{prefix}/{src.relative_to(folder).as_posix()}")] = src
     return entries
