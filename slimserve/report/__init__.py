@@ -92,6 +92,8 @@ def fmt_value(value: float | str | None, unit: str) -> str:
 
 def fmt_bytes(n: float) -> str:
     mib = n / 1024**2
+    if mib < 1:
+        return f"{n / 1024:,.1f} KiB"
     return f"{mib:,.1f} MiB" if mib < 100 else f"{mib:,.0f} MiB"
 
 
