@@ -1,0 +1,106 @@
+"""`slimserve package PATH --target lambda|container -o OUT`: emit deployable artifacts.
+
+Lambda: layer.zip + function.zip + template.yaml + slimserve.json + DEPLOY.md, after a `check` against
+aws-lambda-zip whose recommended memory goes into the template and whose results go into the manifest.
+Exit codes: 0 written (and fits), 1 written but the check says it does not fit, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+@click.command("package", context_settings={"max_content_width": 110})
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--target", "kind", type=click.Choice(["lambda", "container"]), required=True,
+              help="lambda: layer + function zips and a SAM template; container: an OCI image.")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              metavar="OUT", help="Folder to write (replaced atomically).")
+@click.option("--python", default="3.12", show_default=True, metavar="X.Y", help="Target Python version.")
+@click.option("--arch", type=click.Choice(["x86_64", "arm64"]), default="x86_64", show_default=True,
+              help="Target CPU architecture.")
+@click.option("--memory", "memory_mb", type=click.IntRange(min=1), metavar="MB",
+              help="Lambda memory setting. Default: the one `check` recommends.")
+@click.option("--no-check", is_flag=True, help="Skip measuring cold start and limits (faster; no `checks`).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Summary format on stdout.")
+def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb: int | None, no_check: bool,
+            fmt: str) -> int:
+    """Package an optimize output folder (or a bare .onnx) for a serverless platform."""
+    from slimserve.bundle import load_bundle
+    from slimserve.packagers.target import Target
+    from slimserve.ui import progress_for
+
+    target = Target(python=python, arch=arch)  # type: ignore[arg-type]  # click.Choice checked it
+    bundle = load_bundle(path)
+    with progress_for(sys.stderr) as progress:
+        if kind == "container":
+            return _container(bundle, out, target, progress, fmt)
+        checks = None if no_check else _check(path, python, arch, memory_mb, progress)
+        from slimserve.packagers.lambda_target import package_lambda
+
+        artifacts = package_lambda(bundle, out, target, memory_mb, checks, progress)
+    fits = None if checks is None else bool(checks["platforms"]["aws-lambda-zip"]["fits"])
+    rows = [(z.path.name, z.bytes, z.unzipped_bytes, z.sha256) for z in (artifacts.layer, artifacts.function)]
+    summary = {"target": "lambda", "out": str(artifacts.out), "runtime": target.lambda_runtime, "arch": arch,
+               "memory_mb": artifacts.memory_mb, "handler": "lambda_handler.handler", "fits": fits,
+               "artifacts": {name: {"bytes": b, "unzipped_bytes": u, "sha256": s} for name, b, u, s in rows},
+               "files": [str(artifacts.template), str(artifacts.manifest), str(artifacts.deploy)]}
+    if fmt == "json":
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        _table(rows, summary, checks)
+    return 1 if fits is False else 0
+
+
+def _check(path: Path, python: str, arch: str, memory_mb: int | None, progress: Any) -> dict[str, Any]:
+    from slimserve.check import CheckOptions, run_check
+    from slimserve.report.json_ import report_dict
+
+    report = run_check(path, ["aws-lambda-zip"], CheckOptions(memory_mb=memory_mb, python=python, arch=arch),
+                       progress)
+    return report_dict(report)
+
+
+def _container(bundle: Any, out: Path, target: Any, progress: Any, fmt: str) -> int:
+    from slimserve.errors import SlimserveError
+
+    try:
+        from slimserve.packagers.container import package_container
+    except ImportError:
+        raise SlimserveError("container target not available yet") from None
+    result = package_container(bundle, out, target, progress=progress)
+    where = str(getattr(result, "out", out))
+    if fmt == "json":
+        click.echo(json.dumps({"target": "container", "out": where, "digest": str(getattr(result, "digest", ""))}))
+    else:
+        click.echo(f"container artifacts written to {where}")
+    return 0
+
+
+def _table(rows: list[tuple[str, int, int, str]], summary: dict[str, Any], checks: dict[str, Any] | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Lambda artifacts ({summary['runtime']}, {summary['arch']}, {summary['memory_mb']} MB)")
+    for col, justify in (("artifact", "left"), ("zipped", "right"), ("unzipped", "right"), ("sha256", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for name, zipped, unzipped, sha in rows:
+        table.add_row(name, f"{zipped / 1e6:.1f} MB", f"{unzipped / 1e6:.1f} MB", sha[:16])
+    console = Console(file=sys.stdout)
+    console.print(table)
+    if checks is not None:
+        lam = checks["platforms"]["aws-lambda-zip"]
+        cold = checks["cold_start"]
+        verdict = "fits" if lam["fits"] else "DOES NOT FIT"
+        console.print(f"aws-lambda-zip: {verdict}; cold start {cold['total_ms']:.0f} ms measured here "
+                      f"(python {cold['python']}), peak RSS {checks['peak_rss_mb']:.0f} MB")
+        for finding in lam["checks"]:
+            if finding.get("status") != "pass":
+                console.print(f"  {finding.get('status')}: {finding.get('reason')}")
+    console.print(f"written to {summary['out']} (template.yaml, slimserve.json, DEPLOY.md)")
