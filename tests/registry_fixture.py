@@ -22,10 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from slimserve.packagers.oci import layout
 from slimserve.packagers.oci.digest import Digest
-from slimserve.packagers.oci.image import DOCKER, OCI, OCI_INDEX, Addendum, Family, Image, append_layers, canonical
+from slimserve.packagers.oci.image import (
+    DOCKER,
+    OCI,
+    OCI_INDEX,
+    Addendum,
+    Family,
+    Image,
+    append_layers,
+    canonical,
+)
 from slimserve.packagers.oci.layer import build_layer
 
 REGISTRY_BIN = shutil.which("docker-registry")
@@ -172,7 +180,7 @@ def make_index_layout(root: Path, archs: Sequence[str], family: Family = OCI) ->
 
 
 def skopeo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120, check=False)
 
 
 def push_layout(layout_dir: Path, dest: str, *, all_platforms: bool = False) -> None:

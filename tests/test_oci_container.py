@@ -1,3 +1,4 @@
+# ruff: noqa: F811  -- the registry fixtures are imported from registry_fixture and taken as parameters
 """`package_container`: a daemonless image from a base in a real local registry, checked by our oracle
 (`validate_image`) and by the real tools (skopeo, umoci); pushed back; reproducible; bad input."""
 
@@ -5,8 +6,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -14,19 +13,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from slimserve.bundle import ModelBundle, load_bundle
-from slimserve.errors import SlimserveError, ToolError
 from slimserve.packagers.container import container_image_size, package_container
 from slimserve.packagers.oci import layout
 from slimserve.packagers.oci.image import DOCKER
 from slimserve.packagers.oci.validate import image_problems, validate_image
 from slimserve.packagers.target import Target
 
+from slimserve.bundle import ModelBundle, load_bundle
+from slimserve.errors import SlimserveError, ToolError
+
 from .conftest import build_tiny_onnx
-from .registry_fixture import (Registry, auth_registry, docker_config, free_port, make_base_layout,  # noqa: F401
-                               make_index_layout, needs_registry, needs_skopeo, needs_umoci, push_layout, registry,
-                               skopeo)
+from .registry_fixture import (  # noqa: F401
+    Registry,
+    auth_registry,
+    docker_config,
+    free_port,
+    make_base_layout,
+    make_index_layout,
+    needs_registry,
+    needs_skopeo,
+    needs_umoci,
+    push_layout,
+    registry,
+    skopeo,
+)
 
 TARGET = Target("3.12", "x86_64")
 pytestmark = [needs_registry, needs_skopeo]
@@ -108,7 +118,7 @@ def test_umoci_unpacks_files_where_the_lambda_base_expects_them(tmp_path: Path, 
     package(tiny_bundle(tmp_path / "m"), out, base_ref, registry.host, fake_closure)
     bundle_dir = tmp_path / "unpacked"
     proc = subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{out / 'image'}:latest", str(bundle_dir)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     rootfs = bundle_dir / "rootfs"
     assert (rootfs / "etc/os-release").is_file()  # the base is there
@@ -325,9 +335,6 @@ def test_push_failing_halfway(tmp_path: Path, base_layout: Path, fake_closure: P
 
 
 # -- it runs: the handler answers from the unpacked root filesystem with the target Python ----------------
-PY312 = shutil.which("python3.12") and Path(os.path.realpath(shutil.which("python3.12") or ""))
-
-
 def _target_python() -> Path | None:
     from slimserve.packagers.interpreters import find_python
 
@@ -349,7 +356,7 @@ def test_unpacked_image_answers_like_the_model(tmp_path: Path, base_layout: Path
                       closure=build_closure(TARGET, bundle.is_text))
     assert image_problems(out / "image", layout.read(base_layout)) == []
     proc = subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{out / 'image'}:latest", str(tmp_path / "b")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     rootfs = tmp_path / "b" / "rootfs"
     x = np.random.default_rng(7).standard_normal((3, 16)).astype(np.float32)
@@ -377,7 +384,7 @@ def test_unpacked_image_answers_like_the_model(tmp_path: Path, base_layout: Path
         "print(json.dumps(out))\n"
     )
     args = [str(python), "-I", "-S", "-c", script] + (["http"] if platform == "gcp-cloud-run" else [])
-    run = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    run = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False)
     assert run.returncode == 0, run.stderr
     got = np.asarray(json.loads(run.stdout)["outputs"]["y"], dtype=np.float32)
     import onnxruntime as ort

@@ -11,14 +11,26 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from slimserve.errors import SlimserveError
 from slimserve.packagers.oci import layout
 from slimserve.packagers.oci.digest import Digest
-from slimserve.packagers.oci.image import (DOCKER, DOCKER_LAYER_GZIP, OCI, OCI_INDEX, OCI_LAYER, Addendum, Platform,
-                                           append_layers, canonical, convert_family, replace_config, with_config)
+from slimserve.packagers.oci.image import (
+    DOCKER,
+    DOCKER_LAYER_GZIP,
+    OCI,
+    OCI_INDEX,
+    OCI_LAYER,
+    Addendum,
+    Platform,
+    append_layers,
+    canonical,
+    convert_family,
+    replace_config,
+    with_config,
+)
 from slimserve.packagers.oci.layer import build_layer, source_date_epoch
 from slimserve.packagers.oci.validate import image_problems, validate_image
+
+from slimserve.errors import SlimserveError
 
 from .registry_fixture import base_image
 
@@ -56,7 +68,8 @@ def test_layer_is_reproducible_and_normalised(tmp_path: Path) -> None:
     assert raw[4:8] == b"\0\0\0\0"  # gzip header mtime 0
     tar_bytes = gzip.decompress(raw)
     assert Digest.of_bytes(tar_bytes) == one.diff_id and len(tar_bytes) == one.uncompressed_size
-    members = tarfile.open(fileobj=io.BytesIO(tar_bytes)).getmembers()
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        members = tar.getmembers()
     assert [m.name for m in members] == ["opt", "opt/app", "opt/app/bin", "opt/app/bin/tool.sh", "opt/app/data.txt",
                                          "opt/app/model", "opt/app/model/m.json"]
     modes = {m.name: m.mode for m in members}
@@ -117,7 +130,7 @@ def test_validator_accepts_a_good_image(tmp_path: Path, family) -> None:  # type
 
 
 def test_rejects_an_index_of_several_manifests(tmp_path: Path) -> None:
-    base, image = _good(tmp_path)
+    _base, image = _good(tmp_path)
     root = _write(image, tmp_path / "img")
     index = json.loads((root / "index.json").read_text())
     att = dict(index["manifests"][0], platform={"os": "unknown", "architecture": "unknown"})
@@ -133,14 +146,14 @@ def test_rejects_an_index_of_several_manifests(tmp_path: Path) -> None:
 
 
 def test_rejects_mixed_media_type_families(tmp_path: Path) -> None:
-    base, image = _good(tmp_path, DOCKER)
+    _base, image = _good(tmp_path, DOCKER)
     mixed = replace(image, layers=image.layers[:-1] + (replace(image.layers[-1], media_type=OCI.layer_gzip),))
     problems = image_problems(_write(mixed, tmp_path / "img"))
     assert any("is not docker's gzip layer type" in p for p in problems), problems
 
 
 def test_rejects_uncompressed_layers(tmp_path: Path) -> None:
-    base, image = _good(tmp_path)
+    _base, image = _good(tmp_path)
     plain = tmp_path / "plain.tar"
     plain.write_bytes(gzip.decompress(image.layers[-1].path.read_bytes()))
     last = replace(image.layers[-1], path=plain, digest=Digest.of_file(plain), size=plain.stat().st_size,
@@ -151,7 +164,7 @@ def test_rejects_uncompressed_layers(tmp_path: Path) -> None:
 
 
 def test_rejects_wrong_diff_ids(tmp_path: Path) -> None:
-    base, image = _good(tmp_path)
+    _base, image = _good(tmp_path)
     cfg = image.config
     cfg["rootfs"]["diff_ids"][-1] = str(Digest.of_bytes(b"not the tar"))
     problems = image_problems(_write(replace_config(image, cfg), tmp_path / "img"))
@@ -159,7 +172,7 @@ def test_rejects_wrong_diff_ids(tmp_path: Path) -> None:
 
 
 def test_rejects_missing_history(tmp_path: Path) -> None:
-    base, image = _good(tmp_path)
+    _base, image = _good(tmp_path)
     cfg = image.config
     cfg["history"].pop()
     problems = image_problems(_write(replace_config(image, cfg), tmp_path / "img"))
@@ -167,7 +180,7 @@ def test_rejects_missing_history(tmp_path: Path) -> None:
 
 
 def test_rejects_missing_parent_directories(tmp_path: Path) -> None:
-    base, image = _good(tmp_path)
+    _base, image = _good(tmp_path)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:  # what a naive writer does: files only
         info = tarfile.TarInfo("var/task/app.py")
@@ -209,13 +222,13 @@ def test_rejects_replacing_the_base_runtime_config(tmp_path: Path, change: dict,
 
 
 def test_rejects_an_image_not_built_on_the_base(tmp_path: Path) -> None:
-    base, image = _good(tmp_path)
+    _base, image = _good(tmp_path)
     other = base_image(tmp_path / "o", tag="2")
     assert any("base image's layers are not the first" in p for p in image_problems(_write(image, tmp_path / "i"), other))
 
 
 def test_rejects_corrupt_blobs(tmp_path: Path) -> None:
-    base, image = _good(tmp_path)
+    _base, image = _good(tmp_path)
     root = _write(image, tmp_path / "img")
     blob = layout.blob_path(root, image.layers[-1].digest)
     blob.unlink()
