@@ -32,7 +32,7 @@ from slimserve.packagers.wheels import PINS_FILE, Pin, download_wheel, read_pins
 from slimserve.progress import NULL_PROGRESS, Progress
 
 # Bump when the layout or the slimming rules change, so cached closures are rebuilt.
-CLOSURE_FORMAT = 5
+CLOSURE_FORMAT = 6
 # Ship sourceless bytecode (legacy `mod.pyc` beside where `mod.py` was). Measured on the 3.12 text layer
 # (benchmarks/results/lambda_layer.md): import of numpy+onnxruntime+tokenizers takes ~400 ms from sources
 # without usable bytecode, ~190 ms with .pyc, and the same ~190 ms whether or not the .py files are kept
@@ -152,10 +152,11 @@ def _rewrite_records(site: Path) -> None:
         shipped: list[str] = []
         for rel in listed:
             path = site / rel
-            if rel.endswith(".dist-info/RECORD") or not path.is_file():
+            if rel.endswith(".dist-info/RECORD"):
                 continue
-            shipped.append(rel)
-            if rel.endswith(".py"):
+            if path.is_file():
+                shipped.append(rel)
+            if rel.endswith(".py"):  # its bytecode, whether or not the source was kept
                 pyc = [path.with_suffix(".pyc")] + sorted(path.parent.glob(f"__pycache__/{path.stem}.*.pyc"))
                 shipped.extend(p.relative_to(site).as_posix() for p in pyc if p.is_file())
         buf = io.StringIO()
