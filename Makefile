@@ -17,12 +17,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-# Debian tools the container tests use (skopeo, umoci, a local registry). Installed only when missing.
+# Debian tools the container tests use: skopeo, umoci, a local registry, htpasswd (apache2-utils).
+# Installed only when missing.
+SYSTEM_PACKAGES := skopeo umoci docker-registry apache2-utils
 system-deps:
-	@missing=""; for t in skopeo umoci docker-registry; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; for t in skopeo umoci docker-registry htpasswd; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo umoci docker-registry >/dev/null; \
-	  else echo "missing:$$missing (apt-get install skopeo umoci docker-registry)"; fi; fi
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	  else echo "missing:$$missing (run: sudo apt-get install $(SYSTEM_PACKAGES))"; exit 1; fi; fi
 
 demo: install
 	$(VENV)/bin/slimserve optimize $(MODEL) -o $(DEMO_OUT)/optimized --recipe int8
