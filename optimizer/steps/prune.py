@@ -281,7 +281,7 @@ def _trace_ffn(g: _Graph, up: NodeProto, width: int) -> _FfnBlock | None:
     changed = True
     while changed:
         changed = False
-        for tensor in region:
+        for tensor in sorted(region):  # a copy: the loop grows the region
             if tensor in g.output_names:
                 return None
             for c in g.consumers.get(tensor, []):
