@@ -23,14 +23,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from slimserve.bundle import load_bundle
-from slimserve.measure.coldstart import measure_cold_start, sample_event
 from slimserve.packagers.closure import build_closure, closure_info
 from slimserve.packagers.interpreters import find_python
 from slimserve.packagers.lambda_target import function_entries
 from slimserve.packagers.repro_zip import tree_entries, write_zip
 from slimserve.packagers.target import Target
 from slimserve.packagers.wheels import read_pins
+
+from slimserve.bundle import load_bundle
+from slimserve.measure.coldstart import measure_cold_start, sample_event
 
 
 def naive_layer(target: Target, text: bool, dest: Path) -> Path:
@@ -46,9 +47,10 @@ def naive_layer(target: Target, text: bool, dest: Path) -> Path:
 
 
 def build_minilm_int8(work: Path) -> Path:
-    from slimserve.atomic import atomic_dir
     from slimserve.optimizer.optimize import make_candidate, prepare
     from slimserve.optimizer.sources import packaged_model_dir, resolve_source
+
+    from slimserve.atomic import atomic_dir
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     folder = packaged_model_dir("all-MiniLM-L6-v2")

@@ -24,11 +24,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from slimserve.errors import ToolError, first_line
 from slimserve.packagers.interpreters import find_python
 from slimserve.packagers.slim import slim_tree
 from slimserve.packagers.target import ELF_MACHINE, Target
 from slimserve.packagers.wheels import PINS_FILE, Pin, download_wheel, read_pins, unpack_wheel
+
+from slimserve.errors import ToolError, first_line
 from slimserve.progress import NULL_PROGRESS, Progress
 
 # Bump when the layout or the slimming rules change, so cached closures are rebuilt.
@@ -205,7 +206,6 @@ def _smoke_test(python: Path, site: Path, text: bool) -> None:
 
 def _add_model_bytes() -> bytes:
     """y = x + x, IR 8 / opset 13 so every pinned onnxruntime (>= 1.16) loads it."""
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(

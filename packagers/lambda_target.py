@@ -10,21 +10,21 @@ same functions as `package_lambda`, in a temporary folder, and weighs them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slimserve.packagers.closure import build_closure, closure_info
+from slimserve.packagers.repro_zip import tree_entries, write_zip
+from slimserve.packagers.target import Target
+
 from slimserve.atomic import atomic_dir
 from slimserve.bundle import ModelBundle
 from slimserve.errors import SlimserveError
 from slimserve.manifest import MANIFEST_NAME, sha256_file
 from slimserve.measure import PackageSize
-from slimserve.packagers.closure import build_closure, closure_info
-from slimserve.packagers.repro_zip import tree_entries, write_zip
-from slimserve.packagers.target import Target
 from slimserve.progress import NULL_PROGRESS, Progress
 from slimserve.runtime import RUNTIME_DIR
 
@@ -214,7 +214,7 @@ Outputs:
 
 def deploy_notes(target: Target, layer: ZipArtifact, function: ZipArtifact) -> str:
     big = [z.path.name for z in (layer, function) if z.bytes > DIRECT_UPLOAD_BYTES]
-    mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
+    mb = lambda n: f"{n / 1e6:.1f} MB"
     s3_note = (f"{', '.join(big)} exceed{'s' if len(big) == 1 else ''} the 50 MB direct-upload limit: "
                "use the S3 route below (`sam deploy` already uploads through S3)."
                if big else "Both zips are under the 50 MB direct-upload limit; the S3 route is optional.")

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from slimserve.packagers.interpreters import find_python
 
 from slimserve.manifest import file_entries, sha256_file, write_manifest
-from slimserve.packagers.interpreters import find_python
 from tests.conftest import build_tiny_onnx
 
 WORDS = ["[PAD]", "[UNK]", "serverless", "models", "start", "fast", "and", "stay", "small", "hello", "world"]

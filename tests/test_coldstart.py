@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from slimserve.packagers.interpreters import find_python
+from slimserve.packagers.target import Target
 
 from slimserve.bundle import load_bundle
 from slimserve.errors import ToolError
 from slimserve.measure.coldstart import cold_start_for_bundle, measure_cold_start, sample_event
-from slimserve.packagers.interpreters import find_python
-from slimserve.packagers.target import Target
 from tests.helpers_lambda import tensor_model_dir
 
 
@@ -62,7 +62,6 @@ def test_the_probe_sees_only_the_given_paths(bundle, tmp_path: Path) -> None:  #
 @pytest.mark.skipif(find_python("3.12") is None, reason="python3.12 is not installed (pyenv install 3.12)")
 def test_agrees_with_an_independent_fresh_process(bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Within 2x of a plain `time python -c 'import lambda_handler; handler(...)'` run of the same files."""
-    import time
     import zipfile
 
     from slimserve.packagers.lambda_target import package_lambda

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from slimserve.bundle import load_bundle
 from slimserve.packagers.interpreters import find_python
 from slimserve.packagers.lambda_target import lambda_package_size, package_lambda
 from slimserve.packagers.target import Target
+
+from slimserve.bundle import load_bundle
 from slimserve.runtime.model_runtime import LoadedModel
 from tests.conftest import assert_clean_error, run_cli
 from tests.helpers_lambda import minilm_fp32_export, run_like_lambda, tensor_model_dir, text_model_dir
