@@ -1,0 +1,87 @@
+"""`slimserve build MODEL --platform NAME -o OUT`: compare, choose under budgets, package, check.
+
+Exit codes: 0 packaged and the package passes its check; 1 nothing meets the budgets, or the package fails
+its check (OUT is written either way, with the comparison); 2 bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from slimserve.commands.compare import compare_options, print_table, recipe_options
+
+
+@click.command("build", context_settings={"max_content_width": 110})
+@click.argument("model")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              metavar="OUT", help="Folder to write (replaced atomically): package/, check.*, build.*, compare.*.")
+@click.option("--platform", default="aws-lambda-zip", show_default=True, metavar="NAME",
+              help="Platform to build for (see `slimserve profiles`).")
+@click.option("--target", type=click.Choice(["lambda", "container"]),
+              help="Artifacts: lambda (layer + function zips) or container (OCI image). "
+                   "Default: lambda for aws-lambda-zip, container for container platforms.")
+@click.option("--min-fidelity", type=click.FloatRange(min=0, max=1, min_open=True), metavar="X",
+              help="Budget: mean cosine fidelity at least X (e.g. 0.99).")
+@click.option("--max-cold-start", "max_cold_start_ms", type=click.FloatRange(min=0, min_open=True), metavar="MS",
+              help="Budget: cold start at most MS milliseconds (measured here; projected onto the platform "
+                   "when --memory is given).")
+@click.option("--base", metavar="REF", help="Container target: base image (registry ref, oci:PATH or a layout).")
+@recipe_options
+def command(model: str, out: Path, platform: str, target: str | None, min_fidelity: float | None,
+            max_cold_start_ms: float | None, base: str | None, recipes: str | None, all_recipes: bool,
+            eval_path: Path | None, task: str | None, jobs: int, python: str, arch: str, memory_mb: int | None,
+            runs: int, fmt: str) -> int:
+    """Compare recipes on MODEL, choose the best under budgets, package it for the platform, check it.
+
+    The choice: among candidates that meet every budget and fit the platform, the smallest deployment,
+    then the fastest cold start. When none does, the comparison is still written and the command exits 1
+    saying which budget each candidate missed, by how much.
+    """
+    from slimserve.build import BuildFailed, BuildOptions, run_build
+    from slimserve.commands.compare import chosen_recipes
+    from slimserve.optimizer.sources import resolve_source
+    from slimserve.ui import progress_for
+
+    names = chosen_recipes(recipes, all_recipes)
+    options = BuildOptions(platform=platform, target=target, min_fidelity=min_fidelity,
+                           max_cold_start_ms=max_cold_start_ms, base=base,
+                           compare=compare_options(python, arch, memory_mb, runs, jobs, min_fidelity))
+    from slimserve.build import resolve_target
+    from slimserve.compare import validate
+
+    (profile,) = validate(names, [platform], options.compare)  # bad input fails before the slow export
+    resolve_target(profile, target)
+    source = resolve_source(model, task=task)
+    try:
+        with progress_for(sys.stderr) as progress:
+            result = run_build(model, out, options, names, eval_path, progress, source=source)
+    except BuildFailed as failed:
+        _summary(failed.result, fmt)
+        raise
+    _summary(result, fmt)
+    return 0
+
+
+def _summary(result: Any, fmt: str) -> None:
+    if fmt == "json":
+        click.echo((result.out / "build.json").read_text(encoding="utf-8"), nl=False)
+        return
+    from rich.console import Console
+
+    print_table(result.comparison)
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160, highlight=False, emoji=False)
+    decision = result.decision
+    for recipe, missed in decision.misses.items():
+        if missed:
+            console.print(f"  {recipe}: missed {'; '.join(missed)}", markup=False)
+    if decision.winner is not None and result.check is not None:
+        verdict = "passes its check" if result.check.fits else "FAILS its check"
+        art = result.artifacts or {}
+        memory = f", {art['memory_mb']} MB" if "memory_mb" in art else ""
+        console.print(f"chosen: {decision.winner} → {result.package_dir} ({art.get('kind')}{memory}); "
+                      f"{verdict} for {decision.budgets.platform}", markup=False)
+    console.print(f"wrote {result.out} (build.md, build.json, check.*, compare.*)", markup=False)

@@ -1,0 +1,132 @@
+"""`slimserve compare MODEL -o OUT`: several recipes, one export, their trade-offs side by side.
+
+Exit codes: 0 written, 2 bad input, 1 a tool failure (every recipe failed).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from slimserve.optimizer.sources import SUPPORTED_TASKS
+
+JOBS_HELP = ("Build up to N candidates at once (threads). Only building runs in parallel: measurements "
+             "(size, cold start, latency) always run one candidate at a time so they do not disturb each other.")
+
+
+def recipe_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options compare and build share: which recipes, what to measure on, and how."""
+    options = [
+        click.option("--recipes", metavar="A,B,C",
+                     help="Recipes to compare, comma-separated (e.g. fp32,int8,int4-weight,prune-ffn-25+int8). "
+                          "Default: fp32, fp16, int8, int8-dynamic, int4-weight."),
+        click.option("--all", "all_recipes", is_flag=True,
+                     help="Every named recipe (those without a number; add prune-* through --recipes)."),
+        click.option("--eval", "eval_path", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+                     help="Evaluation inputs: JSON lines with 'text' (text models) or an .npz of named arrays."),
+        click.option("--task", type=click.Choice(SUPPORTED_TASKS), help="Task of a Hugging Face folder."),
+        click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N", help=JOBS_HELP),
+        click.option("--python", default="3.12", show_default=True, metavar="X.Y", help="Target Python version."),
+        click.option("--arch", type=click.Choice(["x86_64", "arm64"]), default="x86_64", show_default=True,
+                     help="Target CPU architecture."),
+        click.option("--memory", "memory_mb", type=click.IntRange(min=1), metavar="MB",
+                     help="Judge platforms at this memory setting (default: each one's recommended setting)."),
+        click.option("--runs", type=click.IntRange(min=1, max=50), default=3, show_default=True,
+                     help="Fresh processes per cold-start measurement (median reported)."),
+        click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                     help="Summary on stdout (the files in OUT are written either way)."),
+    ]
+    return functools.reduce(lambda f, opt: opt(f), reversed(options), func)
+
+
+def chosen_recipes(recipes: str | None, all_recipes: bool) -> list[str]:
+    from slimserve.compare import DEFAULT_RECIPES
+    from slimserve.errors import SlimserveError
+
+    if recipes and all_recipes:
+        raise SlimserveError("--recipes and --all cannot be used together")
+    if all_recipes:
+        from slimserve.optimizer.recipes import registry
+
+        return [s.name for s in registry().values() if not s.takes_argument]
+    if recipes:
+        return [r.strip() for r in recipes.split(",") if r.strip()]
+    return list(DEFAULT_RECIPES)
+
+
+def compare_options(python: str, arch: str, memory_mb: int | None, runs: int, jobs: int,
+                    min_fidelity: float | None = None) -> Any:
+    from slimserve.compare import CompareOptions
+
+    return CompareOptions(python=python, arch=arch, memory_mb=memory_mb, runs=runs, jobs=jobs,
+                          min_fidelity=min_fidelity)
+
+
+def print_table(comparison: Any) -> None:
+    """The comparison as a rich table (same cells as compare.md), recommendation first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from slimserve.report.compare_markdown import FRONTIER_MARK, RECOMMENDED_MARK, table
+
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160, highlight=False, emoji=False)
+    header, rows = table(comparison)
+    out = Table(title=f"slimserve compare: {comparison.model}", title_justify="left")
+    for i, name in enumerate(header):
+        out.add_column(name, justify="left" if i < 2 else "right")
+    for row in rows:
+        out.add_row(*row)
+    console.print(out)
+    for c in comparison.candidates:
+        if c.error:
+            console.print(f"[red]failed[/red] {c.recipe}: {c.error}", markup=True)
+    console.print(f"{FRONTIER_MARK} Pareto frontier   {RECOMMENDED_MARK} recommended")
+    if comparison.recommendation:
+        console.print(f"recommended: [bold]{comparison.recommendation}[/bold] ({comparison.recommendation_reason})")
+    else:
+        console.print(f"no recommendation: {comparison.recommendation_reason}")
+
+
+@click.command("compare", context_settings={"max_content_width": 110})
+@click.argument("model")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              metavar="OUT", help="Folder to write (replaced atomically): compare.json/.md/.png, candidates/.")
+@click.option("--platform", "platforms", multiple=True, metavar="NAME",
+              help="Platform to judge each candidate against; repeat, or `all`. "
+                   "Default: aws-lambda-zip and aws-lambda-container.")
+@click.option("--profile", "profile_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="Your own platform profile file; repeatable.")
+@click.option("--min-fidelity", type=click.FloatRange(min=0, max=1, min_open=True), metavar="X",
+              help="Fidelity floor for the recommendation (mean cosine). Default: 0.99.")
+@recipe_options
+def command(model: str, out: Path, platforms: tuple[str, ...], profile_files: tuple[Path, ...],
+            min_fidelity: float | None, recipes: str | None, all_recipes: bool, eval_path: Path | None,
+            task: str | None, jobs: int, python: str, arch: str, memory_mb: int | None, runs: int, fmt: str) -> int:
+    """Run several recipes on MODEL and put their trade-offs side by side.
+
+    Exports MODEL once, builds one candidate per recipe, and measures each the same way: bytes, fidelity,
+    warm latency (batch 1 and 8), cold start and peak RSS in fresh processes, and whether it fits each
+    platform (with the reason). Marks the Pareto frontier and recommends one candidate.
+    """
+    from slimserve.compare import run_compare, validate
+    from slimserve.optimizer.sources import resolve_source
+    from slimserve.ui import progress_for
+
+    names = chosen_recipes(recipes, all_recipes)
+    options = compare_options(python, arch, memory_mb, runs, jobs, min_fidelity)
+    validate(names, platforms, options, profile_files)  # bad input fails before the slow export
+    source = resolve_source(model, task=task)
+    with progress_for(sys.stderr) as progress:
+        comparison = run_compare(model, names, out, eval_path, platforms, jobs, options, progress,
+                                 profile_files=profile_files, source=source)
+    if fmt == "json":
+        click.echo((out / "compare.json").read_text(encoding="utf-8"), nl=False)
+    else:
+        print_table(comparison)
+        click.echo(f"wrote {out}/compare.json, compare.md, compare.png and candidates/")
+    return 0
