@@ -10,6 +10,7 @@ import importlib
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import click
@@ -47,10 +48,16 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="slimserve")
 @click.option("--debug", is_flag=True, envvar="SLIMSERVE_DEBUG", help="Show tracebacks for errors.")
+@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), envvar="SLIMSERVE_CONFIG",
+              metavar="FILE", help="Options file (default: the nearest slimserve.toml or pyproject.toml "
+                                   "[tool.slimserve] from here upwards). Command-line flags override it.")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, config: Path | None) -> None:
     """Make ML models fit serverless platforms: optimize, check, package, compare."""
+    from slimserve.config import default_map
+
     ctx.obj = {"debug": debug}
+    ctx.default_map = default_map(cli, ctx, config)  # click applies it as each command's defaults
 
 
 def _error(message: str, hint: str | None = None) -> None:

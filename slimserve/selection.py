@@ -49,7 +49,11 @@ def misses(row: Row, budgets: Budgets) -> list[str]:
     """Each budget the row misses, with by how much, in words a pipeline log can show."""
     out = []
     if budgets.min_fidelity is not None and row.fidelity_mean < budgets.min_fidelity:
-        out.append(f"fidelity {row.fidelity_mean:.4f} < {budgets.min_fidelity} (short by {budgets.min_fidelity - row.fidelity_mean:.4f})")
+        digits = 4  # more digits only when 4 would hide the shortfall (0.99999 vs 0.99998)
+        while digits < 8 and round(row.fidelity_mean, digits) >= budgets.min_fidelity:
+            digits += 1
+        short = budgets.min_fidelity - row.fidelity_mean
+        out.append(f"fidelity {row.fidelity_mean:.{digits}f} < {budgets.min_fidelity} (short by {short:.{digits}f})")
     if budgets.max_cold_start_ms is not None:
         if row.cold_start_ms is None:
             out.append("cold start not measured")
