@@ -12,6 +12,12 @@ from pathlib import Path
 from slimserve.errors import SlimserveError
 
 
+def _default_dir_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield an empty staging folder beside `target`; on success it replaces `target`, on failure it vanishes.
@@ -29,6 +35,7 @@ def atomic_dir(target: Path, *, overwrite: bool = True) -> Iterator[Path]:
     except OSError as exc:
         raise SlimserveError(f"cannot create {target.parent}: {exc.strerror}") from None
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging.chmod(_default_dir_mode())  # mkdtemp makes 0700; outputs should look like any new folder
     try:
         yield staging
         if target.exists():
@@ -50,6 +57,7 @@ def atomic_file(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & _default_dir_mode())
     try:
         yield Path(tmp)
         os.replace(tmp, target)

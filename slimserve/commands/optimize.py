@@ -15,25 +15,31 @@ from slimserve.optimizer.sources import SUPPORTED_TASKS, TENSOR_DTYPES
 
 
 def render_optimize_table(manifest: dict[str, Any]) -> None:
+    """One result reads best as a two-column table: it fits any terminal width and CI logs."""
     from rich.console import Console
     from rich.table import Table
 
-    fidelity = manifest["fidelity"]
-    model = manifest["model"]
-    table = Table(title=f"slimserve optimize: {manifest['recipe']}", title_justify="left")
-    for column in ("recipe", "model.onnx", "vs fp32", "fidelity", "mean", "min", "samples", "reference", "time"):
-        table.add_column(column, justify="right" if column not in ("recipe", "fidelity", "reference") else "left")
-    ratio = model["bytes"] / model["fp32_bytes"] if model.get("fp32_bytes") else float("nan")
-    timings = manifest["timings"]
-    seconds = timings["export_s"] + timings["recipe_s"] + timings["eval_s"]
-    metric = fidelity["metric"] + (f" (top-1 {fidelity['top1_agreement']:.3f})" if "top1_agreement" in fidelity else "")
-    table.add_row(manifest["recipe"], f"{model['bytes'] / 1e6:.1f} MB", f"{ratio:.2f}x", metric,
-                  f"{fidelity['mean']:.5f}", f"{fidelity['min']:.5f}", str(fidelity["samples"]),
-                  fidelity["reference"], f"{seconds:.1f} s")
+    fidelity, model, timings = manifest["fidelity"], manifest["model"], manifest["timings"]
+    table = Table(title=f"slimserve optimize: {manifest['recipe']}", title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    ratio = f" ({model['bytes'] / model['fp32_bytes']:.2f}x of fp32 {model['fp32_bytes'] / 1e6:.1f} MB)" if model.get("fp32_bytes") else ""
+    table.add_row("recipe", " + ".join(s["step"] for s in manifest["steps"]))
+    table.add_row("model.onnx", f"{model['bytes'] / 1e6:.1f} MB{ratio}")
+    metric = fidelity["metric"]
+    table.add_row("fidelity", f"{metric} vs {fidelity['reference']} on {fidelity['output']}")
+    table.add_row("cosine mean / min", f"{fidelity['mean']:.5f} / {fidelity['min']:.5f}")
+    if "top1_agreement" in fidelity:
+        table.add_row("top-1 agreement", f"{fidelity['top1_agreement']:.4f}")
+    if "max_abs_error" in fidelity:
+        table.add_row("abs error max / mean", f"{fidelity['max_abs_error']:.4g} / {fidelity['mean_abs_error']:.4g}")
+    table.add_row("evaluated on", f"{fidelity['samples']} samples: {fidelity['eval_source']}")
+    table.add_row("time", f"export {timings['export_s']:.1f} s, recipe {timings['recipe_s']:.1f} s, "
+                          f"evaluation {timings['eval_s']:.1f} s")
     console = Console()
     console.print(table)
     for note in manifest.get("notes", []):
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", soft_wrap=True)
 
 
 @click.command("optimize")
