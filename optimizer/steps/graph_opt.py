@@ -38,14 +38,19 @@ def load_model(src: Path, step: str, *, load_external: bool = True) -> onnx.Mode
     """Read an ONNX file (with its external data), or fail with a one-line ToolError naming the step."""
     import onnx
 
-    if not Path(src).is_file():
-        raise SlimserveError(f"{step}: input model {src} does not exist", hint="check the model path")
+    require_file(src, step)
     try:
         return onnx.load(str(src), load_external_data=load_external)
     except Exception as exc:  # onnx raises DecodeError, OSError, ValueError...: all mean "unreadable"
         raise ToolError(
             f"{step}: onnx cannot read {src}: {first_line(exc)}", hint="is this a valid ONNX file?"
         ) from exc
+
+
+def require_file(src: Path, step: str) -> None:
+    """SlimserveError (user-fixable) when the input model is missing."""
+    if not Path(src).is_file():
+        raise SlimserveError(f"{step}: input model {src} does not exist", hint="check the model path")
 
 
 def save_model(model: onnx.ModelProto, dst: Path, step: str) -> Path:
@@ -107,6 +112,7 @@ def ort_optimize(src: Path, dst: Path, step: str, level: str = DEFAULT_LEVEL) ->
     }
     if level not in levels:
         raise SlimserveError(f"{step}: unknown optimization level {level!r}", hint=f"use one of {LEVELS}")
+    require_file(src, step)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = levels[level]
     opts.optimized_model_filepath = str(dst)
@@ -194,3 +200,46 @@ def normalize_for_quant(src: Path, work_dir: Path, step: str) -> tuple[Path, tup
         notes.append(f"constant folding skipped ({exc.message})")
         return detached, tuple(notes)
     return folded, tuple(notes)
+
+
+def toposort(graph: onnx.GraphProto) -> None:
+    """Reorder `graph.node` topologically in place (stable), as onnx.checker requires.
+
+    Some converters (onnxruntime's float16 tool) append the Casts they insert at the end of the list;
+    ORT accepts that, onnx.checker and other runtimes do not. Inputs no node produces (graph inputs,
+    initializers, outer-scope values) count as available.
+    """
+    produced = {o for n in graph.node for o in n.output if o}
+    ready = set()
+    pending = list(graph.node)
+    ordered: list = []
+    while pending:
+        rest = []
+        for node in pending:
+            needs = [i for i in node_inputs(node) if i and i in produced]
+            if all(i in ready for i in needs):
+                ordered.append(node)
+                ready.update(o for o in node.output if o)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):  # a cycle or a dangling input: leave the rest in their order
+            ordered.extend(rest)
+            break
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for dst, src in zip(copies, ordered):
+        dst.CopyFrom(src)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """A node's inputs plus the outer-scope values its subgraphs read."""
+    names = list(node.input)
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            inner = {o for n in sub.node for o in n.output} | {i.name for i in sub.input}
+            inner |= {t.name for t in sub.initializer}
+            for n in sub.node:
+                names += [i for i in node_inputs(n) if i not in inner]
+    return names

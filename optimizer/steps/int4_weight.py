@@ -1,0 +1,197 @@
+"""Step `int4-weight`: 4-bit block-quantized weights (ORT MatMulNBits) and 4-bit embeddings.
+
+What it writes (measured on all-MiniLM-L6-v2, benchmarks/results/quant_sweep.md):
+- every MatMul with a constant 2-D weight becomes com.microsoft MatMulNBits, bits=4, block along K,
+  with per-block scales (and zero points when asymmetric); blocks choose their clipping range by least
+  squared error, which beats plain min/max rounding at 4 bits;
+- the word-embedding table becomes com.microsoft GatherBlockQuantized (uint8 storage, bits=4, blocks
+  along the row), so only looked-up rows are dequantized;
+- the few MatMuls whose 4-bit error is largest on the calibration feeds (or, without calibration, by
+  weight error) stay int8 in the folded int8-weight form, because they dominate the lost cosine.
+Block size, symmetry, accuracy_level and the number kept at int8 are the measured choice in
+`Int4Options`'s defaults; the alternatives are listed in SWEEP_VARIANTS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from slimserve.errors import ToolError, first_line
+from slimserve.optimizer.steps import graph_opt, int8_dynamic, int8_weight
+from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec
+
+if TYPE_CHECKING:
+    import onnx
+
+STEP = "int4-weight"
+
+
+@dataclass(frozen=True)
+class Int4Options:
+    """Knobs of the 4-bit recipe; defaults are the measured choice."""
+
+    block: int = 32
+    symmetric: bool = False
+    accuracy_level: int = 4  # 4: ORT may quantize activations to int8 inside MatMulNBits (fast); 0: float
+    search_clip: bool = True
+    embeddings: bool = True
+    emb_block: int = 32
+    keep_int8: int = 8  # most sensitive MatMuls kept at int8
+    activation_aware: bool = True  # weight the clip search by calibration input energy per feature
+
+
+def _gather_4bit(model: onnx.ModelProto, block: int, symmetric: bool, search_clip: bool) -> list[str]:
+    """Gather(float table [V, D], ids) -> GatherBlockQuantized(uint8 packed 4-bit, blocks along D)."""
+    from onnx import helper, numpy_helper
+
+    g = int8_weight._Graph(model.graph)  # noqa: SLF001 - shared private index of the sibling step
+    done = []
+    for node in list(model.graph.node):
+        if node.op_type != "Gather" or any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            continue
+        name = node.input[0]
+        if len(g.consumers.get(name, [])) != 1:
+            continue
+        w = g.float_weight(name, 1 << 18)  # only real vocabularies; small tables cost little as float
+        if w is None or w.ndim != 2 or w.shape[1] % block:
+            continue
+        # block_quantize works on [K, N] with blocks along K: pass the table transposed (K = D, N = V).
+        q, scale, zp = int8_weight.block_quantize(w.T, 4, block, symmetric, search_clip)
+        packed = int8_weight.pack_bits(q.reshape(w.shape[0], -1), 4)
+        q_name, s_name = g.fresh(name + "_q4"), g.fresh(name + "_scales")
+        g.graph.initializer.extend([numpy_helper.from_array(packed, q_name), numpy_helper.from_array(scale, s_name)])
+        inputs = [q_name, node.input[1], s_name]
+        if zp is not None:
+            zp_name = g.fresh(name + "_zp")
+            g.graph.initializer.append(numpy_helper.from_array(int8_weight.pack_bits(zp, 4), zp_name))
+            inputs.append(zp_name)
+        new = helper.make_node(
+            "GatherBlockQuantized", inputs, list(node.output), name=g.fresh(node.name + "_q4"),
+            domain="com.microsoft", bits=4, block_size=block, gather_axis=0, quantize_axis=1,
+        )
+        pos = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        model.graph.node.insert(pos, new)
+        done.append(name)
+    int8_weight._drop_initializers(model.graph, done)  # noqa: SLF001
+    if done:
+        int8_weight._ensure_ms_domain(model)  # noqa: SLF001
+    return done
+
+
+def _dequantized_4bit(w: np.ndarray, opts: Int4Options, importance: np.ndarray | None) -> np.ndarray:
+    """What MatMulNBits will compute with instead of `w` ([K, N])."""
+    q, scale, zp = int8_weight.block_quantize(w, 4, opts.block, opts.symmetric, opts.search_clip, importance)
+    zpf = np.full(scale.shape, 8.0) if zp is None else zp.astype(np.float32)
+    deq = ((q.astype(np.float32) - zpf[..., None]) * scale[..., None]).reshape(w.shape[1], -1)
+    return deq[:, : w.shape[0]].T
+
+
+def calibration_inputs(model_path: Path, feeds: Sequence[Feed]) -> dict[str, np.ndarray]:
+    """Each constant-weight MatMul's input rows on (up to 8) calibration feeds, by node name."""
+    weights = int8_dynamic.constant_matmul_weights(model_path)
+    if not weights or not feeds:
+        return {}
+    xs = int8_dynamic.capture_inputs(model_path, list(weights), feeds[:8])
+    return {name: xs[x] for name, (x, _) in weights.items() if x in xs}
+
+
+def most_sensitive(model_path: Path, inputs: dict[str, np.ndarray], opts: Int4Options, count: int) -> list[str]:
+    """Names of the `count` MatMuls whose 4-bit output error ||XW - XWq|| / ||XW|| is largest.
+
+    X comes from the calibration feeds; without them the weight error alone ranks the MatMuls.
+    """
+    if count <= 0:
+        return []
+    scores = {}
+    for name, (_, w) in int8_dynamic.constant_matmul_weights(model_path).items():
+        xs = inputs.get(name)
+        imp = None if xs is None else (xs**2).mean(axis=0)
+        deq = _dequantized_4bit(w, opts, imp)
+        if xs is None:
+            scores[name] = float(np.linalg.norm(deq - w) / max(np.linalg.norm(w), 1e-12))
+            continue
+        ref = xs @ w
+        scores[name] = float(np.linalg.norm(xs @ deq - ref) / max(np.linalg.norm(ref), 1e-12))
+    return sorted(scores, key=scores.get, reverse=True)[:count]  # type: ignore[arg-type]
+
+
+def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: str = STEP) -> StepResult:
+    """4-bit weight-only quantization of `src` into `dst`; shared by the step and the sweep."""
+    if opts.block < 16 or opts.block & (opts.block - 1):
+        raise ToolError(f"{step}: block size {opts.block} is not a power of two >= 16 (MatMulNBits needs that)")
+    prepared, notes = graph_opt.normalize_for_quant(Path(src), ctx.work_dir, step)
+    inputs = calibration_inputs(prepared, ctx.calibration) if opts.activation_aware or opts.keep_int8 else {}
+    keep = most_sensitive(prepared, inputs, opts, opts.keep_int8)
+    # Never keep more than a quarter at int8, or small models would get no 4-bit MatMul at all.
+    keep = keep[: len(int8_dynamic.constant_matmul_weights(prepared)) // 4]
+    importance = {n: (x**2).mean(axis=0) for n, x in inputs.items()} if opts.activation_aware else None
+    model = graph_opt.load_model(prepared, step)
+    try:
+        emb = _gather_4bit(model, opts.emb_block, opts.symmetric, opts.search_clip) if opts.embeddings else []
+        q4 = int8_weight.replace_matmuls_nbits(
+            model, 4, opts.block, opts.symmetric, opts.accuracy_level,
+            search_clip=opts.search_clip, exclude=frozenset(keep), importance=importance,
+        )
+        # What 4 bits skipped (sensitive MatMuls, Gemm, Conv, small tables) gets the int8-weight treatment.
+        n8 = int8_weight._quantize_linear_weights(model, int8_weight.Int8WeightOptions())  # noqa: SLF001
+        n8 += int8_weight._quantize_embeddings(model, "gather-mul", int8_weight.MIN_ELEMENTS)  # noqa: SLF001
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ToolError(f"{step}: cannot rewrite the weights of {Path(src).name}: {first_line(exc)}") from exc
+    if not q4 and not emb:
+        notes += ("no MatMul with a constant 2-D weight and no embedding table: nothing became 4-bit",)
+    graph_opt.save_model(model, Path(dst), step)
+    graph_opt.check_session(Path(dst), step)
+    notes += (
+        f"4-bit MatMulNBits block {opts.block} ({'symmetric' if opts.symmetric else 'asymmetric'}, "
+        f"accuracy_level {opts.accuracy_level}); {len(keep)} most sensitive MatMuls kept int8",
+    )
+    return StepResult(
+        path=Path(dst), notes=notes,
+        details={"matmul_4bit": len(q4), "embeddings_4bit": len(emb), "int8": n8, "kept_int8": keep},
+    )
+
+
+def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepResult:
+    """4-bit weights with the measured defaults."""
+    with ctx.progress.stage(f"{STEP}: 4-bit block-quantized weights"):
+        return quantize(Path(src), Path(dst), ctx, Int4Options())
+
+
+def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], object], str]]:  # noqa: N802
+    """Alternatives measured by benchmarks/quant_sweep.py."""
+    def v(**kw: object) -> Callable[[Path, Path, StepContext], object]:
+        return lambda s, d, c: quantize(s, d, c, Int4Options(**kw))  # type: ignore[arg-type]
+
+    out = {}
+    for block in (16, 32, 64, 128):
+        out[f"w4-b{block}-asym-plain"] = (
+            v(block=block, emb_block=max(block, 32), search_clip=False, keep_int8=0, activation_aware=False),
+            f"MatMulNBits 4-bit block {block}, asym, min/max rounding, nothing kept int8",
+        )
+    out.update({
+        "w4-b32-sym-plain": (v(symmetric=True, search_clip=False, keep_int8=0), "block 32 symmetric, min/max"),
+        "w4-b32-asym-clip": (v(keep_int8=0, activation_aware=False), "block 32 asym, clip search"),
+        "w4-b32-asym-awclip": (v(keep_int8=0), "block 32 asym, activation-weighted clip search"),
+        "w4-b32-keep4": (v(keep_int8=4), "block 32 asym aw-clip, 4 most sensitive MatMuls int8"),
+        "w4-b32-keep12": (v(keep_int8=12), "block 32 asym aw-clip, 12 most sensitive MatMuls int8"),
+        "w4-b64-keep8": (v(block=64, keep_int8=8), "block 64 asym aw-clip, 8 most sensitive MatMuls int8"),
+        "w4-b32-asym-clip-acc0": (v(keep_int8=0, accuracy_level=0), "block 32 asym, clip, float activations"),
+        "w4-b32-keep2": (v(keep_int8=2), "block 32 asym clip, 2 most sensitive MatMuls int8"),
+        "w4-b32-keep8": (v(keep_int8=8), "block 32 asym clip, 8 most sensitive MatMuls int8"),
+        "w4-b32-noemb": (v(embeddings=False, keep_int8=0, activation_aware=False), "4-bit MatMuls, int8 embeddings"),
+    })
+    return out
+
+
+SPEC = StepSpec(
+    name=STEP,
+    help="4-bit block-quantized MatMul weights (MatMulNBits) and embeddings (GatherBlockQuantized); "
+    "the most sensitive MatMuls stay int8.",
+    run=run,
+)

@@ -1,0 +1,180 @@
+"""Step `int8-static`: calibrated QDQ int8 (activation ranges fixed from calibration feeds).
+
+Recipe (measured on all-MiniLM-L6-v2, benchmarks/results/quant_sweep.md):
+- ONNX Runtime's quantize_static in QDQ format on MatMul/Gemm/Conv only, per-channel symmetric int8
+  weights, int8 activations with ranges from `ctx.calibration`. Quantizing Add/Softmax/LayerNorm inputs
+  too (ORT's default op list) costs fidelity for no speed on CPU, where the matmuls are the work.
+- Calibration method chosen by measurement among MinMax, Percentile (99.999) and Entropy: see
+  `DEFAULT_METHOD` and the sweep rows st-*.
+- The GELU-fed MatMuls (FFN down-projections) are excluded, as in int8-dynamic, and keep int8 weights in
+  int8-weight's folded form; embedding tables get int8 rows with per-row scales.
+Without calibration feeds the step refuses to guess ranges: it raises SlimserveError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.optimizer.steps import graph_opt, int8_dynamic, int8_weight
+from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec
+
+STEP = "int8-static"
+DEFAULT_METHOD = "MinMax"
+MAX_FEEDS = 64
+
+
+@dataclass(frozen=True)
+class StaticOptions:
+    """Knobs of the static recipe; defaults are the measured choice."""
+
+    method: str = DEFAULT_METHOD  # MinMax | Percentile | Entropy
+    exclude_gelu: bool = True
+    exclude_ranked: int = 0  # also exclude the N MatMuls with the largest calibration error (int8-dynamic's proxy)
+    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
+    activation_int8: bool = False  # False: QUInt8 activations (U8S8, fast on x86); True: QInt8 (S8S8)
+
+
+class _Feeds:
+    """ORT CalibrationDataReader over our feeds, keeping only the inputs the model declares."""
+
+    def __init__(self, feeds: Sequence[Feed], input_names: set[str]) -> None:
+        self._feeds = list(feeds)
+        self._names = input_names
+        self._iter: Iterator[Feed] = iter(())
+        self.rewind()
+
+    def get_next(self) -> dict | None:
+        feed = next(self._iter, None)
+        return None if feed is None else {k: v for k, v in feed.items() if k in self._names}
+
+    def rewind(self) -> None:
+        self._iter = iter(self._feeds)
+
+
+def uniform_feeds(feeds: Sequence[Feed]) -> list[Feed]:
+    """Feeds that share one shape per input, as ORT's histogram calibrators (Percentile, Entropy) need.
+
+    Batch-1 text feeds differ in length. When only integer inputs differ, and only in their last axis
+    (token ids, attention masks), we right-pad them with 0, the Hugging Face convention for [PAD] and
+    "masked", so the padded positions do not take part in attention. Otherwise we keep the largest group
+    of feeds whose shapes already agree.
+    """
+    feeds = list(feeds)
+    if not feeds:
+        return feeds
+    names = list(feeds[0])
+    varying = [n for n in names if len({f[n].shape for f in feeds}) > 1]
+    if not varying:
+        return feeds
+    paddable = all(
+        np.issubdtype(f[n].dtype, np.integer) and len({f[n].shape[:-1] for f in feeds}) == 1
+        for n in varying for f in feeds[:1]
+    )
+    if paddable:
+        out = []
+        for f in feeds:
+            g = dict(f)
+            for n in varying:
+                width = max(x[n].shape[-1] for x in feeds)
+                pad = [(0, 0)] * (f[n].ndim - 1) + [(0, width - f[n].shape[-1])]
+                g[n] = np.pad(f[n], pad)
+            out.append(g)
+        return out
+    groups: dict[tuple, list[Feed]] = {}
+    for f in feeds:
+        groups.setdefault(tuple(f[n].shape for n in names), []).append(f)
+    return max(groups.values(), key=len)
+
+
+def _input_names(path: Path) -> set[str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    return {i.name for i in model.graph.input if i.name not in inits}
+
+
+def quantize(src: Path, dst: Path, ctx: StepContext, opts: StaticOptions, step: str = STEP) -> StepResult:
+    """Static QDQ int8 of `src` into `dst`; shared by the step and the sweep variants."""
+    if not ctx.calibration:
+        raise SlimserveError(
+            f"{step} needs calibration inputs to fix activation ranges, and none were given",
+            hint="provide evaluation inputs (they double as calibration) or use int8-dynamic / int8-weight",
+        )
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {m.name: m for m in CalibrationMethod}
+    if opts.method not in methods:
+        raise SlimserveError(f"{step}: unknown calibration method {opts.method}", hint=f"use one of {sorted(methods)}")
+    work = Path(ctx.work_dir)
+    prepared, notes = graph_opt.normalize_for_quant(Path(src), work, step)
+    excluded = int8_dynamic.gelu_fed_matmuls(prepared) if opts.exclude_gelu else []
+    if opts.exclude_ranked:
+        ranked, _ = int8_dynamic.sensitive_nodes(
+            prepared, ctx.calibration, int8_dynamic.DynamicOptions(exclude=opts.exclude_ranked + len(excluded))
+        )
+        excluded += [n for n in ranked if n not in excluded][: opts.exclude_ranked]
+    feeds = list(ctx.calibration[:MAX_FEEDS])
+    reader = _Feeds(uniform_feeds(feeds) if opts.method != "MinMax" else feeds, _input_names(prepared))
+    act = QuantType.QInt8 if opts.activation_int8 else QuantType.QUInt8
+    quantized = work / f"{step}-quantized.onnx"
+    extra = {"WeightSymmetric": True, "MatMulConstBOnly": True, "CalibTensorRangeSymmetric": False}
+    if opts.method == "Percentile":
+        extra["CalibPercentile"] = 99.999
+    try:
+        quantize_static(
+            str(prepared), str(quantized), reader,
+            quant_format=QuantFormat.QDQ, activation_type=act, weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(opts.op_types), nodes_to_exclude=excluded, per_channel=True,
+            calibrate_method=methods[opts.method], extra_options=extra,
+        )
+    except Exception as exc:  # ORT's calibrator and quantizer raise many exception types
+        raise int8_dynamic.quantizer_error(step, prepared, exc) from exc
+    model = graph_opt.load_model(quantized, step)
+    try:
+        n_emb = int8_weight._quantize_embeddings(model, "gather-mul", int8_weight.MIN_ELEMENTS)  # noqa: SLF001
+        n_fold = int8_weight._quantize_linear_weights(model, int8_weight.Int8WeightOptions())  # noqa: SLF001
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ToolError(f"{step}: cannot quantize the remaining float weights: {first_line(exc)}") from exc
+    graph_opt.save_model(model, Path(dst), step)
+    graph_opt.check_session(Path(dst), step)
+    notes += (
+        f"static QDQ int8, {opts.method} calibration on {min(len(ctx.calibration), MAX_FEEDS)} feeds; "
+        f"{len(excluded)} GELU-fed MatMuls kept out of integer compute",
+        "activation ranges are fixed: inputs unlike the calibration set may lose more fidelity",
+    )
+    return StepResult(path=Path(dst), notes=notes,
+                      details={"method": opts.method, "excluded": excluded, "int8_embeddings": n_emb, "folded": n_fold})
+
+
+def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepResult:
+    """Calibrated QDQ int8 with the measured defaults."""
+    with ctx.progress.stage(f"{STEP}: calibrated QDQ int8"):
+        return quantize(Path(src), Path(dst), ctx, StaticOptions())
+
+
+def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], object], str]]:  # noqa: N802
+    """Alternatives measured by benchmarks/quant_sweep.py."""
+    def v(**kw: object) -> Callable[[Path, Path, StepContext], object]:
+        return lambda s, d, c: quantize(s, d, c, StaticOptions(**kw))  # type: ignore[arg-type]
+
+    return {
+        "st-minmax": (v(method="MinMax"), "QDQ, MinMax calibration"),
+        "st-percentile": (v(method="Percentile"), "QDQ, Percentile 99.999 calibration"),
+        "st-entropy": (v(method="Entropy"), "QDQ, Entropy calibration"),
+        "st-minmax-noexcl": (v(exclude_gelu=False), "QDQ MinMax, nothing excluded"),
+        "st-minmax-excl6more": (v(exclude_ranked=6), "QDQ MinMax, GELU-fed + 6 worst by calibration error"),
+        "st-minmax-s8": (v(activation_int8=True), "QDQ MinMax, int8 activations (S8S8)"),
+    }
+
+
+SPEC = StepSpec(
+    name=STEP,
+    help="Calibrated static int8 (QDQ, per-channel weights); needs calibration inputs.",
+    run=run,
+)
