@@ -27,9 +27,19 @@ import click
 @click.option("--memory", "memory_mb", type=click.IntRange(min=1), metavar="MB",
               help="Lambda memory setting. Default: the one `check` recommends.")
 @click.option("--no-check", is_flag=True, help="Skip measuring cold start and limits (faster; no `checks`).")
+@click.option("--base", "base_ref", metavar="REF",
+              help="Container base image (registry reference or oci:PATH). Default depends on --platform.")
+@click.option("--platform", "platform", type=click.Choice(["aws-lambda-container", "gcp-cloud-run"]),
+              default="aws-lambda-container", show_default=True, help="Container platform the image is for.")
+@click.option("--push", "push_ref", metavar="REF", help="Push the image to this reference (skips blobs it has).")
+@click.option("--insecure-registry", "insecure", multiple=True, metavar="HOST:PORT",
+              help="Registries to reach over plain HTTP (repeatable).")
+@click.option("--engine", type=click.Choice(["auto", "none", "docker"]), default="auto", show_default=True,
+              help="docker: build with a Docker daemon; auto: use one if it answers, else build daemonless.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Summary format on stdout.")
 def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb: int | None, no_check: bool,
+            base_ref: str | None, platform: str, push_ref: str | None, insecure: tuple[str, ...], engine: str,
             fmt: str) -> int:
     """Package an optimize output folder (or a bare .onnx) for a serverless platform."""
     from slimserve.bundle import load_bundle
@@ -40,7 +50,9 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
     bundle = load_bundle(path)
     with progress_for(sys.stderr) as progress:
         if kind == "container":
-            return _container(bundle, out, target, progress, fmt)
+            options = {"base_ref": base_ref, "platform": platform, "push_ref": push_ref,
+                       "insecure_registries": insecure, "engine": engine}
+            return _container(bundle, out, target, progress, fmt, options)
         checks = None if no_check else _check(path, python, arch, memory_mb, progress)
         from slimserve.packagers.lambda_target import package_lambda
 
@@ -67,19 +79,23 @@ def _check(path: Path, python: str, arch: str, memory_mb: int | None, progress: 
     return report_dict(report)
 
 
-def _container(bundle: Any, out: Path, target: Any, progress: Any, fmt: str) -> int:
-    from slimserve.errors import SlimserveError
+def _container(bundle: Any, out: Path, target: Any, progress: Any, fmt: str, options: dict[str, Any]) -> int:
+    from slimserve.packagers.container import package_container
 
-    try:
-        from slimserve.packagers.container import package_container
-    except ImportError:
-        raise SlimserveError("container target not available yet") from None
-    result = package_container(bundle, out, target, progress=progress)
-    where = str(getattr(result, "out", out))
+    result = package_container(bundle, out, target, progress=progress, **options)
+    facts = dict(getattr(result, "facts", {}) or {})
+    summary = {"target": "container", "out": str(out), **facts, "platform": options["platform"],
+               "image_platform": facts.get("platform"), "pushed": getattr(result, "pushed", None)}
     if fmt == "json":
-        click.echo(json.dumps({"target": "container", "out": where, "digest": str(getattr(result, "digest", ""))}))
+        click.echo(json.dumps(summary, indent=2, default=str))
     else:
-        click.echo(f"container artifacts written to {where}")
+        click.echo(f"container image for {options['platform']} written to {out}/image (OCI layout), "
+                   f"build context in {out}/context")
+        for key in ("digest", "uncompressed_bytes", "compressed_bytes"):
+            if key in facts:
+                click.echo(f"  {key}: {facts[key]}")
+        if summary["pushed"]:
+            click.echo(f"  pushed: {summary['pushed']}")
     return 0
 
 
