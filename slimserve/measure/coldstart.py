@@ -7,7 +7,8 @@ A probe inside it times, with `time.perf_counter`:
   load_ms              import the handler module = Lambda's init phase (manifest, session, tokenizer)
   first_inference_ms   the first `handler(sample)` call
   warm_ms              median of `warm_runs` further calls
-and reads its peak RSS (`ru_maxrss`, kB on Linux). Figures are medians over `runs` processes. Interpreter
+and reads its peak RSS (VmHWM from /proc/self/status; `ru_maxrss` only where that is missing, as Linux
+carries ru_maxrss over from the parent across fork+exec). Figures are medians over `runs` processes. Interpreter
 start-up itself is not included (Lambda's managed runtime has already started Python before the init phase).
 """
 
@@ -33,6 +34,17 @@ sys.path[:0] = json.loads(sys.argv[1])
 sample = json.loads(sys.argv[2])
 warm_runs = int(sys.argv[3])
 text = sys.argv[4] == "1"
+def peak_rss_mb():
+    # VmHWM is this process's own peak. ru_maxrss is not: Linux carries it over from the parent across
+    # fork+exec, so a child of a large process (e.g. `compare` after a PyTorch export) reports the parent's.
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t0 = time.perf_counter()
 import numpy, onnxruntime
 if text:
@@ -52,7 +64,7 @@ error = first.get("error") if isinstance(first, dict) else None
 print(json.dumps({"import_ms": (t1 - t0) * 1000, "load_ms": (t2 - t1) * 1000,
                   "first_inference_ms": (t3 - t2) * 1000,
                   "warm_ms": warm[len(warm) // 2] if warm else float("nan"),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_rss_mb": peak_rss_mb(),
                   "error": error}))
 """
 
