@@ -73,7 +73,7 @@ def _summary(result: Any, fmt: str) -> None:
     from rich.console import Console
 
     print_table(result.comparison)
-    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160, highlight=False, emoji=False)
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 220, highlight=False, emoji=False)
     decision = result.decision
     for recipe, missed in decision.misses.items():
         if missed:

@@ -74,7 +74,7 @@ def print_table(comparison: Any) -> None:
 
     from slimserve.report.compare_markdown import FRONTIER_MARK, RECOMMENDED_MARK, table
 
-    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160, highlight=False, emoji=False)
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 220, highlight=False, emoji=False)
     header, rows = table(comparison)
     out = Table(title=f"slimserve compare: {comparison.model}", title_justify="left")
     for i, name in enumerate(header):
