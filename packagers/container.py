@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from slimserve.packagers.model_files import model_entries
 from slimserve.packagers.oci import layout
 from slimserve.packagers.oci.digest import Digest
 from slimserve.packagers.oci.image import (
@@ -162,20 +163,9 @@ def role_entries(bundle: ModelBundle, spec: PlatformSpec, closure: Path,
             raise SlimserveError(f"the shipped runtime file {name} is missing from {RUNTIME_DIR}",
                                  hint="reinstall slimserve")
         handler[image_path(f"{spec.app_dir}/{name}")] = src
-    model: dict[str, Source] = {image_path(f"{spec.app_dir}/model/{rel}"): bundle.root / rel for rel in bundle.files}
-    manifest_file = bundle.root / MANIFEST_NAME
-    if manifest_file.is_file() and _json_file(manifest_file) == bundle.manifest:
-        model[image_path(f"{spec.app_dir}/model/{MANIFEST_NAME}")] = manifest_file
-    else:  # a bare .onnx: its manifest exists only in memory
-        model[image_path(f"{spec.app_dir}/model/{MANIFEST_NAME}")] = (json.dumps(bundle.manifest, indent=2) + "\n").encode()
+    model: dict[str, Source] = {image_path(f"{spec.app_dir}/model/{rel}"): source
+                                for rel, source in model_entries(bundle).items()}
     return {"runtime": runtime, "handler": handler, "model": model}
-
-
-def _json_file(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _server_site(target: Target, spec: PlatformSpec) -> list[Path]:

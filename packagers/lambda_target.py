@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from slimserve.packagers.closure import build_closure, closure_info
+from slimserve.packagers.model_files import model_entries
 from slimserve.packagers.repro_zip import tree_entries, write_zip
 from slimserve.packagers.target import Target
 
@@ -67,22 +68,9 @@ def function_entries(bundle: ModelBundle) -> dict[str, Path | bytes]:
         "lambda_handler.py": RUNTIME_DIR / "lambda_handler.py",
         "model_runtime.py": RUNTIME_DIR / "model_runtime.py",
     }
-    for rel in bundle.files:
-        entries[f"{MODEL_SUBDIR}/{rel}"] = bundle.root / rel
-    manifest_file = bundle.root / MANIFEST_NAME
-    if _is_folder_bundle(bundle):
-        entries[f"{MODEL_SUBDIR}/{MANIFEST_NAME}"] = manifest_file
-    else:  # a bare .onnx: its manifest exists only in memory
-        entries[f"{MODEL_SUBDIR}/{MANIFEST_NAME}"] = (json.dumps(bundle.manifest, indent=2) + "\n").encode()
+    for rel, source in model_entries(bundle).items():
+        entries[f"{MODEL_SUBDIR}/{rel}"] = source
     return entries
-
-
-def _is_folder_bundle(bundle: ModelBundle) -> bool:
-    try:
-        on_disk = json.loads((bundle.root / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return bool(on_disk == bundle.manifest)
 
 
 def _zip(path: Path, entries: dict[str, Path | bytes]) -> ZipArtifact:

@@ -85,3 +85,28 @@ def _in_dist_info(path: Path, site: Path) -> bool:
 
 def _tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# Extension modules whose symbol tables can go. Libraries grafted by auditwheel into `*.libs/` are left
+# alone: patchelf rewrote their program headers, and `strip` then breaks them ("ELF load command
+# address/offset not page-aligned" for numpy's OpenBLAS). The closure's smoke test proves the rest.
+STRIP_GLOBS = ("tokenizers/*.so", "numpy/**/*.so")
+
+
+def strip_native(site: Path, strip: str | None = None) -> int:
+    """`strip --strip-unneeded` the extension modules above; returns bytes saved (0 without binutils)."""
+    import subprocess
+
+    tool = strip or shutil.which("strip")
+    if tool is None:
+        return 0
+    saved = 0
+    for pattern in STRIP_GLOBS:
+        for path in sorted(site.glob(pattern)):
+            if any(part.endswith(".libs") for part in path.relative_to(site).parts):
+                continue
+            before = path.stat().st_size
+            proc = subprocess.run([tool, "--strip-unneeded", str(path)], capture_output=True, check=False)
+            if proc.returncode == 0:
+                saved += before - path.stat().st_size
+    return saved

@@ -12,6 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from slimserve.packagers.interpreters import find_python
+
+# Lambda's "50 MB" direct-upload limit is 50 MiB of zip: the API refuses requests over 69,905,067 bytes,
+# which is 52,428,800 bytes once base64-encoded. The issue asks layer + function together to fit it.
+DIRECT_UPLOAD_BYTES = 50 * 1024 * 1024
 from slimserve.packagers.lambda_target import lambda_package_size, package_lambda
 from slimserve.packagers.target import Target
 
@@ -147,7 +151,7 @@ def _end_to_end(model: Path, tmp_path: Path, direct_upload: bool) -> None:
     layer, function = summary["artifacts"]["layer.zip"], summary["artifacts"]["function.zip"]
     assert layer["bytes"] <= 30_000_000 and layer["unzipped_bytes"] <= 100_000_000, layer
     if direct_upload:
-        assert layer["bytes"] + function["bytes"] <= 50_000_000
+        assert layer["bytes"] + function["bytes"] <= DIRECT_UPLOAD_BYTES
     manifest = json.loads((out / "slimserve.json").read_text())
     checks = manifest["checks"]
     assert checks["platform"] == "aws-lambda-zip" and checks["fits"] is True
