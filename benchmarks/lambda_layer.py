@@ -4,7 +4,9 @@ naive:     `pip install --target` of the same pinned packages for the same targe
            no bytecode: `--no-compile`, and Lambda's /opt is read-only so none gets cached), zipped with
            the same reproducible zip writer.
 slimserve: `build_closure` (trimmed, unchecked-hash bytecode), zipped the same way.
-Cold start: import + load + first inference of the same model through the same handler, each run a fresh
+Both run the same model through the same handler; slimserve's function ships the weights as external data
+(memory-mapped at load), the naive one zips the optimize output as it is.
+Cold start: import + load + first inference, each run a fresh
 `python3.X -I -S -B` that sees only task/ + the layer; runs interleaved (naive, slim, naive, ...).
 
     python benchmarks/lambda_layer.py [--model OPTIMIZE_OUTPUT] [--runs 9] [--python 3.12]
@@ -31,6 +33,7 @@ from slimserve.packagers.target import Target
 from slimserve.packagers.wheels import read_pins
 
 from slimserve.bundle import load_bundle
+from slimserve.runtime import RUNTIME_DIR
 from slimserve.measure.coldstart import measure_cold_start, sample_event
 
 
@@ -78,10 +81,16 @@ def main() -> None:
         bundle = load_bundle(model)
         slim_site = build_closure(target, bundle.is_text)
         naive_site = naive_layer(target, bundle.is_text, tmp / "naive")
-        task = tmp / "task"
+        tasks = {"slimserve": tmp / "task-slimserve", "naive": tmp / "task-naive"}
         for arc, src in function_entries(bundle).items():
-            (task / arc).parent.mkdir(parents=True, exist_ok=True)
-            (task / arc).write_bytes(src if isinstance(src, bytes) else src.read_bytes())
+            (tasks["slimserve"] / arc).parent.mkdir(parents=True, exist_ok=True)
+            (tasks["slimserve"] / arc).write_bytes(src if isinstance(src, bytes) else src.read_bytes())
+        # naive: the same handler with the optimize output zipped as it is (model.onnx in one file)
+        naive_task = tasks["naive"]
+        for name in ("lambda_handler.py", "model_runtime.py"):
+            (naive_task / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(RUNTIME_DIR / name, naive_task / name)
+        shutil.copytree(bundle.root, naive_task / "model")
         sizes = {}
         for name, site in (("naive", naive_site), ("slimserve", slim_site)):
             z = tmp / f"{name}.zip"
@@ -92,6 +101,7 @@ def main() -> None:
         event = sample_event(bundle.manifest)
         for _ in range(args.runs):
             for name, site in (("naive", naive_site), ("slimserve", slim_site)):
+                task = tasks[name]
                 cold = measure_cold_start([task, site], task / "model", args.python, event, runs=1, warm_runs=3,
                                           text=bundle.is_text, executable=exe)
                 totals[name].append(cold.total_ms)
