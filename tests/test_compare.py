@@ -169,3 +169,16 @@ def test_minilm_compare_of_five_recipes(minilm_comparison: tuple[Any, Path]) -> 
     md = (out / "compare.md").read_text()
     assert md.splitlines()[2].startswith(f"**Recommended: `{data['recommendation']['recipe']}`**")
     assert all(f"| {r} |" in md for r in MINILM_RECIPES)
+
+
+def test_jobs_build_in_parallel_and_keep_the_order(tiny_onnx: Path, tmp_path: Path) -> None:
+    from slimserve.compare import run_compare
+
+    recipes = ["int8-dynamic", "fp32", "fp16"]
+    comp = run_compare(str(tiny_onnx), recipes, tmp_path / "out", jobs=2,
+                       options=CompareOptions(runs=1, latency_runs=3))
+    assert [c.recipe for c in comp.candidates] == recipes and all(c.ok for c in comp.candidates)
+    assert comp.options.jobs == 2
+    for recipe in recipes:
+        manifest = json.loads((tmp_path / "out" / "candidates" / recipe / "slimserve.json").read_text())
+        assert manifest["recipe"] == recipe
