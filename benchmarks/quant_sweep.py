@@ -27,15 +27,15 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-
-from slimserve.optimizer.steps.base import Feed, StepContext  # noqa: E402
+import numpy as np
+from slimserve.optimizer.steps.base import Feed, StepContext
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_TEXT = REPO / "optimizer" / "data" / "eval_text.jsonl"
 CALIB_TEXT = REPO / "optimizer" / "data" / "calib_text.jsonl"
 RESULTS = REPO / "benchmarks" / "results" / "quant_sweep.md"
 MAX_LENGTH = 256
+FINDINGS = "<!-- findings: hand-written below this line, kept across reruns -->"
 LATENCY_TEXT = "The serverless function timed out after 15 seconds while loading the model."
 
 
@@ -47,7 +47,9 @@ def model_dir() -> Path:
 
 
 def read_texts(path: Path) -> list[str]:
-    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def export_reference(work: Path) -> Path:
@@ -57,8 +59,11 @@ def export_reference(work: Path) -> Path:
         from optimum.exporters.onnx import main_export
 
         main_export(
-            str(model_dir()), output=str(out), task="feature-extraction",
-            library_name="sentence_transformers", do_validation=False,
+            str(model_dir()),
+            output=str(out),
+            task="feature-extraction",
+            library_name="sentence_transformers",
+            do_validation=False,
         )
     return out / "model.onnx"
 
@@ -113,6 +118,7 @@ class Row:
     produce_s: float
     load_ms: float
     warm_ms: float
+    warm_min_ms: float
     note: str = ""
 
 
@@ -146,8 +152,17 @@ def measure(name: str, path: Path, produce_s: float, feeds, ref: np.ndarray, not
         t0 = time.perf_counter()
         sess.run(None, lat_feed)
         times.append((time.perf_counter() - t0) * 1000)
-    return Row(name, model_bytes(path), float(cos.mean()), float(cos.min()), produce_s,
-               statistics.median(loads), statistics.median(times), note)
+    return Row(
+        name,
+        model_bytes(path),
+        float(cos.mean()),
+        float(cos.min()),
+        produce_s,
+        statistics.median(loads),
+        statistics.median(times),
+        min(times),
+        note,
+    )
 
 
 Producer = Callable[[Path, Path, StepContext], object]
@@ -183,9 +198,51 @@ def _extra_variants(step: Callable[[str], Producer]) -> dict[str, tuple[Producer
         except ImportError:
             continue
         out[f"{mod.SPEC.name} (step)"] = (step(module_name), mod.SPEC.help)
-        for name, (fn, what) in getattr(mod, "SWEEP_VARIANTS", lambda: {})().items():
+        for name, (fn, what) in getattr(mod, "SWEEP_VARIANTS", dict)().items():
             out[name] = (fn, what)
     return out
+
+
+def interleaved_latency(paths: dict[str, Path], rounds: int = 15) -> dict[str, tuple[float, float]]:
+    """Median batch-1 latency (ms) of a short text and a 256-token text, variants measured in turn.
+
+    Round-robin over the variants spreads other engineers' load evenly, so the ratios between rows are
+    more trustworthy than the per-variant medians of the main table.
+    """
+    short = tokenize([LATENCY_TEXT])[0]
+    long = tokenize([max(read_texts(EVAL_TEXT), key=len)])[0]
+    sessions = {n: session(p) for n, p in paths.items()}
+    times: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in paths}
+    for _ in range(rounds):
+        for name, sess in sessions.items():
+            names = {i.name for i in sess.get_inputs()}
+            for feed, bucket, repeat in ((short, times[name][0], 3), (long, times[name][1], 1)):
+                f = {k: v for k, v in feed.items() if k in names}
+                sess.run(None, f)
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    sess.run(None, f)
+                    bucket.append((time.perf_counter() - t0) * 1000)
+    return {n: (statistics.median(a), statistics.median(b)) for n, (a, b) in times.items()}
+
+
+def render_latency(lat: dict[str, tuple[float, float]]) -> str:
+    base = lat.get("reference-fp32")
+    lines = [
+        "",
+        "## Interleaved latency (named steps)",
+        "",
+        "Batch 1, 1 thread, the variants measured in turn for 15 rounds (short: the sentence above; long: the",
+        "longest eval text, truncated to 256 tokens). Ratios are against reference-fp32 in the same rounds.",
+        "",
+        "| variant | short ms | long (256 tok) ms | short vs fp32 | long vs fp32 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, (a, b) in lat.items():
+        ra = f"{a / base[0]:.2f}x" if base else ""
+        rb = f"{b / base[1]:.2f}x" if base else ""
+        lines.append(f"| {name} | {a:.2f} | {b:.1f} | {ra} | {rb} |")
+    return "\n".join(lines) + "\n"
 
 
 def cpu_info() -> tuple[str, str]:
@@ -202,7 +259,7 @@ def cpu_info() -> tuple[str, str]:
     return model, ", ".join(vnni) if vnni else "no VNNI flags"
 
 
-def render(rows: Sequence[Row], whats: dict[str, str]) -> str:
+def render(rows: Sequence[Row], whats: dict[str, str], texts: Path = EVAL_TEXT) -> str:
     import onnxruntime as ort
 
     cpu, vnni = cpu_info()
@@ -211,61 +268,83 @@ def render(rows: Sequence[Row], whats: dict[str, str]) -> str:
         "",
         f"Generated by `benchmarks/quant_sweep.py`. CPU: {cpu} ({os.cpu_count()} cores visible); VNNI: {vnni}.",
         f"onnxruntime {ort.__version__}, 1 intra-op thread. Fidelity: cosine of `sentence_embedding` against",
-        "the PyTorch SentenceTransformer model on optimizer/data/eval_text.jsonl (161 texts, batch 1,",
+        f"the PyTorch SentenceTransformer model on {texts.relative_to(REPO)} (batch 1,",
         "max_length 256). Load = median of 3 session creations (default ORT_ENABLE_ALL at load); warm = median",
-        "of 40 batch-1 runs on one 17-token sentence after 5 warm-ups.",
+        "of 40 batch-1 runs on one short sentence after 5 warm-ups (warm min: the fastest of those 40, less",
+        "sensitive to neighbours' load).",
         "",
         "**Timing caveat:** this machine has 2 cores shared with other engineers' jobs; load and latency",
         "numbers are noisy (±30% between runs is common). Bytes and cosines are deterministic.",
         "",
-        "| variant | bytes | MB | mean cos | min cos | produce s | load ms | warm ms | what |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | bytes | MB | mean cos | min cos | produce s | load ms | warm ms | warm min ms | what |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         what = whats.get(r.name, "") + (f" ({r.note})" if r.note else "")
         lines.append(
             f"| {r.name} | {r.bytes:,} | {r.bytes / 1e6:.1f} | {r.mean_cos:.5f} | {r.min_cos:.5f} | "
-            f"{r.produce_s:.1f} | {r.load_ms:.0f} | {r.warm_ms:.2f} | {what} |"
+            f"{r.produce_s:.1f} | {r.load_ms:.0f} | {r.warm_ms:.2f} | {r.warm_min_ms:.2f} | {what} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("only", nargs="*", help="variant names to run (default: all)")
+    ap.add_argument("only", nargs="*", help="variant names to run (default: all; then also writes --out)")
+    ap.add_argument("--texts", type=Path, default=EVAL_TEXT, help="evaluation texts (JSON lines)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/slimserve-quant-sweep"))
     ap.add_argument("--no-write", action="store_true", help="print only; keep the results file")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"results Markdown file (default: {RESULTS.relative_to(REPO)} when running every variant)",
+    )
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     src = export_reference(args.work)
-    texts = read_texts(EVAL_TEXT)
+    texts = read_texts(args.texts)
     ref = torch_reference(texts, args.work)
     feeds = tokenize(texts)
     calib: list[Feed] = tokenize(read_texts(CALIB_TEXT))
     all_variants = variants()
     chosen = args.only or list(all_variants)
-    rows, whats = [], {}
+    rows, whats, dirs = [], {}, {}
     for name in chosen:
         producer, what = all_variants[name]
         whats[name] = what
         out = args.work / "variants" / name.replace(" ", "_").replace("(", "").replace(")", "")
         out.mkdir(parents=True, exist_ok=True)
+        dirs[name] = out
         dst = out / "model.onnx"
         ctx = StepContext(work_dir=out, calibration=calib)
         t0 = time.perf_counter()
         try:
             producer(src, dst, ctx)
-        except Exception as exc:  # a failing variant is a result too; keep sweeping
+        except Exception as exc:  # noqa: BLE001 - a failing variant is a result too; keep sweeping
             print(f"{name}: FAILED: {exc}", file=sys.stderr)
             continue
         produce = time.perf_counter() - t0
         row = measure(name, dst, produce, feeds, ref)
         rows.append(row)
-        print(f"{row.name:34s} {row.bytes / 1e6:7.2f} MB  mean {row.mean_cos:.5f}  min {row.min_cos:.5f}  "
-              f"produce {row.produce_s:5.1f}s  load {row.load_ms:6.0f}ms  warm {row.warm_ms:6.2f}ms", flush=True)
-    if not args.no_write and not args.only:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(render(rows, whats), encoding="utf-8")
+        print(
+            f"{row.name:34s} {row.bytes / 1e6:7.2f} MB  mean {row.mean_cos:.5f}  min {row.min_cos:.5f}  "
+            f"produce {row.produce_s:5.1f}s  load {row.load_ms:6.0f}ms  warm {row.warm_ms:6.2f}ms",
+            flush=True,
+        )
+    named = {
+        r.name: dirs[r.name] / "model.onnx" for r in rows if "(step)" in r.name or r.name == "reference-fp32"
+    }
+    lat = interleaved_latency(named) if len(named) > 1 else {}
+    for name, (a, b) in lat.items():
+        print(f"interleaved {name:28s} short {a:6.2f} ms  long {b:7.1f} ms", flush=True)
+    out_file = args.out or (None if args.only else RESULTS)
+    if out_file and not args.no_write:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        text = render(rows, whats, args.texts.resolve()) + (render_latency(lat) if lat else "")
+        if out_file.exists() and FINDINGS in (old := out_file.read_text(encoding="utf-8")):
+            text += "\n" + old[old.index(FINDINGS) :]  # the hand-written findings survive reruns
+        out_file.write_text(text, encoding="utf-8")
     return 0
 
 

@@ -15,10 +15,18 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from slimserve.optimizer.steps import (
+    fp16,
+    graph_opt,
+    int4_weight,
+    int8_auto,
+    int8_dynamic,
+    int8_static,
+    int8_weight,
+)
+from slimserve.optimizer.steps.base import StepContext, StepSpec
 
 from slimserve.errors import SlimserveError, ToolError
-from slimserve.optimizer.steps import fp16, graph_opt, int4_weight, int8_auto, int8_dynamic, int8_static, int8_weight
-from slimserve.optimizer.steps.base import StepContext, StepSpec
 
 RNG = np.random.default_rng(0)
 VOCAB, DIM, HIDDEN = 1024, 64, 256
@@ -58,7 +66,8 @@ def encoder_model(path: Path) -> Path:
         helper.make_node("ReduceMean", ["y"], ["out"], name="pool", axes=[1], keepdims=0),
     ]
     graph = helper.make_graph(
-        nodes, "encoder",
+        nodes,
+        "encoder",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", DIM])],
         inits,
@@ -89,7 +98,8 @@ def convnet_model(path: Path) -> Path:
         numpy_helper.from_array(np.ascontiguousarray(fc.T), "fc_t"),
     ]
     graph = helper.make_graph(
-        nodes, "convnet",
+        nodes,
+        "convnet",
         [
             helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16, 8, 8]),
             helper.make_tensor_value_info("w2_raw", TensorProto.FLOAT, [32, 32, 3, 3]),
@@ -107,20 +117,29 @@ def control_flow_model(path: Path) -> Path:
     def branch(name: str, weight: str) -> onnx.GraphProto:
         return helper.make_graph(
             [helper.make_node("MatMul", ["h", weight], [f"{name}_out"], name=f"{name}_mm")],
-            name, [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)],
         )
 
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["h"], name="main_mm"),
         helper.make_node("ReduceSum", ["h"], ["s"], name="sum", keepdims=0),
         helper.make_node("Greater", ["s", "zero"], ["cond"], name="gt"),
-        helper.make_node("If", ["cond"], ["out"], name="branch",
-                         then_branch=branch("then", "wa"), else_branch=branch("else", "wb")),
+        helper.make_node(
+            "If",
+            ["cond"],
+            ["out"],
+            name="branch",
+            then_branch=branch("then", "wa"),
+            else_branch=branch("else", "wb"),
+        ),
     ]
     inits = [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (wa, "wa"), (wb, "wb"))]
     inits.append(numpy_helper.from_array(np.array(0.0, np.float32), "zero"))
     graph = helper.make_graph(
-        nodes, "control_flow",
+        nodes,
+        "control_flow",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, DIM])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, DIM])],
         inits,
@@ -139,12 +158,14 @@ def lstm_model(path: Path) -> Path:
         helper.make_node("MatMul", ["ys", "proj"], ["out"], name="proj_mm"),
     ]
     inits = [
-        numpy_helper.from_array(w, "W"), numpy_helper.from_array(r, "R"),
+        numpy_helper.from_array(w, "W"),
+        numpy_helper.from_array(r, "R"),
         numpy_helper.from_array(np.array([1], np.int64), "axis1"),
         numpy_helper.from_array(_w(hidden, 128), "proj"),
     ]
     graph = helper.make_graph(
-        nodes, "lstm",
+        nodes,
+        "lstm",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 2, inp])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [5, 2, 128])],
         inits,
@@ -163,7 +184,10 @@ def _feeds(kind: str, n: int = 4) -> list[dict[str, np.ndarray]]:
 
 
 BUILDERS: dict[str, Callable[[Path], Path]] = {
-    "encoder": encoder_model, "convnet": convnet_model, "control": control_flow_model, "lstm": lstm_model,
+    "encoder": encoder_model,
+    "convnet": convnet_model,
+    "control": control_flow_model,
+    "lstm": lstm_model,
 }
 
 
@@ -208,15 +232,29 @@ def _apply(spec: StepSpec, kind: str, tmp_path: Path, calibrate: bool = True) ->
     return src, dst, err
 
 
-STEPS = [graph_opt.SPEC, fp16.SPEC, int8_dynamic.SPEC, int8_static.SPEC, int8_weight.SPEC, int4_weight.SPEC,
-         int8_auto.SPEC]
-TOLERANCE = {"fp32": 1e-5, "fp16": 0.01, "int8-dynamic": 0.05, "int8-static": 0.08, "int8-weight": 0.02,
-             "int4-weight": 0.2, "int8": 0.02}
+STEPS = [
+    graph_opt.SPEC,
+    fp16.SPEC,
+    int8_dynamic.SPEC,
+    int8_static.SPEC,
+    int8_weight.SPEC,
+    int4_weight.SPEC,
+    int8_auto.SPEC,
+]
+TOLERANCE = {
+    "fp32": 1e-5,
+    "fp16": 0.01,
+    "int8-dynamic": 0.05,
+    "int8-static": 0.08,
+    "int8-weight": 0.02,
+    "int4-weight": 0.2,
+    "int8": 0.02,
+}
 
 
 @pytest.mark.parametrize("spec", STEPS, ids=lambda s: s.name)
 def test_encoder_every_step(spec: StepSpec, tmp_path: Path) -> None:
-    _, dst, err = _apply(spec, "encoder", tmp_path)
+    _, _dst, err = _apply(spec, "encoder", tmp_path)
     assert err < TOLERANCE[spec.name], f"{spec.name}: relative error {err:.4f}"
 
 
@@ -225,7 +263,9 @@ def test_int8_weight_stores_int8_tables_and_weights(tmp_path: Path) -> None:
     model = onnx.load(str(dst))
     int8 = {t.name for t in model.graph.initializer if t.data_type == TensorProto.INT8}
     assert any(n.startswith("emb") for n in int8) and any(n.startswith("w1") for n in int8)
-    assert not any(t.name in ("emb", "w1", "w2") for t in model.graph.initializer), "float weights left behind"
+    assert not any(t.name in ("emb", "w1", "w2") for t in model.graph.initializer), (
+        "float weights left behind"
+    )
     assert dst.stat().st_size < 0.4 * (VOCAB * DIM + 2 * DIM * HIDDEN) * 4
 
 
@@ -275,10 +315,11 @@ def test_int8_dynamic_convnet_with_constant_node_weights(tmp_path: Path) -> None
     assert err < 0.05
 
 
-@pytest.mark.parametrize("spec", [int8_weight.SPEC, int4_weight.SPEC, fp16.SPEC, int8_static.SPEC],
-                         ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "spec", [int8_weight.SPEC, int4_weight.SPEC, fp16.SPEC, int8_static.SPEC], ids=lambda s: s.name
+)
 def test_convnet_other_steps(spec: StepSpec, tmp_path: Path) -> None:
-    _, dst, err = _apply(spec, "convnet", tmp_path)
+    _, _dst, err = _apply(spec, "convnet", tmp_path)
     assert err < TOLERANCE[spec.name]
 
 

@@ -18,32 +18,48 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from slimserve.errors import ToolError, first_line
 from slimserve.optimizer.steps import graph_opt
 from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec
+
+from slimserve.errors import ToolError, first_line
+
+if TYPE_CHECKING:
+    import onnx
 
 STEP = "fp16"
 # Kept float32 for accuracy (see module docstring); the ORT default block list is added to these.
 PRECISION_BLOCK = (
-    "LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
-    "ReduceL2", "ReduceSum", "ReduceMean", "Pow", "Sqrt", "Softmax", "Erf",
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "SimplifiedLayerNormalization",
+    "ReduceL2",
+    "ReduceSum",
+    "ReduceMean",
+    "Pow",
+    "Sqrt",
+    "Softmax",
+    "Erf",
 )
 MAX_ROUNDS = 8
 _NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\(")
 
 
-def _convert(model_path: Path, blocked: set[str]):
+def _convert(model_path: Path, blocked: set[str]) -> onnx.ModelProto:
     """One float16 conversion of the (already constant-folded) model with `blocked` op types kept fp32."""
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.load(str(model_path))
     model = convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | blocked),
+        model,
+        keep_io_types=True,
+        op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | blocked),
     )
     graph_opt.toposort(model.graph)  # the converter appends its Casts at the end of the node list
-    return model
+    converted: onnx.ModelProto = model
+    return converted
 
 
 def _missing_kernel(path: Path) -> str | None:
@@ -58,7 +74,9 @@ def _missing_kernel(path: Path) -> str | None:
     return None
 
 
-def convert(src: Path, dst: Path, ctx: StepContext, extra_block: tuple[str, ...] = PRECISION_BLOCK) -> StepResult:
+def convert(
+    src: Path, dst: Path, ctx: StepContext, extra_block: tuple[str, ...] = PRECISION_BLOCK
+) -> StepResult:
     """Convert to float16, growing the block list until ORT CPU accepts every node."""
     prepared, notes = graph_opt.normalize_for_quant(Path(src), ctx.work_dir, STEP)
     blocked = set(extra_block)
@@ -95,7 +113,9 @@ def weights_only(src: Path, dst: Path, ctx: StepContext) -> StepResult:
     casts, keep = [], []
     for init in model.graph.initializer:
         if init.data_type == onnx.TensorProto.FLOAT and int(np.prod(init.dims)) >= 4096:
-            half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16")
+            half = numpy_helper.from_array(
+                numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16"
+            )
             keep.append(half)
             casts.append(helper.make_node("Cast", [half.name], [init.name], name=init.name + "_cast", to=1))
         else:
@@ -115,11 +135,12 @@ def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepRes
         return convert(Path(src), Path(dst), ctx)
 
 
-def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], object], str]]:  # noqa: N802
+def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], object], str]]:
     """Alternatives measured by benchmarks/quant_sweep.py."""
     return {
         "fp16-minimal-block": (
-            lambda s, d, c: convert(s, d, c, extra_block=()), "float16 with only ORT's default block list",
+            lambda s, d, c: convert(s, d, c, extra_block=()),
+            "float16 with only ORT's default block list",
         ),
         "fp16-weights-only": (weights_only, "float16 storage, Cast to float32 folded at load (fp32 compute)"),
     }

@@ -21,8 +21,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slimserve.errors import SlimserveError, ToolError, first_line
 from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec
+
+from slimserve.errors import SlimserveError, ToolError, first_line
 
 if TYPE_CHECKING:
     import onnx
@@ -41,7 +42,7 @@ def load_model(src: Path, step: str, *, load_external: bool = True) -> onnx.Mode
     require_file(src, step)
     try:
         return onnx.load(str(src), load_external_data=load_external)
-    except Exception as exc:  # onnx raises DecodeError, OSError, ValueError...: all mean "unreadable"
+    except Exception as exc:  # DecodeError, OSError, ValueError...: all mean "unreadable"
         raise ToolError(
             f"{step}: onnx cannot read {src}: {first_line(exc)}", hint="is this a valid ONNX file?"
         ) from exc
@@ -81,7 +82,7 @@ def _byte_size_ok(model: onnx.ModelProto) -> bool:
     """ByteSize() itself raises on some protobuf builds past 2 GB; treat that as 'large'."""
     try:
         model.ByteSize()
-    except Exception:  # protobuf's own overflow error type differs between implementations
+    except Exception:  # noqa: BLE001 - protobuf's own overflow error type differs between implementations
         return False
     return True
 
@@ -123,7 +124,9 @@ def ort_optimize(src: Path, dst: Path, step: str, level: str = DEFAULT_LEVEL) ->
         opts.add_session_config_entry(
             "session.optimized_model_external_initializers_file_name", Path(dst).name + ".data"
         )
-        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+        )
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     try:
         ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
@@ -152,7 +155,9 @@ def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepRes
     notes = (
         f"onnxruntime {level}-level optimizations saved offline; contrib ops need onnxruntime>=1.20 at runtime",
     )
-    return StepResult(path=Path(dst), notes=notes, details={"level": level, "bytes_in": before, "bytes_out": after})
+    return StepResult(
+        path=Path(dst), notes=notes, details={"level": level, "bytes_in": before, "bytes_out": after}
+    )
 
 
 SPEC = StepSpec(
@@ -210,9 +215,9 @@ def toposort(graph: onnx.GraphProto) -> None:
     initializers, outer-scope values) count as available.
     """
     produced = {o for n in graph.node for o in n.output if o}
-    ready = set()
+    ready: set[str] = set()
     pending = list(graph.node)
-    ordered: list = []
+    ordered: list[onnx.NodeProto] = []
     while pending:
         rest = []
         for node in pending:

@@ -3,9 +3,9 @@
 Measured on all-MiniLM-L6-v2 against the PyTorch model (161 eval texts; benchmarks/results/quant_sweep.md),
 all three int8 recipes land at the same size (~23 MB, about 4x smaller than float32):
 
-    int8-weight   mean cosine 0.9998, min 0.9991   float32 compute, warm latency ~ float32
-    int8-dynamic  mean cosine 0.9960, min 0.977    integer matmuls, ~2x faster warm on this VNNI CPU
-    int8-static   mean cosine ~0.99,  min ~0.94    fixed activation ranges; needs calibration inputs
+    int8-weight   mean cosine 0.9998, min 0.9991   float32 compute: warm latency = float32
+    int8-dynamic  mean cosine 0.9960, min 0.977    integer matmuls: 1.56x faster warm on this VNNI CPU
+    int8-static   mean cosine 0.9955, min 0.958    fixed activation ranges; needs calibration; ~1.05x
 
 Fidelity comes first for the default, so `int8` delegates to int8-weight: it is the only int8 recipe
 that keeps every eval text above cosine 0.995, and it needs no calibration and no VNNI to be fast.

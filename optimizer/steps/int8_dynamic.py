@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from slimserve.errors import ToolError, first_line
 from slimserve.optimizer.steps import graph_opt, int8_weight
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec
+
+from slimserve.errors import ToolError, first_line
 
 if TYPE_CHECKING:
     import onnx
@@ -45,6 +45,7 @@ class DynamicOptions:
     per_channel: bool = True
     reduce_range: bool = False
     exclude: int | None = None  # None: GELU-fed MatMuls; N: the N worst by calibration error; 0: none
+    exclude_ranked: int = 0  # with exclude=None: also the N worst by calibration error (at most a sixth)
     excluded_int8_weights: bool = True  # excluded MatMuls keep int8 storage (int8-weight's folded form)
     int8_embeddings: bool = True
     op_types: tuple[str, ...] = ("MatMul", "Gemm", "Conv", "LSTM")
@@ -73,7 +74,9 @@ def constant_matmul_weights(model_path: Path) -> dict[str, tuple[str, np.ndarray
     return out
 
 
-def capture_inputs(model_path: Path, node_names: Sequence[str], feeds: Sequence[Feed]) -> dict[str, np.ndarray]:
+def capture_inputs(
+    model_path: Path, node_names: Sequence[str], feeds: Sequence[Feed]
+) -> dict[str, np.ndarray]:
     """Run the model on `feeds` and return the first input of each named node as [rows, K] float32."""
     import onnx
     import onnxruntime as ort
@@ -121,7 +124,7 @@ def dynamic_error(x: np.ndarray, w: np.ndarray, per_channel: bool, reduce_range:
     sw = np.where(amax > 0, amax / qmax, 1.0)
     wq = np.clip(np.rint(w / sw), -qmax, qmax) * sw
     ref = x @ w
-    return float(np.linalg.norm(xq @ wq - ref) / max(np.linalg.norm(ref), 1e-12))
+    return float(np.linalg.norm(xq @ wq - ref)) / max(float(np.linalg.norm(ref)), 1e-12)
 
 
 def gelu_fed_matmuls(model_path: Path) -> list[str]:
@@ -144,7 +147,7 @@ def gelu_fed_matmuls(model_path: Path) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and is_gelu(n.input[0])]
 
 
-def _has_erf(producer: dict, value: str, depth: int) -> bool:
+def _has_erf(producer: dict[str, onnx.NodeProto], value: str, depth: int) -> bool:
     node = producer.get(value)
     if node is None or depth < 0:
         return False
@@ -162,7 +165,19 @@ def sensitive_nodes(model_path: Path, feeds: Sequence[Feed], opts: DynamicOption
     if opts.exclude == 0:
         return [], "no exclusions"
     if opts.exclude is None:
-        return gelu_fed_matmuls(model_path), "MatMuls fed by GELU (FFN down-projections)"
+        rule = gelu_fed_matmuls(model_path)
+        budget = min(opts.exclude_ranked, len(constant_matmul_weights(model_path)) // 6)
+        if not budget or not feeds:
+            return rule, "MatMuls fed by GELU (FFN down-projections)"
+        ranked, _ = sensitive_nodes(
+            model_path,
+            feeds,
+            DynamicOptions(
+                per_channel=opts.per_channel, reduce_range=opts.reduce_range, exclude=budget + len(rule)
+            ),
+        )
+        extra = [n for n in ranked if n not in rule][:budget]
+        return rule + extra, f"GELU-fed MatMuls and the {len(extra)} worst by calibration error"
     weights = constant_matmul_weights(model_path)
     if not weights or not feeds:
         return [], "no calibration feeds to rank MatMuls"
@@ -184,7 +199,7 @@ def _preprocess(src: Path, work: Path, step: str) -> tuple[Path, tuple[str, ...]
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         quant_pre_process(str(prepared), str(out), skip_optimization=True, auto_merge=True)
-    except Exception as exc:  # symbolic shape inference fails on many exotic graphs; it is optional
+    except Exception as exc:  # noqa: BLE001 - symbolic shape inference fails on many exotic graphs; it is optional
         return prepared, notes + (f"quantization pre-processing skipped ({first_line(exc)})",)
     return out, notes
 
@@ -204,7 +219,7 @@ def quantizer_error(step: str, model_path: Path, exc: BaseException) -> ToolErro
         if not culprit:
             flow = sorted({n.op_type for n in model.graph.node if n.op_type in ("Loop", "If", "Scan")})
             culprit = f" a model with {'/'.join(flow)} control flow" if flow else ""
-    except Exception:  # naming the node is a courtesy; the original failure is what matters
+    except Exception:  # noqa: BLE001 - naming the node is a courtesy; the original failure is what matters
         culprit = ""
     return ToolError(
         f"{step}: onnxruntime's quantizer cannot handle{culprit or ' this model'}: {first_line(exc)}",
@@ -222,7 +237,8 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
     quantized = work / f"{step}-quantized.onnx"
     try:
         quantize_dynamic(
-            str(prepared), str(quantized),
+            str(prepared),
+            str(quantized),
             op_types_to_quantize=list(opts.op_types),
             per_channel=opts.per_channel,
             reduce_range=opts.reduce_range,
@@ -236,27 +252,37 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
     n_emb = n_fold = 0
     try:
         if opts.int8_embeddings:
-            n_emb = int8_weight._quantize_embeddings(model, "gather-mul", int8_weight.MIN_ELEMENTS)  # noqa: SLF001
+            n_emb = int8_weight.quantize_embeddings(model, "gather-mul", int8_weight.MIN_ELEMENTS)
         if opts.excluded_int8_weights and excluded:
             # Excluded MatMuls compute in float32 but need not ship float32 weights.
-            n_fold = int8_weight._quantize_linear_weights(model, int8_weight.Int8WeightOptions())  # noqa: SLF001
+            n_fold = int8_weight.quantize_linear_weights(model, int8_weight.Int8WeightOptions())
     except (ValueError, KeyError, IndexError) as exc:
         raise ToolError(f"{step}: cannot quantize the remaining float weights: {first_line(exc)}") from exc
     graph_opt.save_model(model, Path(dst), step)
     graph_opt.check_session(Path(dst), step)
-    integer_ops = sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger", "DynamicQuantizeLSTM")
-                      for n in model.graph.node)
+    integer_ops = sum(
+        n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger", "DynamicQuantizeLSTM")
+        for n in model.graph.node
+    )
     if integer_ops == 0:
         notes += ("no MatMul/Gemm/Conv/LSTM with constant weights was quantized: the model is unchanged",)
     notes += (
-        f"dynamic int8 ({'per-channel' if opts.per_channel else 'per-tensor'} weights"
-        f"{', reduce_range' if opts.reduce_range else ''}); {len(excluded)} MatMuls kept out of integer "
-        f"compute ({why})",
+        (
+            f"dynamic int8 ({'per-channel' if opts.per_channel else 'per-tensor'} weights"
+            f"{', reduce_range' if opts.reduce_range else ''}); {len(excluded)} MatMuls kept out of integer "
+            f"compute ({why})"
+        ),
         "int8 matmuls are fastest on CPUs with VNNI (x86 avx512_vnni/avx_vnni, arm64 dot-product)",
     )
     return StepResult(
-        path=Path(dst), notes=notes,
-        details={"excluded": excluded, "integer_ops": integer_ops, "int8_embeddings": n_emb, "folded": n_fold},
+        path=Path(dst),
+        notes=notes,
+        details={
+            "excluded": excluded,
+            "integer_ops": integer_ops,
+            "int8_embeddings": n_emb,
+            "folded": n_fold,
+        },
     )
 
 
@@ -266,8 +292,9 @@ def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepRes
         return quantize(Path(src), Path(dst), ctx, DynamicOptions())
 
 
-def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], object], str]]:  # noqa: N802
+def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], object], str]]:
     """Alternatives measured by benchmarks/quant_sweep.py."""
+
     def v(**kw: object) -> Callable[[Path, Path, StepContext], object]:
         return lambda s, d, c: quantize(s, d, c, DynamicOptions(**kw))  # type: ignore[arg-type]
 
@@ -281,7 +308,11 @@ def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], obje
         "dyn-pertensor-gelu": (v(per_channel=False), "per-tensor weights, GELU-fed MatMuls excluded"),
         "dyn-excl-2": (v(exclude=2), "per-channel, 2 worst MatMuls float"),
         "dyn-excl-12": (v(exclude=12), "per-channel, 12 worst MatMuls float"),
-        "dyn-gelu-rule-float": (v(excluded_int8_weights=False), "per-channel, GELU-fed MatMuls float32 weights"),
+        "dyn-gelu-rule-float": (
+            v(excluded_int8_weights=False),
+            "per-channel, GELU-fed MatMuls float32 weights",
+        ),
+        "dyn-gelu+6ranked": (v(exclude_ranked=6), "GELU-fed + 6 worst by calibration error excluded"),
         "dyn-float-emb": (v(int8_embeddings=False), "GELU-fed excluded, embeddings left float"),
     }
 

@@ -1,15 +1,21 @@
 """Step `int8-weight`: weights stored as int8, activations stay float.
 
 What it writes (chosen by measurement on all-MiniLM-L6-v2, benchmarks/results/quant_sweep.md):
-- MatMul / Gemm / Conv weights: symmetric int8, one scale per output channel, as
-  `DequantizeLinear(int8, scale, axis) -> MatMul`. Standard ONNX ops only. Per-channel symmetric int8
-  keeps the embedding at cosine > 0.999 with no sensitive-node exclusions. MatMulNBits with bits=8
-  (block 128) was equally faithful on ORT 1.32 but the QDQ form is portable to any runtime and was not
-  slower to load or run here.
+- MatMul / Gemm weights: symmetric int8 with one float16 scale per 32 inputs of each output channel,
+  rebuilt by plain ONNX `Cast -> Mul -> Reshape` that ORT constant-folds at load. The session then
+  computes in float32 exactly like the original model, so the only error is weight rounding:
+  mean cosine 0.9998, min 0.9991 on the eval texts at 23.6 MB. Conv weights: one scale per output
+  channel in the same form.
+  Rejected, measured: `DequantizeLinear(per-axis) -> MatMul` (ORT 1.32 fuses it at load into
+  MatMulNBits with accuracy_level 4, i.e. int8 activations: min cosine fell to 0.992); explicit
+  MatMulNBits bits=8 (accuracy_level 0 dequantizes every call: ~6x slower warm; level 4 loses fidelity
+  like the DQ form); one scale per whole channel (min cosine 0.994, below the 0.995 bar).
+  The price of folding: ~90 MB of float32 weights resident after load and a few tens of ms more load.
 - Embedding tables (Gather on a 2-D float initializer, axis 0): an int8 table with one float scale per
-  row: `Mul(Cast(Gather(table_i8, ids)), Gather(row_scales, ids))`. The table stays int8 in memory and only
-  the looked-up rows are widened, which `DequantizeLinear -> Gather` cannot promise (ORT may fold it to a
-  float table at load). GatherBlockQuantized (uint8, bits=8) was measured too; see the sweep.
+  row: `Mul(Cast(Gather(table_i8, ids)), Gather(row_scales, ids))`. The table stays int8 in memory and
+  only the looked-up rows are widened. `DequantizeLinear -> Gather` runs the dequantization of the whole
+  table on every call when ORT does not fold it (warm latency 23 ms instead of 3 ms); GatherBlockQuantized
+  (uint8, bits=8) was as faithful but 0.25 MB larger (block scales).
 
 Tensors below `MIN_ELEMENTS` (biases, LayerNorm, tiny tables) stay float: they cost bytes nobody
 notices and carry most of the precision risk.
@@ -23,10 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-
-from slimserve.errors import ToolError, first_line
 from slimserve.optimizer.steps import graph_opt
 from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec
+
+from slimserve.errors import ToolError, first_line
 
 if TYPE_CHECKING:
     import onnx
@@ -69,7 +75,7 @@ def symmetric_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-class _Graph:
+class WeightGraph:
     """Index of one ONNX graph: initializers by name and the nodes consuming each value."""
 
     def __init__(self, graph: onnx.GraphProto) -> None:
@@ -108,7 +114,7 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
-def _ensure_ms_domain(model: onnx.ModelProto) -> None:
+def ensure_ms_domain(model: onnx.ModelProto) -> None:
     from onnx import helper
 
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
@@ -128,20 +134,34 @@ def _weight_axis(node: onnx.NodeProto, rank: int) -> int | None:
 
 
 def _dequantized(
-    g: _Graph, name: str, w: np.ndarray, axis: int, opts: Int8WeightOptions, opset: int, reduce_axis: int | None
-) -> list:
+    g: WeightGraph,
+    name: str,
+    w: np.ndarray,
+    axis: int,
+    opts: Int8WeightOptions,
+    opset: int,
+    reduce_axis: int | None,
+) -> list[onnx.NodeProto]:
     """Nodes + initializers that rebuild float `name` from int8; returns the new nodes."""
     from onnx import helper, numpy_helper
 
     if opts.matmul == "dq" and opset >= 13:
         q, scale = symmetric_int8(w, axis)
         q_name, s_name = g.fresh(name + "_i8"), g.fresh(name + "_scale")
-        g.graph.initializer.extend([numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale, s_name)])
-        return [helper.make_node("DequantizeLinear", [q_name, s_name], [name], name=g.fresh(name + "_dq"), axis=axis)]
+        g.graph.initializer.extend(
+            [numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale, s_name)]
+        )
+        return [
+            helper.make_node(
+                "DequantizeLinear", [q_name, s_name], [name], name=g.fresh(name + "_dq"), axis=axis
+            )
+        ]
     return _fold_nodes(g, name, w, axis, reduce_axis if opts.matmul == "fold" else None, opts.block)
 
 
-def _fold_nodes(g: _Graph, name: str, w: np.ndarray, axis: int, reduce_axis: int | None, block: int) -> list:
+def _fold_nodes(
+    g: WeightGraph, name: str, w: np.ndarray, axis: int, reduce_axis: int | None, block: int
+) -> list[onnx.NodeProto]:
     """int8 weight * float16 scales via Cast/Mul/Reshape: plain ONNX that ORT constant-folds at load.
 
     With `reduce_axis` (2-D weights whose reduction length divides by `block`) each output channel gets
@@ -151,7 +171,12 @@ def _fold_nodes(g: _Graph, name: str, w: np.ndarray, axis: int, reduce_axis: int
     from onnx import helper, numpy_helper
 
     shape = list(w.shape)
-    if reduce_axis is not None and w.ndim == 2 and shape[reduce_axis] % block == 0 and shape[reduce_axis] > block:
+    if (
+        reduce_axis is not None
+        and w.ndim == 2
+        and shape[reduce_axis] % block == 0
+        and shape[reduce_axis] > block
+    ):
         split = shape[:reduce_axis] + [shape[reduce_axis] // block, block] + shape[reduce_axis + 1 :]
         blocks = w.reshape(split)
         amax = np.abs(blocks).max(axis=reduce_axis + 1, keepdims=True)
@@ -181,11 +206,11 @@ def _fold_nodes(g: _Graph, name: str, w: np.ndarray, axis: int, reduce_axis: int
     return nodes
 
 
-def _quantize_linear_weights(model: onnx.ModelProto, opts: Int8WeightOptions) -> int:
+def quantize_linear_weights(model: onnx.ModelProto, opts: Int8WeightOptions) -> int:
     """Replace float MatMul/Gemm/Conv weights with int8 + per-channel scale; returns how many."""
-    g = _Graph(model.graph)
+    g = WeightGraph(model.graph)
     opset = _opset(model)
-    new_nodes: list = []
+    new_nodes: list[onnx.NodeProto] = []
     done = []
     for name in list(g.inits):
         users = g.consumers.get(name, [])
@@ -193,24 +218,29 @@ def _quantize_linear_weights(model: onnx.ModelProto, opts: Int8WeightOptions) ->
             continue
         if not opts.conv and any(n.op_type == "Conv" for n in users):
             continue
-        axes = {_weight_axis(n, len(g.inits[name].dims)) if list(n.input).index(name) == 1 else None for n in users}
+        axes = {
+            _weight_axis(n, len(g.inits[name].dims)) if list(n.input).index(name) == 1 else None
+            for n in users
+        }
         if len(axes) != 1 or None in axes:
             continue
         w = g.float_weight(name, opts.min_elements)
         if w is None:
             continue
         axis = axes.pop()
+        if axis is None:
+            continue
         reduce_axis = 1 - axis if w.ndim == 2 else None
         new_nodes += _dequantized(g, name, w, axis, opts, opset, reduce_axis)
         done.append(name)
-    _drop_initializers(model.graph, done)
+    drop_initializers(model.graph, done)
     _prepend(model.graph, new_nodes)
     return len(done)
 
 
-def _quantize_embeddings(model: onnx.ModelProto, mode: EmbeddingMode, min_elements: int) -> int:
+def quantize_embeddings(model: onnx.ModelProto, mode: EmbeddingMode, min_elements: int) -> int:
     """Replace Gather(float table, ids) (axis 0) with an int8 table and per-row scales; returns how many."""
-    g = _Graph(model.graph)
+    g = WeightGraph(model.graph)
     done = []
     for node in list(model.graph.node):
         if node.op_type != "Gather" or any(a.name == "axis" and a.i != 0 for a in node.attribute):
@@ -230,13 +260,13 @@ def _quantize_embeddings(model: onnx.ModelProto, mode: EmbeddingMode, min_elemen
         for k, n in enumerate(nodes):
             model.graph.node.insert(idx + k, n)
         done.append(name)
-    _drop_initializers(model.graph, done)
+    drop_initializers(model.graph, done)
     if mode == "gbq" and done:
-        _ensure_ms_domain(model)
+        ensure_ms_domain(model)
     return len(done)
 
 
-def _gather_mul(g: _Graph, node: onnx.NodeProto, w: np.ndarray) -> list:
+def _gather_mul(g: WeightGraph, node: onnx.NodeProto, w: np.ndarray) -> list[onnx.NodeProto]:
     """Gather the int8 rows and their scales, widen only those rows: memory stays int8."""
     from onnx import helper, numpy_helper
 
@@ -255,7 +285,7 @@ def _gather_mul(g: _Graph, node: onnx.NodeProto, w: np.ndarray) -> list:
     ]
 
 
-def _gather_block_quantized(g: _Graph, node: onnx.NodeProto, w: np.ndarray) -> list:
+def _gather_block_quantized(g: WeightGraph, node: onnx.NodeProto, w: np.ndarray) -> list[onnx.NodeProto]:
     """com.microsoft GatherBlockQuantized on a uint8 table (bits=8), blocks along the row."""
     from onnx import helper, numpy_helper
 
@@ -268,18 +298,27 @@ def _gather_block_quantized(g: _Graph, node: onnx.NodeProto, w: np.ndarray) -> l
     q = np.clip(np.rint(blocks / scale[..., None]), -127, 127).astype(np.int16) + 128
     q_name, s_name = g.fresh(name + "_u8"), g.fresh(name + "_scales")
     g.graph.initializer.extend(
-        [numpy_helper.from_array(q.reshape(w.shape).astype(np.uint8), q_name), numpy_helper.from_array(scale, s_name)]
+        [
+            numpy_helper.from_array(q.reshape(w.shape).astype(np.uint8), q_name),
+            numpy_helper.from_array(scale, s_name),
+        ]
     )
     return [
         helper.make_node(
-            "GatherBlockQuantized", [q_name, node.input[1], s_name], [node.output[0]],
-            name=g.fresh(node.name + "_gbq"), domain="com.microsoft",
-            bits=8, block_size=block, gather_axis=0, quantize_axis=1,
+            "GatherBlockQuantized",
+            [q_name, node.input[1], s_name],
+            [node.output[0]],
+            name=g.fresh(node.name + "_gbq"),
+            domain="com.microsoft",
+            bits=8,
+            block_size=block,
+            gather_axis=0,
+            quantize_axis=1,
         )
     ]
 
 
-def _dq_gather(g: _Graph, node: onnx.NodeProto, w: np.ndarray) -> list:
+def _dq_gather(g: WeightGraph, node: onnx.NodeProto, w: np.ndarray) -> list[onnx.NodeProto]:
     """DequantizeLinear(table, per-row scale) -> Gather: simplest, but ORT may fold it to float at load."""
     from onnx import helper, numpy_helper
 
@@ -293,21 +332,25 @@ def _dq_gather(g: _Graph, node: onnx.NodeProto, w: np.ndarray) -> list:
     ]
 
 
-def _drop_initializers(graph: onnx.GraphProto, names: list[str]) -> None:
+def drop_initializers(graph: onnx.GraphProto, names: list[str]) -> None:
     gone = set(names)
     keep = [t for t in graph.initializer if t.name not in gone]
     del graph.initializer[:]
     graph.initializer.extend(keep)
 
 
-def _prepend(graph: onnx.GraphProto, nodes: list) -> None:
+def _prepend(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
     """Dequantization nodes depend only on initializers, so putting them first keeps topological order."""
     for k, n in enumerate(nodes):
         graph.node.insert(k, n)
 
 
 def block_quantize(
-    w: np.ndarray, bits: int, block: int, symmetric: bool, search_clip: bool = False,
+    w: np.ndarray,
+    bits: int,
+    block: int,
+    symmetric: bool,
+    search_clip: bool = False,
     importance: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Quantize a [K, N] weight in blocks of `block` along K, as MatMulNBits stores it.
@@ -327,11 +370,12 @@ def block_quantize(
     weight = np.ones((1, kb, block), np.float32)
     if importance is not None:
         weight = np.pad(np.asarray(importance, np.float32), (0, kb * block - k)).reshape(1, kb, block)
-    best = None
+    best: list[np.ndarray] = []
+    best_err = np.full(blocks.shape[:2], np.inf, dtype=np.float32)
     for alpha in np.linspace(1.0, 0.5, 11) if search_clip else (1.0,):
         cand = _quantize_blocks(blocks, bits, symmetric, float(alpha))
-        err = (((_dequantize_blocks(*cand, bits) - blocks) ** 2) * weight).sum(axis=2)
-        if best is None:
+        err = (((_dequantize_blocks(cand[0], cand[1], cand[2]) - blocks) ** 2) * weight).sum(axis=2)
+        if not best:
             best, best_err = list(cand), err
             continue
         better = err < best_err
@@ -343,7 +387,9 @@ def block_quantize(
     return q.astype(np.uint8), scale.astype(np.float32), None if symmetric else zp.astype(np.uint8)
 
 
-def _quantize_blocks(blocks: np.ndarray, bits: int, symmetric: bool, alpha: float) -> tuple:
+def _quantize_blocks(
+    blocks: np.ndarray, bits: int, symmetric: bool, alpha: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     levels = 2**bits
     if symmetric:
         idx = np.abs(blocks).argmax(axis=2)[..., None]
@@ -359,8 +405,8 @@ def _quantize_blocks(blocks: np.ndarray, bits: int, symmetric: bool, alpha: floa
     return q, scale, zp
 
 
-def _dequantize_blocks(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, bits: int) -> np.ndarray:
-    return (q - zp[..., None]) * scale[..., None]
+def _dequantize_blocks(q: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> np.ndarray:
+    return np.asarray((q - zp[..., None]) * scale[..., None])
 
 
 def pack_bits(q: np.ndarray, bits: int) -> np.ndarray:
@@ -378,9 +424,16 @@ def pack_bits(q: np.ndarray, bits: int) -> np.ndarray:
 
 
 def matmul_nbits_nodes(
-    g: _Graph, node: onnx.NodeProto, w: np.ndarray, bits: int, block: int, symmetric: bool,
-    accuracy_level: int, search_clip: bool = False, importance: np.ndarray | None = None,
-) -> list:
+    g: WeightGraph,
+    node: onnx.NodeProto,
+    w: np.ndarray,
+    bits: int,
+    block: int,
+    symmetric: bool,
+    accuracy_level: int,
+    search_clip: bool = False,
+    importance: np.ndarray | None = None,
+) -> list[onnx.NodeProto]:
     """A com.microsoft MatMulNBits node (and its initializers) replacing MatMul(A, w)."""
     from onnx import helper, numpy_helper
 
@@ -398,19 +451,34 @@ def matmul_nbits_nodes(
         inputs.append(zp_name)
     return [
         helper.make_node(
-            "MatMulNBits", inputs, list(node.output), name=g.fresh((node.name or base) + f"_nbits{bits}"),
-            domain="com.microsoft", K=k, N=n, bits=bits, block_size=block, accuracy_level=accuracy_level,
+            "MatMulNBits",
+            inputs,
+            list(node.output),
+            name=g.fresh((node.name or base) + f"_nbits{bits}"),
+            domain="com.microsoft",
+            K=k,
+            N=n,
+            bits=bits,
+            block_size=block,
+            accuracy_level=accuracy_level,
         )
     ]
 
 
 def replace_matmuls_nbits(
-    model: onnx.ModelProto, bits: int, block: int, symmetric: bool, accuracy_level: int,
-    *, search_clip: bool = False, exclude: frozenset[str] = frozenset(), min_elements: int = MIN_ELEMENTS,
+    model: onnx.ModelProto,
+    bits: int,
+    block: int,
+    symmetric: bool,
+    accuracy_level: int,
+    *,
+    search_clip: bool = False,
+    exclude: frozenset[str] = frozenset(),
+    min_elements: int = MIN_ELEMENTS,
     importance: dict[str, np.ndarray] | None = None,
 ) -> list[str]:
     """Swap every MatMul with a 2-D float constant weight (sole consumer) for MatMulNBits; returns names."""
-    g = _Graph(model.graph)
+    g = WeightGraph(model.graph)
     done, weights = [], []
     for idx, node in enumerate(list(model.graph.node)):
         if node.op_type != "MatMul" or node.name in exclude or len(g.consumers.get(node.input[1], [])) != 1:
@@ -425,9 +493,9 @@ def replace_matmuls_nbits(
         model.graph.node.insert(pos, new[0])
         done.append(node.name)
         weights.append(node.input[1])
-    _drop_initializers(model.graph, weights)
+    drop_initializers(model.graph, weights)
     if done:
-        _ensure_ms_domain(model)
+        ensure_ms_domain(model)
     return done
 
 
@@ -436,15 +504,24 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int8WeightOptions, st
     prepared, notes = graph_opt.normalize_for_quant(Path(src), ctx.work_dir, step)
     model = graph_opt.load_model(prepared, step)
     try:
-        n_emb = 0 if opts.embeddings == "none" else _quantize_embeddings(model, opts.embeddings, opts.min_elements)
+        n_emb = (
+            0 if opts.embeddings == "none" else quantize_embeddings(model, opts.embeddings, opts.min_elements)
+        )
         if opts.matmul == "nbits":
-            n_lin = len(replace_matmuls_nbits(
-                model, 8, opts.block, True, opts.accuracy_level, search_clip=opts.search_clip,
-                min_elements=opts.min_elements,
-            ))
-            n_lin += _quantize_linear_weights(model, Int8WeightOptions(matmul="castmul", conv=opts.conv))
+            n_lin = len(
+                replace_matmuls_nbits(
+                    model,
+                    8,
+                    opts.block,
+                    True,
+                    opts.accuracy_level,
+                    search_clip=opts.search_clip,
+                    min_elements=opts.min_elements,
+                )
+            )
+            n_lin += quantize_linear_weights(model, Int8WeightOptions(matmul="castmul", conv=opts.conv))
         elif opts.matmul != "none":
-            n_lin = _quantize_linear_weights(model, opts)
+            n_lin = quantize_linear_weights(model, opts)
         else:
             n_lin = 0
     except (ValueError, KeyError, IndexError) as exc:
@@ -456,8 +533,12 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int8WeightOptions, st
     return StepResult(
         path=Path(dst),
         notes=notes + ("weights int8 (per-channel / per-row symmetric); activations and compute stay float",),
-        details={"quantized_linear_weights": n_lin, "quantized_embeddings": n_emb, "matmul": opts.matmul,
-                 "embeddings": opts.embeddings},
+        details={
+            "quantized_linear_weights": n_lin,
+            "quantized_embeddings": n_emb,
+            "matmul": opts.matmul,
+            "embeddings": opts.embeddings,
+        },
     )
 
 
@@ -467,13 +548,17 @@ def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepRes
         return quantize(Path(src), Path(dst), ctx, Int8WeightOptions())
 
 
-def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], object], str]]:  # noqa: N802
+def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], object], str]]:
     """Alternatives measured by benchmarks/quant_sweep.py (not used by the step itself)."""
+
     def v(**kw: object) -> Callable[[Path, Path, StepContext], object]:
         return lambda s, d, c: quantize(s, d, c, Int8WeightOptions(**kw))  # type: ignore[arg-type]
 
     return {
-        "w8-dq": (v(matmul="dq"), "DequantizeLinear per-channel MatMul weights (ORT fuses to MatMulNBits acc 4)"),
+        "w8-dq": (
+            v(matmul="dq"),
+            "DequantizeLinear per-channel MatMul weights (ORT fuses to MatMulNBits acc 4)",
+        ),
         "w8-fold-noemb": (v(embeddings="none"), "fold MatMul weights, float embeddings"),
         "w8-emb-only": (v(matmul="none"), "int8 embeddings (Gather+Cast+Mul) only"),
         "w8-fold-gbq": (v(embeddings="gbq"), "fold MatMul + GatherBlockQuantized uint8 embeddings"),
@@ -490,7 +575,7 @@ def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], obje
 
 SPEC = StepSpec(
     name=STEP,
-    help="Weight-only int8: MatMul/Gemm/Conv weights per-channel int8 and embedding tables int8 per row; "
-    "activations stay float.",
+    help="Weight-only int8: MatMul/Gemm weights int8 with a scale per 32 inputs (Conv per channel), embedding "
+    "tables int8 per row; expanded to float32 at load, so compute stays float32.",
     run=run,
 )
