@@ -170,3 +170,20 @@ def test_build_bad_input_is_one_line_and_leaves_no_output(tiny_onnx: Path, tmp_p
     assert_clean_error(run_cli("build", str(tiny_onnx), "-o", str(out), "--memory", "20000"),
                        contains="not a memory setting")
     assert not out.exists()
+
+
+def test_build_for_a_container_platform_checks_the_real_image(tiny_onnx: Path, tmp_path: Path) -> None:
+    from tests.registry_fixture import make_base_layout
+
+    base = make_base_layout(tmp_path / "base" / "layout")
+    out = tmp_path / "out"
+    result = run_cli("build", str(tiny_onnx), "-o", str(out), "--platform", "aws-lambda-container",
+                     "--base", f"oci:{base}", "--recipes", "fp32", "--runs", "1", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    build = json.loads(result.stdout)
+    assert build["chosen"] == "fp32" and build["target"] == "container"
+    assert build["package"]["kind"] == "container" and (out / "package" / "image" / "index.json").is_file()
+    check = json.loads((out / "check.json").read_text())
+    image = next(c for c in check["platforms"]["aws-lambda-container"]["checks"] if c["id"] == "image-size")
+    assert image["status"] == "pass" and image["estimate"] is False  # the built image, not the estimate
+    assert check["package"]["image_bytes"] == build["package"]["image_bytes"]
