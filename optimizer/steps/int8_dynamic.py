@@ -191,17 +191,27 @@ def sensitive_nodes(model_path: Path, feeds: Sequence[Feed], opts: DynamicOption
     return ranked[: opts.exclude], f"the {opts.exclude} MatMuls with the largest calibration error"
 
 
-def _preprocess(src: Path, work: Path, step: str) -> tuple[Path, tuple[str, ...]]:
-    """ORT's quant pre-processing (symbolic shape inference) on top of our constant folding, if it works."""
+def preprocess(src: Path, work: Path, step: str) -> tuple[Path, tuple[str, ...]]:
+    """Constant folding (ours), then ORT's quant pre-processing (shape inference) where it works.
+
+    Symbolic shape inference fails on many exported graphs (on MiniLM's export it raises a TypeError in
+    its broadcasting rule); ONNX shape inference alone then still annotates most tensors. If both fail we
+    quantize the folded model as it is and say so in the notes.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     prepared, notes = graph_opt.normalize_for_quant(src, work, step)
     out = work / f"{step}-pre.onnx"
     try:
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
         quant_pre_process(str(prepared), str(out), skip_optimization=True, auto_merge=True)
-    except Exception as exc:  # noqa: BLE001 - symbolic shape inference fails on many exotic graphs; it is optional
-        return prepared, notes + (f"quantization pre-processing skipped ({first_line(exc)})",)
-    return out, notes
+        return out, notes
+    except Exception as exc:  # noqa: BLE001 - optional step; we fall back below and note why
+        symbolic_error = first_line(exc)
+    try:
+        quant_pre_process(str(prepared), str(out), skip_optimization=True, skip_symbolic_shape=True)
+    except Exception as exc:  # noqa: BLE001 - optional step; quantizing without it still works
+        return prepared, (*notes, f"quantization pre-processing skipped ({first_line(exc)})")
+    return out, (*notes, f"symbolic shape inference failed ({symbolic_error}); used ONNX shape inference")
 
 
 def quantizer_error(step: str, model_path: Path, exc: BaseException) -> ToolError:
@@ -232,7 +242,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     work = Path(ctx.work_dir)
-    prepared, notes = _preprocess(Path(src), work, step) if opts.preprocess else (Path(src), ())
+    prepared, notes = preprocess(Path(src), work, step) if opts.preprocess else (Path(src), ())
     excluded, why = sensitive_nodes(prepared, ctx.calibration, opts)
     quantized = work / f"{step}-quantized.onnx"
     try:

@@ -121,7 +121,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: StaticOptions, step: 
             f"{step}: unknown calibration method {opts.method}", hint=f"use one of {sorted(methods)}"
         )
     work = Path(ctx.work_dir)
-    prepared, notes = graph_opt.normalize_for_quant(Path(src), work, step)
+    prepared, notes = int8_dynamic.preprocess(Path(src), work, step)
     excluded = int8_dynamic.gelu_fed_matmuls(prepared) if opts.exclude_gelu else []
     # At most a sixth of the MatMuls by ranking (6 of MiniLM's 36), so small models still get quantized.
     budget = min(opts.exclude_ranked, len(int8_dynamic.constant_matmul_weights(prepared)) // 6)
