@@ -174,7 +174,7 @@ def recommend(candidates: Sequence[CandidateResult], profiles: Sequence[Profile]
     """Smallest deployment (then fastest cold start) that fits every platform above the fidelity floor."""
     floor = DEFAULT_MIN_FIDELITY if min_fidelity is None else min_fidelity
     names = [p.name for p in profiles]
-    rows = [c.row() for c in candidates if c.ok and all(c.verdict(n) and c.verdict(n).fits for n in names)]  # type: ignore[union-attr]
+    rows = [c.row() for c in candidates if c.ok and all(c.row().fits.get(n, False) for n in names)]
     pick = choose(rows, Budgets(min_fidelity=floor))
     where = " and ".join(names)
     if pick is None:
