@@ -153,8 +153,10 @@ def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepRes
         check_session(Path(dst), "fp32")
     before, after = os.path.getsize(src), os.path.getsize(dst)
     notes = (
-        f"onnxruntime {level}-level optimizations saved offline; fused com.microsoft ops need onnxruntime "
-        "(not another runtime) to load the file",
+        (
+            f"onnxruntime {level}-level optimizations saved offline; fused com.microsoft ops need "
+            "onnxruntime (not another runtime) to load the file"
+        ),
     )
     return StepResult(
         path=Path(dst), notes=notes, details={"level": level, "bytes_in": before, "bytes_out": after}
