@@ -87,16 +87,19 @@ def versions(python: Path, names: list[str]) -> dict[str, str]:
     return found
 
 
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
 def machine() -> dict[str, Any]:
     from slimserve.compare import machine_info
 
     info = machine_info()
     info["kernel"] = platform.platform()
-    try:
-        load = os.getloadavg()
-        info["load_before"] = f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
-    except OSError:
-        pass
+    info["load_before"] = _load()
     return info
 
 
@@ -285,8 +288,9 @@ def report(rows: dict[str, dict[str, Any]], hand: dict[str, dict[str, float]], l
            ("Produced by one run of `.venv/bin/python benchmarks/peers.py` "
            f"(--runs {args.runs}, --latency-runs {args.latency_runs}, --python {args.python}); "
            f"{seconds / 60:.0f} min."), "",
-           (f"Machine: {info['cpu']}, {info['cpus']} CPUs (shared with other jobs; load before the run "
-           f"{info.get('load_before', '?')}), {info['arch']}; VNNI: {', '.join(info['vnni']) or 'no'}; "
+           (f"Machine: {info['cpu']}, {info['cpus']} CPUs (shared with other jobs; 1/5/15-min load average "
+           f"{info.get('load_before', '?')} before the run, {_load()} after), {info['arch']}; "
+           f"VNNI: {', '.join(info['vnni']) or 'no'}; "
            f"AVX-512: {'yes' if info['avx512'] else 'no'}; {info['kernel']}."),
            "Versions: slimserve env " + ", ".join(f"{k} {v}" for k, v in sorted(vers["slimserve"].items()))
            + "; peers env " + ", ".join(f"{k} {v}" for k, v in sorted(vers["peers"].items())) + ".", "",
