@@ -77,7 +77,10 @@ def load_npz(path: Path, input_names: Sequence[str]) -> list[Feed]:
 
 def synthetic_feeds(inputs: Sequence[dict[str, Any]], shapes: Sequence[tuple[int, ...]] = (),
                     samples: int = SYNTHETIC_SAMPLES, seed: int = 0) -> list[Feed]:
-    """Seeded random inputs: declared shapes (dynamic dims -> 1, batch -> 1), standard normal floats."""
+    """Seeded random inputs: declared shapes with every symbolic dimension set to 1, standard normal floats.
+
+    Fixed dimensions are kept as declared (a model exported for batch 4 gets batches of 4).
+    """
     rng = np.random.default_rng(seed)
     feeds = []
     for _ in range(samples):
@@ -85,7 +88,6 @@ def synthetic_feeds(inputs: Sequence[dict[str, Any]], shapes: Sequence[tuple[int
         for index, spec in enumerate(inputs):
             shape = tuple(shapes[index]) if index < len(shapes) else tuple(
                 d if isinstance(d, int) and d > 0 else 1 for d in spec["shape"])
-            shape = (1,) + tuple(shape[1:]) if shape else shape
             dtype = np.dtype(spec["dtype"]) if spec["dtype"] not in ("unknown", "bfloat16") else np.dtype("float32")
             if dtype.kind == "f":
                 feed[spec["name"]] = rng.standard_normal(shape).astype(dtype)
