@@ -404,7 +404,7 @@ def package_container(
         closure = build_closure(target, bundle.is_text, progress=progress)
     entries = role_entries(bundle, spec, closure, _server_site(target, spec))
 
-    with atomic_dir(Path(out)) as stage:
+    with atomic_dir(Path(out), inputs=[bundle.model_path]) as stage:
         with progress.stage("build context", total=1) as handle:
             _write_context(stage / "context", spec, entries)
             base_workdir = None

@@ -119,7 +119,7 @@ def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: in
     """Write layer.zip, function.zip, template.yaml, slimserve.json and DEPLOY.md to `out`, atomically."""
     out = Path(out).absolute()
     memory = choose_memory(memory_mb, check_results)
-    with atomic_dir(out) as staging:
+    with atomic_dir(out, inputs=[bundle.model_path]) as staging:
         layer, function, closure = build_zips(bundle, target, staging, progress)
         (staging / "template.yaml").write_text(sam_template(target, memory), encoding="utf-8")
         manifest = artifact_manifest(bundle, target, memory, layer, function, closure, check_results)

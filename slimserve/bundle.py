@@ -42,10 +42,25 @@ def load_bundle(path: Path) -> ModelBundle:
     model_path = path / manifest["model"]["path"]
     if not model_path.is_file():
         raise SlimserveError(f"{path} has a manifest but its model {manifest['model']['path']} is missing")
-    files = tuple(
-        sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
-    )
-    return ModelBundle(root=path, model_path=model_path, manifest=manifest, files=files)
+    return ModelBundle(root=path, model_path=model_path, manifest=manifest, files=_listed_files(path, manifest))
+
+
+def _listed_files(root: Path, manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The files optimize wrote (its manifest lists them): a stray file in the folder is never deployed."""
+    listed = manifest.get("files")
+    if not isinstance(listed, list) or not listed:
+        return tuple(sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                            if p.is_file() and p.name != MANIFEST_NAME))
+    names = []
+    for entry in listed:
+        rel = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(rel, str) or rel == MANIFEST_NAME:
+            continue
+        if not (root / rel).is_file():
+            raise SlimserveError(f"{root} is incomplete: {rel}, listed in its {MANIFEST_NAME}, is missing",
+                                 hint="rerun `slimserve optimize` to rebuild the folder")
+        names.append(rel)
+    return tuple(sorted(names))
 
 
 def _bare_onnx_bundle(path: Path) -> ModelBundle:

@@ -68,8 +68,10 @@ def _error(message: str, hint: str | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and map every failure to one `error:` line and an exit code (never a traceback)."""
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("SLIMSERVE_DEBUG") not in (None, "", "0")
+    if "--debug" in args:  # accepted before or after the subcommand, as the error hints suggest
+        args = ["--debug"] + [a for a in args if a != "--debug"]
     try:
         result: Any = cli.main(args=args, prog_name="slimserve", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -119,3 +119,38 @@ def test_list_recipes() -> None:
     assert result.returncode == 0
     for name in ("fp32", "fp16", "int8", "int8-dynamic", "int8-static", "int8-weight", "int4-weight", "prune-ffn-N"):
         assert name in result.stdout.split()
+
+
+def test_output_never_replaces_a_folder_slimserve_did_not_write(tiny_onnx: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    assert_clean_error(run_cli("optimize", str(tiny_onnx), "-o", str(mine), "--recipe", "fp32"), contains="did not write")
+    assert (mine / "notes.txt").read_text() == "keep me" and (mine / "sub").is_dir()
+
+
+def test_output_never_replaces_its_input(tiny_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run_cli("optimize", str(tiny_onnx), "-o", str(out), "--recipe", "fp32").returncode == 0
+    assert_clean_error(run_cli("optimize", str(out / "model.onnx"), "-o", str(out), "--recipe", "fp32"),
+                       contains="would replace the input")
+    assert (out / "model.onnx").is_file()
+
+
+def test_debug_flag_after_the_subcommand(tmp_path: Path) -> None:
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    result = run_cli("optimize", str(tmp_path / "empty.onnx"), "-o", str(tmp_path / "o"), "--debug")
+    assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+def test_bundle_deploys_only_the_files_optimize_listed(tiny_onnx: Path, tmp_path: Path) -> None:
+    from slimserve.bundle import load_bundle
+    from slimserve.errors import SlimserveError
+
+    out = tmp_path / "out"
+    assert run_cli("optimize", str(tiny_onnx), "-o", str(out), "--recipe", "fp32").returncode == 0
+    (out / "stray.ort").write_bytes(b"x" * 1000)
+    assert load_bundle(out).files == ("model.onnx",)
+    (out / "model.onnx").rename(out / "moved.onnx")
+    with pytest.raises(SlimserveError, match="model.onnx"):
+        load_bundle(out)

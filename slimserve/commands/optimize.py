@@ -72,7 +72,7 @@ def command(model: str, output: Path, recipe: str, task: str | None, eval_path: 
     source = resolve_source(model, task=task, input_shapes=input_shapes, input_dtype=input_dtype,
                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     with tempfile.TemporaryDirectory(prefix="slimserve-") as work, progress_for(sys.stderr) as progress:
-        with atomic_dir(output) as staging:
+        with atomic_dir(output, inputs=[Path(model)] if Path(model).exists() else []) as staging:
             manifest = optimize(source, recipe, staging, Path(work), eval_path, progress)
     if fmt == "json":
         click.echo(json.dumps(manifest, indent=2))
