@@ -32,10 +32,19 @@ from slimserve.runtime import RUNTIME_DIR
 HANDLER = "lambda_handler.handler"
 MODEL_SUBDIR = "model"
 PLATFORM = "aws-lambda-zip"
-DIRECT_UPLOAD_BYTES = 50 * 1000 * 1000  # "50 MB (zipped, for direct upload)"
 DEFAULT_MEMORY_MB = 1024
 TIMEOUT_S = 30
-MEMORY_RANGE = (128, 10_240)
+
+
+def _lambda_profile() -> Any:
+    """Lambda's limits come from its profile (platform knowledge is data), not from constants here."""
+    from slimserve.profiles.loader import load_profile
+
+    return load_profile(PLATFORM)
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 @dataclass(frozen=True)
@@ -108,8 +117,9 @@ def choose_memory(memory_mb: int | None, check_results: dict[str, Any] | None) -
         platform = (check_results.get("platforms") or {}).get(PLATFORM) or {}
         memory_mb = platform.get("recommended_memory_mb")
     memory = int(memory_mb) if memory_mb is not None else DEFAULT_MEMORY_MB
-    if not MEMORY_RANGE[0] <= memory <= MEMORY_RANGE[1]:
-        raise SlimserveError(f"--memory {memory} MB is outside Lambda's {MEMORY_RANGE[0]}-{MEMORY_RANGE[1]} MB")
+    allowed = _lambda_profile().memory
+    if not allowed.allows(memory):
+        raise SlimserveError(f"--memory {memory} MB is outside Lambda's {allowed.lowest}-{allowed.highest} MB")
     return memory
 
 
@@ -121,7 +131,7 @@ def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: in
     memory = choose_memory(memory_mb, check_results)
     with atomic_dir(out, inputs=[bundle.model_path]) as staging:
         layer, function, closure = build_zips(bundle, target, staging, progress)
-        (staging / "template.yaml").write_text(sam_template(target, memory), encoding="utf-8")
+        (staging / "template.yaml").write_text(sam_template(target, memory, bundle.is_text), encoding="utf-8")
         manifest = artifact_manifest(bundle, target, memory, layer, function, closure, check_results)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         (staging / "DEPLOY.md").write_text(deploy_notes(target, layer, function), encoding="utf-8")
@@ -158,8 +168,9 @@ def _platform_checks(check_results: dict[str, Any]) -> dict[str, Any]:
     return {"platform": PLATFORM, **platforms[PLATFORM], **keep}
 
 
-def sam_template(target: Target, memory: int) -> str:
+def sam_template(target: Target, memory: int, text: bool = True) -> str:
     """An AWS SAM template (cfn-lint clean): the layer, the function, and an IAM-authenticated function URL."""
+    libraries = "onnxruntime, numpy, tokenizers" if text else "onnxruntime, numpy"
     return f"""AWSTemplateFormatVersion: "2010-09-09"
 Transform: AWS::Serverless-2016-10-31
 Description: slimserve model endpoint ({target.lambda_runtime}, {target.arch})
@@ -168,7 +179,7 @@ Resources:
   RuntimeLayer:
     Type: AWS::Serverless::LayerVersion
     Properties:
-      Description: "Inference runtime (onnxruntime, numpy, tokenizers) for {target.lambda_runtime} {target.arch}"
+      Description: "Inference runtime ({libraries}) for {target.lambda_runtime} {target.arch}"
       ContentUri: layer.zip
       CompatibleRuntimes:
         - {target.lambda_runtime}
@@ -201,11 +212,13 @@ Outputs:
 
 
 def deploy_notes(target: Target, layer: ZipArtifact, function: ZipArtifact) -> str:
-    big = [z.path.name for z in (layer, function) if z.bytes > DIRECT_UPLOAD_BYTES]
-    mb = lambda n: f"{n / 1e6:.1f} MB"
-    s3_note = (f"{', '.join(big)} exceed{'s' if len(big) == 1 else ''} the 50 MB direct-upload limit: "
+    limits = _lambda_profile().limits
+    direct, unzipped = limits.zipped_size, limits.unzipped_size
+    big = [z.path.name for z in (layer, function) if z.bytes > direct.base()]
+    mb = _mib
+    s3_note = (f"{', '.join(big)} exceed{'s' if len(big) == 1 else ''} the {direct.display()} direct-upload limit: "
                "use the S3 route below (`sam deploy` already uploads through S3)."
-               if big else "Both zips are under the 50 MB direct-upload limit; the S3 route is optional.")
+               if big else f"Both zips are under the {direct.display()} direct-upload limit; the S3 route is optional.")
     runtime, arch = target.lambda_runtime, target.arch
     return f"""# Deploying this model to AWS Lambda
 
@@ -214,8 +227,8 @@ def deploy_notes(target: Target, layer: ZipArtifact, function: ZipArtifact) -> s
 | layer.zip | {mb(layer.bytes)} | {mb(layer.unzipped_bytes)} |
 | function.zip | {mb(function.bytes)} | {mb(function.unzipped_bytes)} |
 
-Runtime `{runtime}`, architecture `{arch}`, handler `{HANDLER}`. Lambda's limit is 250 MB unzipped
-for the function and all its layers together. {s3_note}
+Runtime `{runtime}`, architecture `{arch}`, handler `{HANDLER}`. Lambda's limit is {unzipped.display()}
+({unzipped.base():,.0f} bytes) unzipped for the function and all its layers together. {s3_note}
 
 ## With AWS SAM
 
@@ -238,7 +251,7 @@ aws lambda create-function --function-name my-model --runtime {runtime} --archit
     --layers "$LAYER_ARN" --zip-file fileb://function.zip
 ```
 
-### Through S3 (required for a zip over 50 MB)
+### Through S3 (required for a zip over {direct.display()})
 
 ```sh
 aws s3 cp layer.zip s3://MY-BUCKET/my-model/layer.zip

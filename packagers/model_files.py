@@ -11,6 +11,7 @@ and outputs are unchanged; only where the bytes live differs. Models that alread
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -28,7 +29,13 @@ def split_weights(model_path: Path) -> tuple[bytes, bytes]:
     """(graph bytes, weights bytes) with every initializer of ≥ 1 KiB moved to `<model>.data`."""
     import onnx
 
-    model = onnx.load(str(model_path))
+    from slimserve.errors import SlimserveError, first_line
+
+    try:
+        model = onnx.load(str(model_path))
+    except Exception as exc:  # noqa: BLE001  # DecodeError, truncated external data (ValueError), OSError
+        raise SlimserveError(f"cannot read {model_path} with its weights: {first_line(exc)}",
+                             hint="rerun `slimserve optimize`; the model or its external data is damaged") from None
     with tempfile.TemporaryDirectory(prefix="slimserve-split-") as tmp:
         out = Path(tmp) / model_path.name
         onnx.save_model(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -49,6 +56,11 @@ def model_entries(bundle: ModelBundle) -> dict[str, Source]:
             entries[model_rel] = graph
             entries[data_rel] = data
             manifest["model"]["external_data"] = [Path(data_rel).name]
-            manifest["model"]["deployed_layout"] = "external data, memory-mapped by onnxruntime at load"
+            # `bytes`/`sha256` above describe the optimized model.onnx; these are the files shipped for it.
+            manifest["model"]["deployed"] = {
+                "layout": "weights in external data, memory-mapped by onnxruntime at load",
+                "files": [{"path": name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+                          for name, blob in ((model_rel, graph), (data_rel, data))],
+            }
     entries[MANIFEST_NAME] = (json.dumps(manifest, indent=2) + "\n").encode()
     return entries

@@ -142,3 +142,17 @@ def test_model_loads_once_at_import(text_handler: ModuleType) -> None:
     for _ in range(3):
         text_handler.handler({"inputs": ["hello"]}, None)
     assert text_handler.MODEL.session is session and "model_runtime" in sys.modules
+
+
+def test_lone_surrogates_are_a_400(text_handler: ModuleType) -> None:
+    response = text_handler.handler(http('{"inputs": ["\\ud800 hello"]}', raw=True))
+    assert response["statusCode"] == 400 and "Unicode" in json.loads(response["body"])["error"]
+    assert "error" in text_handler.handler({"inputs": ["\ud800"]})
+
+
+def test_non_finite_tensor_numbers_are_a_400(tensor_handler: ModuleType) -> None:
+    spec = tensor_handler.MODEL.session.get_inputs()[0]
+    name, width = spec.name, spec.shape[-1]
+    response = tensor_handler.handler(http({"inputs": {name: [[1e39] * width]}}))
+    assert response["statusCode"] == 400 and "infinity" in json.loads(response["body"])["error"]
+    assert "error" in tensor_handler.handler({"inputs": {name: [[float("nan")] * width]}})

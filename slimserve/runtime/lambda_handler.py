@@ -51,13 +51,33 @@ def _predict(payload: Any) -> dict[str, Any]:
         longest = max(len(t) for t in inputs)
         if longest > MAX_TEXT_CHARS:
             raise InputError(f"input text too long: {longest} > {MAX_TEXT_CHARS} characters")
+        for index, text in enumerate(inputs):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # e.g. a lone surrogate from "\ud800" in the JSON
+                raise InputError(f"inputs[{index}] is not valid Unicode text (lone surrogate)") from None
         return MODEL.predict_texts(inputs)
     if not isinstance(inputs, dict) or not all(isinstance(v, list) for v in inputs.values()):
         raise InputError('"inputs" must be an object of named arrays: {"name": [[...], ...]}')
     for name, value in inputs.items():
         if len(value) > MAX_BATCH:
             raise InputError(f"too many rows in input {name!r}: {len(value)} > {MAX_BATCH} per request")
-    return MODEL.predict_tensors(inputs)
+    result = MODEL.predict_tensors(inputs)
+    if not _finite(result["outputs"]):
+        raise InputError("the model produced non-finite numbers (NaN or infinity) for these inputs: "
+                         "check their range and scale")
+    return result
+
+
+def _finite(value: Any) -> bool:
+    """JSON has no NaN/Infinity: such outputs cannot be answered, and usually mean out-of-range inputs."""
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def _is_http(event: Any) -> bool:

@@ -29,6 +29,14 @@ _NUMPY_DTYPES = {
 }
 
 
+# onnxruntime's exceptions for inputs the graph cannot take (rank, shape or dtype mismatches).
+_CALLER_ERRORS: tuple[type[BaseException], ...] = tuple(
+    getattr(ort.capi.onnxruntime_pybind11_state, name)
+    for name in ("InvalidArgument", "Fail", "RuntimeException")
+    if hasattr(ort.capi.onnxruntime_pybind11_state, name)
+)
+
+
 class InputError(ValueError):
     """The request is malformed; the message is safe to return to the caller."""
 
@@ -140,11 +148,14 @@ class LoadedModel:
         feeds = {}
         for name, dtype in self.input_types.items():
             try:
-                feeds[name] = np.asarray(inputs[name], dtype=dtype)
-            except (TypeError, ValueError) as exc:
+                with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values are checked below
+                    feeds[name] = np.asarray(inputs[name], dtype=dtype)
+            except (TypeError, ValueError, OverflowError) as exc:
                 raise InputError(f"input {name!r} is not a numeric array: {exc}") from None
+            if feeds[name].dtype.kind == "f" and not np.isfinite(feeds[name]).all():
+                raise InputError(f"input {name!r} holds NaN or infinity (or a number too large for {feeds[name].dtype})")
         try:
             outputs = self.run(feeds)
-        except Exception as exc:  # onnxruntime reports shape/type mismatches as generic errors
+        except _CALLER_ERRORS as exc:  # wrong shapes or ranks surface as these; anything else is a 500
             raise InputError(f"inputs do not fit the model: {str(exc).splitlines()[0][:200]}") from None
         return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
