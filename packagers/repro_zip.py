@@ -9,31 +9,24 @@ create_system fixed to Unix).
 
 from __future__ import annotations
 
-import os
 import stat
 import time
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
+from slimserve.packagers.reproducible import (  # noqa: F401  (re-exported)
+    COMPRESS_LEVEL,
+    ZIP_EPOCH_MIN,
+    Source,
+    is_executable,
+    source_date_epoch,
+    tree_entries,
+)
+
 from slimserve.errors import SlimserveError
 
-ZIP_EPOCH_MIN = 315532800  # 1980-01-01T00:00:00Z
-COMPRESS_LEVEL = 6  # zlib's default: level 9 costs seconds on model files for <1% smaller zips
 _CHUNK = 1 << 20
-
-Source = Path | bytes
-
-
-def source_date_epoch() -> int:
-    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if not raw:
-        return ZIP_EPOCH_MIN
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SlimserveError(f"SOURCE_DATE_EPOCH={raw!r} is not an integer number of seconds") from None
-    return max(value, ZIP_EPOCH_MIN)
 
 
 def _date_time(epoch: int) -> tuple[int, int, int, int, int, int]:
@@ -48,21 +41,11 @@ def _check_name(name: str) -> str:
     return path.as_posix()
 
 
-def tree_entries(root: Path, prefix: str = "") -> dict[str, Path]:
-    """Every file under `root` as `prefix/relative/path -> Path` (symlinked files are followed)."""
-    out: dict[str, Path] = {}
-    for path in sorted(Path(root).rglob("*")):
-        if path.is_file():
-            rel = path.relative_to(root).as_posix()
-            out[f"{prefix.rstrip('/')}/{rel}" if prefix else rel] = path
-    return out
-
-
 def write_zip(out: Path, entries: Mapping[str, Source], executables: frozenset[str] = frozenset(),
               epoch: int | None = None) -> int:
     """Write `entries` to `out` reproducibly; returns the total uncompressed bytes of the files.
 
-    A file is 0755 when its arcname is in `executables` or its source Path is executable, else 0644.
+    A file is 0755 when its arcname is in `executables` or its name says it is (see reproducible.py), else 0644.
     """
     names = {_check_name(n): src for n, src in entries.items()}
     dirs: set[str] = set()
@@ -71,7 +54,7 @@ def write_zip(out: Path, entries: Mapping[str, Source], executables: frozenset[s
         dirs.update("/".join(parts[: i + 1]) for i in range(len(parts)))
     clash = dirs & set(names)
     if clash:
-        raise SlimserveError(f"archive entry {sorted(clash)[0]!r} is both a file and a folder")
+        raise SlimserveError(f"archive entry {min(clash)!r} is both a file and a folder")
     date_time = _date_time(source_date_epoch() if epoch is None else max(epoch, ZIP_EPOCH_MIN))
     total = 0
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as zf:
@@ -84,7 +67,7 @@ def write_zip(out: Path, entries: Mapping[str, Source], executables: frozenset[s
                 zf.writestr(info, b"")
                 continue
             src = names[name]
-            executable = name in executables or (isinstance(src, Path) and os.access(src, os.X_OK))
+            executable = name in executables or is_executable(name)
             info.external_attr = (stat.S_IFREG | (0o755 if executable else 0o644)) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             info._compresslevel = COMPRESS_LEVEL  # type: ignore[attr-defined]  # read by ZipFile.open(info, "w")

@@ -79,3 +79,13 @@ def test_unsafe_names_are_refused(tmp_path: Path, name: str) -> None:
 def test_file_and_folder_with_one_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SlimserveError, match="both a file and a folder"):
         write_zip(tmp_path / "x.zip", {"a": b"1", "a/b": b"2"})
+
+
+def test_host_permission_bits_do_not_leak_into_the_zip(tmp_path: Path) -> None:
+    """A `chmod +x` on the build host must not change the artifact: modes come from names."""
+    src = tmp_path / "model.onnx"
+    src.write_bytes(b"weights")
+    write_zip(tmp_path / "a.zip", {"model/model.onnx": src})
+    src.chmod(0o755)
+    write_zip(tmp_path / "b.zip", {"model/model.onnx": src})
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()

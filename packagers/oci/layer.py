@@ -12,31 +12,26 @@ import gzip
 import hashlib
 import io
 import os
-import stat
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
+
+from slimserve.packagers.reproducible import COMPRESS_LEVEL, ZIP_EPOCH_MIN, Source, is_executable
+from slimserve.packagers.reproducible import source_date_epoch as _source_date_epoch
+from slimserve.packagers.reproducible import tree_entries as _tree_entries
 
 from slimserve.errors import SlimserveError
 
 from .digest import Digest
 from .image import OCI_LAYER_GZIP, Layer
 
-DEFAULT_EPOCH = 315532800  # 1980-01-01T00:00:00Z, the zip epoch: one default for every artifact
-COMPRESS_LEVEL = 6
-
-Source = Path | bytes
+DEFAULT_EPOCH = ZIP_EPOCH_MIN
 
 
 def source_date_epoch(environ: Mapping[str, str] | None = None) -> int:
-    value = (os.environ if environ is None else environ).get("SOURCE_DATE_EPOCH", "").strip()
-    if not value:
-        return DEFAULT_EPOCH
-    try:
-        return max(0, int(value))
-    except ValueError:
-        raise SlimserveError(f"SOURCE_DATE_EPOCH={value!r} is not an integer number of seconds") from None
+    """Tar can hold any time since 1970, so unlike zips no 1980 clamp (the default is still 1980)."""
+    return _source_date_epoch(environ, minimum=0)
 
 
 def image_path(path: str) -> str:
@@ -50,13 +45,7 @@ def image_path(path: str) -> str:
 def tree_entries(folder: Path, prefix: str) -> dict[str, Path]:
     """Every file under `folder` (symlinks followed) mapped below `prefix`. Nothing is filtered: a runtime
     closure may ship sourceless or unchecked-hash bytecode on purpose."""
-    entries: dict[str, Path] = {}
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
-        for name in files:
-            src = Path(root) / name
-            entries[image_path(f"{prefix}/{src.relative_to(folder).as_posix()}")] = src
-    return entries
+    return {image_path(name): src for name, src in _tree_entries(folder, prefix).items()}
 
 
 class _HashingWriter(io.RawIOBase):
@@ -123,7 +112,7 @@ def build_layer(
                 try:
                     st = os.stat(src)
                     with open(src, "rb") as fh:
-                        executable = bool(st.st_mode & stat.S_IXUSR)
+                        executable = is_executable(name)
                         tar.addfile(_info(name, directory=False, size=st.st_size, executable=executable,
                                           epoch=epoch), fh)
                 except OSError as exc:
