@@ -57,10 +57,18 @@ def wheel_cache() -> Path:
     return cache_root().parent / "wheels"
 
 
+def strip_tool(target: Target) -> str | None:
+    """The binutils `strip` that will run (its version is part of the closure's identity), or None."""
+    if not STRIP_NATIVE or not _native_arch_matches(target) or shutil.which("strip") is None:
+        return None
+    proc = subprocess.run(["strip", "--version"], capture_output=True, text=True, check=False)
+    return (proc.stdout.splitlines() or ["strip"])[0].strip()
+
+
 def closure_key(target: Target, text: bool, pins: tuple[Pin, ...], compiler: str | None) -> str:
     material = json.dumps({"format": CLOSURE_FORMAT, "python": target.python, "arch": target.arch,
                            "text": text, "pins": [str(p) for p in pins], "bytecode": compiler,
-                           "sources": KEEP_SOURCES, "strip": STRIP_NATIVE}, sort_keys=True)
+                           "sources": KEEP_SOURCES, "strip": strip_tool(target)}, sort_keys=True)
     digest = hashlib.sha256(material.encode()).hexdigest()[:16]
     return f"{target.key}-{'text' if text else 'tensor'}-{digest}"
 
@@ -88,7 +96,7 @@ def build_closure(target: Target, text: bool, cache_dir: Path | None = None,
             for wheel in wheels:
                 unpack_wheel(wheel, site)
             trimmed = slim_tree(site)
-            stripped = strip_native(site) if STRIP_NATIVE and _native_arch_matches(target) else 0
+            stripped = strip_native(site) if strip_tool(target) else 0
             stage.advance()
             if python is not None:
                 _compile(python, site)
@@ -100,7 +108,7 @@ def build_closure(target: Target, text: bool, cache_dir: Path | None = None,
         info = {"format": CLOSURE_FORMAT, "target": {"python": target.python, "arch": target.arch},
                 "text": text, "pins": [str(p) for p in pins], "wheels": [w.name for w in wheels],
                 "bytecode": compiler or "none: no python" + target.python + " on this machine",
-                "sources": KEEP_SOURCES, "trimmed_bytes": trimmed, "stripped_bytes": stripped, "pins_file": PINS_FILE.name}
+                "sources": KEEP_SOURCES, "trimmed_bytes": trimmed, "stripped_bytes": stripped, "strip": strip_tool(target), "pins_file": PINS_FILE.name}
         (staging / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         try:
             os.replace(staging, final)
