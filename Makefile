@@ -27,7 +27,7 @@ system-deps:
 	  else echo "missing:$$missing (run: sudo apt-get install $(SYSTEM_PACKAGES))"; exit 1; fi; fi
 
 demo: install
-	$(VENV)/bin/slimserve optimize $(MODEL) -o $(DEMO_OUT)/optimized --recipe int8
+	$(VENV)/bin/slimserve build $(MODEL) --platform aws-lambda-zip -o $(DEMO_OUT)
 
 test: install system-deps
 	$(PY) -m pytest -q

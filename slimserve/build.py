@@ -169,7 +169,7 @@ def _check_options(options: BuildOptions) -> Any:
 
 
 def check_winner(comparison: Comparison, recipe: str, profile: Profile, options: BuildOptions,
-                 folder: Path, package: Any = None) -> Report:
+                 folder: Path, package: Any = None, shown: Path | None = None) -> Report:
     """The winner's facts (cold start measured in compare on the same layout) against the platform with
     every budget; `package` (a PackageSize) replaces the measured size with the artifacts written."""
     from slimserve.bundle import load_bundle
@@ -180,7 +180,10 @@ def check_winner(comparison: Comparison, recipe: str, profile: Profile, options:
     bundle = load_bundle(folder)
     check_options = _check_options(options)
     facts = facts_for(bundle, check_options, package or c.package, c.cold_start)
-    return check_facts(str(folder), [profile], facts, check_options, model_summary(bundle))
+    summary = model_summary(bundle)
+    if shown is not None:  # report the folder where it will live, not the staging copy being written
+        summary["path"] = str(shown / bundle.model_path.relative_to(folder))
+    return check_facts(str(shown or folder), [profile], facts, check_options, summary)
 
 
 def package_winner(folder: Path, out: Path, target_kind: str, profile: Profile, options: BuildOptions,
@@ -239,13 +242,14 @@ def run_build(model: str, out: Path, options: BuildOptions, recipes: Sequence[st
         result = BuildResult(out=Path(out).absolute(), comparison=comparison, decision=decision)
         if decision.winner is not None:
             folder = staging / comparison.candidate(decision.winner).folder
+            shown = Path(out).absolute() / comparison.candidate(decision.winner).folder
             from slimserve.report.json_ import report_dict
 
             pre = check_winner(comparison, decision.winner, profile, options, folder)
             with progress.stage(f"package {decision.winner} ({target_kind})"):
                 artifacts, written = package_winner(folder, staging / PACKAGE_DIR, target_kind, profile, options,
                                                     report_dict(pre), progress)
-            report = check_winner(comparison, decision.winner, profile, options, folder, written)
+            report = check_winner(comparison, decision.winner, profile, options, folder, written, shown)
             result = dataclasses.replace(result, check=report, artifacts=artifacts)
         write_build(staging, result, target_kind)
     if decision.winner is None:

@@ -24,8 +24,8 @@ from slimserve.commands.compare import compare_options, print_table, recipe_opti
 @click.option("--target", type=click.Choice(["lambda", "container"]),
               help="Artifacts: lambda (layer + function zips) or container (OCI image). "
                    "Default: lambda for aws-lambda-zip, container for container platforms.")
-@click.option("--min-fidelity", type=click.FloatRange(min=0, max=1, min_open=True), metavar="X",
-              help="Budget: mean cosine fidelity at least X (e.g. 0.99).")
+@click.option("--min-fidelity", type=click.FloatRange(min=0, max=1, min_open=True), metavar="X", default=0.99,
+              show_default=True, help="Budget: mean cosine fidelity at least X (the floor compare recommends by).")
 @click.option("--max-cold-start", "max_cold_start_ms", type=click.FloatRange(min=0, min_open=True), metavar="MS",
               help="Budget: cold start at most MS milliseconds (measured here; projected onto the platform "
                    "when --memory is given).")
@@ -79,6 +79,10 @@ def _summary(result: Any, fmt: str) -> None:
         if missed:
             console.print(f"  {recipe}: missed {'; '.join(missed)}", markup=False)
     if decision.winner is not None and result.check is not None:
+        from slimserve.report import renderer
+
+        console.print(f"check of the package ({decision.winner}):", markup=False)
+        renderer("text")(result.check, sys.stdout)
         verdict = "passes its check" if result.check.fits else "FAILS its check"
         art = result.artifacts or {}
         memory = f", {art['memory_mb']} MB" if "memory_mb" in art else ""
