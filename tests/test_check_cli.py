@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import assert_clean_error, run_cli
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
-
-
-def _have(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-MEASUREMENTS = _have("slimserve.packagers.lambda_target") and _have("slimserve.measure.coldstart")
 
 
 def test_unknown_platform(tiny_onnx: Path) -> None:
@@ -96,7 +84,6 @@ def test_profiles_list_and_show() -> None:
     assert_clean_error(run_cli("profiles", "show", "nope"), contains="unknown platform")
 
 
-@pytest.mark.skipif(not MEASUREMENTS, reason="package size / cold start measurement functions not present yet")
 def test_real_check_of_a_tiny_tensor_model(tiny_onnx: Path, tmp_path: Path) -> None:
     model = tmp_path / "tiny" / "tiny.onnx"
     model.parent.mkdir()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -80,9 +79,11 @@ def test_text_closure_is_trimmed_compiled_and_imports_alone() -> None:
 @needs_312
 def test_closure_is_cached_by_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = build_closure(Target("3.12"), text=False)
-    start = time.perf_counter()
+    marker = first.parent / "cache-probe"
+    marker.write_text("left by the test")  # a rebuild would replace the folder and lose it
     again = build_closure(Target("3.12"), text=False)
-    assert again == first and time.perf_counter() - start < 1.0
+    assert again == first and marker.read_text() == "left by the test"
+    marker.unlink()
     assert build_closure(Target("3.12"), text=True) != first
     monkeypatch.setenv("SLIMSERVE_CACHE", str(tmp_path))
     from slimserve.packagers.closure import cache_root

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -98,12 +96,10 @@ def test_cold_start_agrees_with_an_independent_measurement(minilm_int8: Path) ->
     closure = build_closure(Target(python="3.12", arch="x86_64"), text=True)
     totals = []
     for _ in range(3):
-        started = time.perf_counter()
         out = subprocess.run([str(python), "-I", "-S", "-c",
                               f"import sys; sys.path[:0] = [{str(closure)!r}]\n" + _INDEPENDENT_PROBE, str(minilm_int8)],
                              capture_output=True, text=True, check=True)
         totals.append(json.loads(out.stdout)["total_ms"])
-        assert time.perf_counter() - started < 120
     independent = statistics.median(totals)
     _, report = _check(minilm_int8, "--platform", "aws-lambda-zip", "--memory", "1024")
     measured = report["cold_start"]["total_ms"]
