@@ -95,6 +95,9 @@ def resolve_source(
         path = packaged
     if task is not None and task not in SUPPORTED_TASKS:
         raise SlimserveError(f"unknown task {task!r}", hint=f"choose one of: {', '.join(SUPPORTED_TASKS)}")
+    if input_shapes and (path.exists() or not _FACTORY_RE.match(model)):
+        raise SlimserveError("--input-shape applies only to a PyTorch factory (package.module:factory)",
+                             hint="an .onnx file or a model folder declares its own inputs")
     if path.is_file():
         if path.suffix.lower() != ".onnx":
             raise SlimserveError(f"{path} is a file but not an .onnx model",

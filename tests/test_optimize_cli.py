@@ -154,3 +154,15 @@ def test_bundle_deploys_only_the_files_optimize_listed(tiny_onnx: Path, tmp_path
     (out / "model.onnx").rename(out / "moved.onnx")
     with pytest.raises(SlimserveError, match="model.onnx"):
         load_bundle(out)
+
+
+def test_input_shape_is_refused_for_sources_that_declare_inputs(tiny_onnx: Path, tmp_path: Path) -> None:
+    result = run_cli("optimize", str(tiny_onnx), "-o", str(tmp_path / "o"), "--input-shape", "1x16")
+    assert_clean_error(result, contains="only to a PyTorch factory")
+
+
+def test_package_refuses_container_options_for_a_lambda_zip(tiny_onnx: Path, tmp_path: Path) -> None:
+    for extra in (["--platform", "gcp-cloud-run"], ["--push", "registry.example/x:1", "--base", "oci:/nowhere"]):
+        result = run_cli("package", str(tiny_onnx), "--target", "lambda", "-o", str(tmp_path / "pkg"), *extra)
+        assert_clean_error(result, contains="only to --target container")
+        assert not (tmp_path / "pkg").exists()

@@ -46,6 +46,8 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
     from slimserve.packagers.target import Target
     from slimserve.ui import progress_for
 
+    if kind == "lambda":
+        _refuse_container_options(base_ref=base_ref, push=push_ref, insecure_registry=insecure)
     target = Target(python=python, arch=arch)  # type: ignore[arg-type]  # click.Choice checked it
     bundle = load_bundle(path)
     with progress_for(sys.stderr) as progress:
@@ -68,6 +70,18 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
     else:
         _table(rows, summary, checks)
     return 1 if fits is False else 0
+
+
+def _refuse_container_options(**given: Any) -> None:
+    """Options that only shape images must not be silently ignored for a Lambda zip."""
+    ctx = click.get_current_context()
+    explicit = [name for name in ("platform", "engine")
+                if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    explicit += [name for name, value in given.items() if value]
+    if explicit:
+        flags = ", ".join("--" + name.replace("_", "-") for name in explicit)
+        verb = "applies" if len(explicit) == 1 else "apply"
+        raise click.UsageError(f"{flags} {verb} only to --target container")
 
 
 def _check(path: Path, python: str, arch: str, memory_mb: int | None, progress: Any) -> dict[str, Any]:
