@@ -55,7 +55,10 @@ def export_hf_folder(source: HfFolderSource, work_dir: Path) -> Exported:
                 str(source.path), output=str(out), task=source.task, library_name=source.library,
                 do_validation=False, trust_remote_code=source.trust_remote_code, device="cpu",
             )
-    except (ValueError, KeyError, OSError, RuntimeError, NotImplementedError) as exc:
+    except Exception as exc:  # noqa: BLE001  # optimum/transformers/safetensors raise many unrelated types
+        if "safetensor" in type(exc).__name__.lower() or "header" in str(exc).lower():
+            raise SlimserveError(f"cannot read the weights in {source.path}: {first_line(exc)}",
+                                 hint="the .safetensors file looks truncated or damaged: download it again") from exc
         raise ToolError(f"optimum could not export {source.path}: {first_line(exc)}",
                         hint="check the folder (config + weights + tokenizer) and --task") from exc
     onnx_path = out / "model.onnx"

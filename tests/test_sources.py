@@ -129,3 +129,15 @@ def test_missing_external_data_is_named(tmp_path: Path) -> None:
     (tmp_path / "m.data").unlink()
     with pytest.raises(SlimserveError, match="m.data"):
         describe_model(tmp_path / "m.onnx")
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path: Path, minilm_dir: Path) -> None:
+    from tests.conftest import assert_clean_error, run_cli
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(minilm_dir, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+    result = run_cli("optimize", str(folder), "-o", str(tmp_path / "out"), "--recipe", "fp32")
+    assert_clean_error(result, contains="weights")
+    assert not (tmp_path / "out").exists()
