@@ -361,6 +361,7 @@ def candidate_dict(c: CandidateResult, frontier: Sequence[str]) -> dict[str, Any
                                           if k in fid},
         "latency": None if c.latency is None else {
             "batch1_ms": c.latency.batch1_ms, "batch8_ms": c.latency.batch8_ms, "load_ms": c.latency.load_ms,
+            "batch_sizes": list(c.latency.batch_sizes),
             "runs": c.latency.runs, "threads": c.latency.threads, "statistic": "median"},
         "cold_start": None if cs is None else {
             "import_ms": round(cs.import_ms, 1), "load_ms": round(cs.load_ms, 1),

@@ -29,13 +29,21 @@ SAMPLE_TEXTS = (
 @dataclass(frozen=True)
 class Latency:
     load_ms: float
-    batch1_ms: float
-    batch8_ms: float | None  # None when the model's batch dimension is fixed at 1
+    batch1_ms: float  # at batch 1, or at the model's fixed batch size (see `batch_sizes`)
+    batch8_ms: float | None  # None when the model's batch dimension is fixed
     runs: int
     threads: int
+    batch_sizes: tuple[int, ...] = (1, 8)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _fixed_batch(model: Any) -> int | None:
+    """The batch size a tensor model was exported with, when its first dimension is not symbolic."""
+    dims = [spec.shape[0] for spec in model.session.get_inputs() if spec.shape]
+    fixed = [d for d in dims if isinstance(d, int) and d > 0]
+    return fixed[0] if fixed else None
 
 
 def _tensor_request(model: Any, batch: int) -> dict[str, Any]:
@@ -50,7 +58,7 @@ def _tensor_request(model: Any, batch: int) -> dict[str, Any]:
 
 
 def measure_latency(folder: Path, runs: int = 20, threads: int = 1) -> Latency:
-    """Median over `runs` warm calls at batch 1 and batch 8, after one warm-up call each.
+    """Median over `runs` warm calls at batch 1 and batch 8 (or the model's fixed batch), after a warm-up.
 
     One thread by default: serverless instances usually have about one vCPU, and it keeps numbers on
     this shared machine comparable between candidates.
@@ -61,27 +69,26 @@ def measure_latency(folder: Path, runs: int = 20, threads: int = 1) -> Latency:
     model = LoadedModel(folder, threads=threads)
     load_ms = (time.perf_counter() - started) * 1000
 
+    fixed = None if model.kind == "text" else _fixed_batch(model)
+    batches = (fixed,) if fixed else (1, 8)
+
     def call(batch: int) -> None:
         if model.kind == "text":
             model.predict_texts(list(SAMPLE_TEXTS[:batch]))
         else:
             model.predict_tensors(requests[batch])
 
-    requests = {} if model.kind == "text" else {b: _tensor_request(model, b) for b in (1, 8)}
-    medians: dict[int, float | None] = {}
-    for batch in (1, 8):
-        try:
-            call(batch)
-        except ValueError:  # InputError: a fixed batch size cannot take 8 samples
-            medians[batch] = None
-            continue
+    requests = {} if model.kind == "text" else {b: _tensor_request(model, b) for b in batches}
+    medians: dict[int, float] = {}
+    for batch in batches:
+        call(batch)
         samples = []
         for _ in range(runs):
             started = time.perf_counter()
             call(batch)
             samples.append((time.perf_counter() - started) * 1000)
         medians[batch] = statistics.median(samples)
-    b8 = medians[8]
-    return Latency(load_ms=round(load_ms, 2), batch1_ms=round(medians[1] or 0.0, 3),
-                   batch8_ms=None if b8 is None else round(b8, 3),
-                   runs=runs, threads=threads)
+    b8 = medians.get(8)
+    return Latency(load_ms=round(load_ms, 2), batch1_ms=round(medians[batches[0]], 3),
+                   batch8_ms=None if b8 is None else round(b8, 3), runs=runs, threads=threads,
+                   batch_sizes=batches)
