@@ -14,6 +14,11 @@ from slimserve.optimizer.recipes import DEFAULT_RECIPE
 from slimserve.optimizer.sources import SUPPORTED_TASKS, TENSOR_DTYPES
 
 
+def _size(n: int) -> str:
+    """Decimal units, like the issue's budgets (24 MB): kB below a megabyte so tiny models read right."""
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
 def render_optimize_table(manifest: dict[str, Any]) -> None:
     """One result reads best as a two-column table: it fits any terminal width and CI logs."""
     from rich.console import Console
@@ -23,9 +28,9 @@ def render_optimize_table(manifest: dict[str, Any]) -> None:
     table = Table(title=f"slimserve optimize: {manifest['recipe']}", title_justify="left", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    ratio = f" ({model['bytes'] / model['fp32_bytes']:.2f}x of fp32 {model['fp32_bytes'] / 1e6:.1f} MB)" if model.get("fp32_bytes") else ""
+    ratio = f" ({model['bytes'] / model['fp32_bytes']:.2f}x of fp32 {_size(model['fp32_bytes'])})" if model.get("fp32_bytes") else ""
     table.add_row("recipe", " + ".join(s["step"] for s in manifest["steps"]))
-    table.add_row("model.onnx", f"{model['bytes'] / 1e6:.1f} MB{ratio}")
+    table.add_row("model.onnx", f"{_size(model['bytes'])}{ratio}")
     metric = fidelity["metric"]
     table.add_row("fidelity", f"{metric} vs {fidelity['reference']} on {fidelity['output']}")
     table.add_row("cosine mean / min", f"{fidelity['mean']:.5f} / {fidelity['min']:.5f}")
@@ -38,7 +43,11 @@ def render_optimize_table(manifest: dict[str, Any]) -> None:
                           f"evaluation {timings['eval_s']:.1f} s")
     console = Console()
     console.print(table)
-    for note in manifest.get("notes", []):
+    notes = list(manifest.get("notes", []))
+    if model.get("fp32_bytes") and model["bytes"] > model["fp32_bytes"]:
+        notes.append("the result is larger than the fp32 model: quantization metadata outweighs the savings "
+                     "on a model this small")
+    for note in notes:
         console.print(f"note: {note}", soft_wrap=True)
 
 
@@ -53,10 +62,12 @@ def render_optimize_table(manifest: dict[str, Any]) -> None:
               help="Evaluation inputs: JSON lines with 'text' (text models) or an .npz of named arrays.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="1x3x224x224",
               help="Input shape for a PyTorch factory; repeat once per input.")
-@click.option("--input-dtype", type=click.Choice(TENSOR_DTYPES), default="float32", show_default=True)
+@click.option("--input-dtype", type=click.Choice(TENSOR_DTYPES), default="float32", show_default=True,
+              help="Element type of the --input-shape tensors for a PyTorch factory.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code shipped in the model folder.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle-based checkpoints (pytorch_model.bin).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: a table; json: the manifest (slimserve.json) on stdout.")
 @click.option("--list-recipes", is_flag=True, is_eager=True, expose_value=False, callback=lambda ctx, _p, v: _list(ctx, v),
               help="List recipe steps and exit.")
 def command(model: str, output: Path, recipe: str, task: str | None, eval_path: Path | None,

@@ -28,13 +28,17 @@ from model_runtime import available_cpus
 MAX_BODY_BYTES = int(os.environ.get("SLIMSERVE_MAX_BODY_BYTES", str(6 * 1024 * 1024)))
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Content Too Large", 500: "Internal Server Error"}
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large",
+            500: "Internal Server Error"}
+_HEALTH = ("/", "/health", "/healthz")
+_PREDICT = ("/", "/predict", "/invocations")
 
 
-def _reply(start_response: StartResponse, status: int, body: str) -> list[bytes]:
+def _reply(start_response: StartResponse, status: int, body: str,
+           extra: list[tuple[str, str]] | None = None) -> list[bytes]:
     data = body.encode("utf-8")
     start_response(f"{status} {_REASONS.get(status, 'Error')}",
-                    [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+                    [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *(extra or [])])
     return [data]
 
 
@@ -42,10 +46,14 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
     """WSGI front of `lambda_handler.handler`: one place validates requests and runs the model."""
     method = environ.get("REQUEST_METHOD", "GET")
     path = environ.get("PATH_INFO", "/")
-    if method == "GET" and path in ("/", "/health", "/healthz"):
+    if method == "GET" and path in _HEALTH:
         return _reply(start_response, 200, json.dumps({"status": "ok", "task": lambda_handler.MODEL.spec.get("task")}))
-    if method != "POST" or path not in ("/", "/predict", "/invocations"):
-        return _reply(start_response, 404, json.dumps({"error": f"no route for {method} {path}"}))
+    if path not in _HEALTH + _PREDICT:
+        return _reply(start_response, 404, json.dumps({"error": f"no route for {path}"}))
+    if method != "POST":  # a known path with the wrong method (RFC 9110 section 15.5.6: 405 with Allow)
+        allow = "GET, POST" if path == "/" else ("GET" if path in _HEALTH else "POST")
+        return _reply(start_response, 405, json.dumps({"error": f"{method} is not allowed on {path} (use {allow})"}),
+                      [("Allow", allow)])
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
