@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from slimserve.errors import SlimserveError, ToolError, first_line
 from slimserve.optimizer.exported import Exported, Feed
 from slimserve.optimizer.sources import HfFolderSource
+
+from slimserve.errors import SlimserveError, ToolError, first_line
 
 RUNTIME_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
 DEFAULT_MAX_LENGTH = 512
@@ -55,7 +55,7 @@ def export_hf_folder(source: HfFolderSource, work_dir: Path) -> Exported:
                 str(source.path), output=str(out), task=source.task, library_name=source.library,
                 do_validation=False, trust_remote_code=source.trust_remote_code, device="cpu",
             )
-    except Exception as exc:  # noqa: BLE001  # optimum/transformers/safetensors raise many unrelated types
+    except Exception as exc:  # optimum/transformers/safetensors raise many unrelated types
         if "safetensor" in type(exc).__name__.lower() or "header" in str(exc).lower():
             raise SlimserveError(f"cannot read the weights in {source.path}: {first_line(exc)}",
                                  hint="the .safetensors file looks truncated or damaged: download it again") from exc

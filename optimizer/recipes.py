@@ -11,8 +11,9 @@ import importlib
 from dataclasses import dataclass
 from functools import lru_cache
 
-from slimserve.errors import SlimserveError
 from slimserve.optimizer.steps.base import StepSpec
+
+from slimserve.errors import SlimserveError
 
 STEP_MODULES = ("graph_opt", "fp16", "int8_dynamic", "int8_static", "int8_weight", "int4_weight", "int8_auto", "prune")
 DEFAULT_RECIPE = "int8"
@@ -33,7 +34,7 @@ def registry() -> dict[str, StepSpec]:
     specs: dict[str, StepSpec] = {}
     for module_name in STEP_MODULES:
         module = importlib.import_module(f"slimserve.optimizer.steps.{module_name}")
-        found = getattr(module, "SPECS", None) or (getattr(module, "SPEC"),)
+        found = getattr(module, "SPECS", None) or (module.SPEC,)
         for spec in found:
             if spec.name in specs:
                 raise RuntimeError(f"recipe step {spec.name!r} is registered twice")

@@ -72,7 +72,7 @@ def packaged_model_dir(name: str) -> Path | None:
     spec = importlib.util.find_spec(module) if module else None
     if spec is None or not spec.submodule_search_locations:
         return None
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     return folder if folder.is_dir() else None
 
 

@@ -60,6 +60,11 @@ def _listed_files(root: Path, manifest: dict[str, Any]) -> tuple[str, ...]:
             raise SlimserveError(f"{root} is incomplete: {rel}, listed in its {MANIFEST_NAME}, is missing",
                                  hint="rerun `slimserve optimize` to rebuild the folder")
         names.append(rel)
+    # A deployed model folder keeps its weights beside model.onnx (see packagers/model_files.py).
+    for data in manifest.get("model", {}).get("external_data") or []:
+        rel = (Path(manifest["model"]["path"]).parent / data).as_posix()
+        if rel not in names and (root / rel).is_file():
+            names.append(rel)
     return tuple(sorted(names))
 
 

@@ -9,6 +9,7 @@ whatever the number of platforms.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,6 +150,26 @@ def check_facts(path: str, profiles: Sequence[Profile], facts: DeploymentFacts, 
                        host_vcpus=facts.host_vcpus)
 
 
+def container_package(path: Path) -> tuple[Path, tuple[str, int] | None]:
+    """For a `package --target container` folder: (its model folder, (platform, uncompressed image bytes)).
+
+    Any other path comes back unchanged with no image, so optimize outputs and bare .onnx files check as usual.
+    """
+    manifest_file = path / "slimserve.json"
+    if not path.is_dir() or not manifest_file.is_file():
+        return path, None
+    try:
+        package = json.loads(manifest_file.read_text(encoding="utf-8")).get("package") or {}
+    except (OSError, ValueError):
+        return path, None
+    if not isinstance(package, dict) or package.get("target") != "container":
+        return path, None
+    image = package.get("image") or {}
+    size = image.get("uncompressed_bytes")
+    platform = package.get("platform")
+    return path / "context" / "model", (str(platform), int(size)) if isinstance(size, int) and platform else None
+
+
 def run_check(path: Path | str, platforms: Sequence[str | Profile], options: CheckOptions | None = None,
               progress: Progress = NULL_PROGRESS, *, profile_files: Sequence[Path] = ()) -> Report:
     """Check the optimize output folder (or bare .onnx) at `path` against every chosen platform."""
@@ -156,13 +177,16 @@ def run_check(path: Path | str, platforms: Sequence[str | Profile], options: Che
     profiles = resolve_profiles(platforms, profile_files)
     validate_options(options, profiles)
     target = _target(options)
-    bundle = load_bundle(Path(path))
+    model_path, built_image = container_package(Path(path))
+    bundle = load_bundle(model_path)
     _readable_model(bundle)
     with progress.stage(f"measure package size ({options.python}, {options.arch})"):
         package = measure_package(bundle, target)
     with progress.stage(f"measure cold start ({options.runs} fresh processes)", total=None):
         cold_start = measure_cold_start(bundle, target, options.runs)
     images: dict[str, int] = {}
+    if built_image is not None:  # a `package --target container` output: its image was measured when built
+        images[built_image[0]] = built_image[1]
     bases = dict(options.image_bases)
     for profile in profiles:
         if profile.package == "container" and profile.name in bases:

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
-    except Exception as exc:  # a bug, not a user error: say so, keep the traceback behind --debug
+    except Exception as exc:  # noqa: BLE001  # a bug, not a user error: say so, keep the traceback behind --debug
         if debug:
             traceback.print_exc()
         _error(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",

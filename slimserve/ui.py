@@ -32,7 +32,7 @@ class RichProgress:
             TimeElapsedColumn(), console=Console(file=stream), transient=False,
         )
 
-    def __enter__(self) -> RichProgress:
+    def __enter__(self) -> RichProgress:  # noqa: PYI034  # py3.10 has no typing.Self
         self._progress.start()
         return self
 

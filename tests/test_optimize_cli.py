@@ -37,7 +37,7 @@ def test_onnx_file_through_int8_dynamic(tiny_onnx: Path, tmp_path: Path) -> None
 def test_text_table_is_the_default_format(tiny_onnx: Path, tmp_path: Path) -> None:
     result = run_cli("optimize", str(tiny_onnx), "-o", str(tmp_path / "o"), "--recipe", "fp32")
     assert result.returncode == 0, result.stderr
-    assert "fp32" in result.stdout and "MB" in result.stdout and "wrote" in result.stdout
+    assert "fp32" in result.stdout and " kB" in result.stdout and "wrote" in result.stdout
     assert result.stderr == ""  # not a TTY: no progress display, no library chatter
 
 

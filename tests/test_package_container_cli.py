@@ -32,6 +32,17 @@ def test_container_route_for_the_default_model(tmp_path: Path, minilm_int8: Path
     assert len(json.loads(inspected.stdout)["Layers"]) == 5
     assert (out / "Dockerfile").is_file() and (out / "context" / ".dockerignore").is_file()
 
+    # check understands the built image: the container platform is judged on its measured uncompressed size
+    checked = run_cli("check", str(out), "--platform", "aws-lambda-container", "--format", "json", "--runs", "1")
+    assert checked.returncode == 0, checked.stderr
+    image_check = next(c for c in json.loads(checked.stdout)["platforms"]["aws-lambda-container"]["checks"]
+                       if c["id"] == "image-size")
+    assert image_check["estimate"] is False and "≈" not in image_check["reason"], image_check
+    from slimserve.profiles.schema import SIZE_UNITS
+
+    measured_bytes = image_check["measured"] * SIZE_UNITS[image_check["unit"]]
+    assert measured_bytes == pytest.approx(manifest["package"]["image"]["uncompressed_bytes"], rel=0.02)
+
 
 def test_container_route_bad_base_is_one_line(tmp_path: Path, minilm_int8: Path) -> None:
     out = tmp_path / "image-out"

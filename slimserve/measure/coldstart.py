@@ -77,9 +77,9 @@ def resolve_python(version: str) -> tuple[Path, str, str | None]:
     if found is not None:
         return found, version, None
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return (Path(sys.executable), here,
-            f"python{version} is not installed here; measured with python{here} "
-            f"(install it, e.g. `pyenv install {version}`, to measure the target)")
+    why = (f"python{version} is not installed here; measured with python{here} "
+           f"(install it, e.g. `pyenv install {version}`, to measure the target)")
+    return Path(sys.executable), here, why
 
 
 def measure_cold_start(sys_path: list[Path], model_dir: Path, python: str, sample: dict[str, Any],

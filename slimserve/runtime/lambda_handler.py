@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ def _predict(payload: Any) -> dict[str, Any]:
 def _finite(value: Any) -> bool:
     """JSON has no NaN/Infinity: such outputs cannot be answered, and usually mean out-of-range inputs."""
     if isinstance(value, float):
-        return value == value and value not in (float("inf"), float("-inf"))
+        return math.isfinite(value)
     if isinstance(value, dict):
         return all(_finite(v) for v in value.values())
     if isinstance(value, list):
