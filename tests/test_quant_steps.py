@@ -366,3 +366,15 @@ def test_block_quantize_roundtrip() -> None:
             deq = ((q.astype(np.float32) - zpf[..., None]) * scale[..., None]).reshape(48, 128).T
             assert np.linalg.norm(deq - w) / np.linalg.norm(w) < tol
     assert int8_weight.pack_bits(np.array([[1, 2, 15, 0]], np.uint8), 4).tolist() == [[0x21, 0x0F]]
+
+
+def test_int8_chooses_the_more_faithful_method_on_this_model(tmp_path: Path) -> None:
+    """`int8` compares int8-weight and int8-dynamic on the model's own calibration feeds and says so."""
+    src = BUILDERS["encoder"](tmp_path / "encoder.onnx")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = int8_auto.SPEC.run(src, tmp_path / "out" / "model.onnx", StepContext(work_dir=work, calibration=_feeds("encoder")), None)
+    scores = result.details["candidates"]
+    assert set(scores) == {"int8-weight", "int8-dynamic"}
+    best = max(scores, key=lambda name: (scores[name]["mean"], scores[name]["min"]))
+    assert result.details["delegate"] == best and result.notes[0].startswith(f"int8 = {best}")

@@ -1,4 +1,8 @@
-"""Step `int8`: the recommended int8 recipe, which is int8-weight.
+"""Step `int8`: the recommended int8 recipe, chosen on the model at hand.
+
+It builds int8-weight and int8-dynamic, runs both and the float32 input on the calibration feeds, and keeps
+the one whose outputs are closest (mean per-sample cosine, then worst sample). Without calibration feeds it
+takes int8-weight, the most faithful on every model measured so far.
 
 Measured on all-MiniLM-L6-v2 against the PyTorch model (161 eval texts; benchmarks/results/quant_sweep.md),
 all three int8 recipes land at the same size (~23 MB, about 4x smaller than float32):
@@ -7,34 +11,92 @@ all three int8 recipes land at the same size (~23 MB, about 4x smaller than floa
     int8-dynamic  mean cosine 0.9960, min 0.977    integer matmuls: 1.56x faster warm on this VNNI CPU
     int8-static   mean cosine 0.9955, min 0.958    fixed activation ranges; needs calibration; ~1.05x
 
-Fidelity comes first for the default, so `int8` delegates to int8-weight: it is the only int8 recipe
-that keeps every eval text above cosine 0.995; it needs no calibration and its speed does not depend on
-VNNI (it runs at float32 speed). Its cost is memory: ORT expands the int8 weights to float32 at load
-(~90 MB resident for MiniLM) and loads ~25 ms slower than int8-dynamic (still faster than float32). Pick int8-dynamic explicitly when warm latency matters more than the last
-0.004 of cosine and the target CPU has VNNI (or arm64 dot-product instructions).
+int8-static is left out of the choice: it needs calibration, is never the most faithful here, and takes
+longest to build. On MiniLM the choice is int8-weight, the only int8 recipe that keeps every eval text
+above cosine 0.995; its speed does not depend on VNNI (it computes in float32). Its cost is memory: ORT
+expands the int8 weights to float32 at load (~90 MB resident for MiniLM). Pick int8-dynamic explicitly when
+warm latency matters more than the last 0.004 of cosine and the target CPU has VNNI (or arm64 dot product).
 """
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from slimserve.optimizer.steps import int8_weight
-from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec
+import numpy as np
+from slimserve.optimizer.onnx_io import model_files
+from slimserve.optimizer.steps import int8_dynamic, int8_weight
+from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec
+
+from slimserve.errors import SlimserveError
+
+CANDIDATES = (int8_weight, int8_dynamic)
+MAX_FEEDS = 32  # enough to rank two methods whose gap is measured in thousandths; bounds the step's time
+
+
+def _outputs(path: Path, feeds: Sequence[Feed]) -> list[np.ndarray]:
+    """Every output of the model, flattened and side by side, one row per sample."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    rows = []
+    for feed in feeds:
+        values = session.run(None, {k: v for k, v in feed.items() if k in names})
+        rows.append(np.concatenate([np.asarray(v, np.float64).reshape(len(v), -1) for v in values], axis=1))
+    return rows
+
+
+def _score(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[float, float]:
+    from slimserve.optimizer.fidelity import per_sample_cosine
+
+    cos = np.concatenate([per_sample_cosine(r, c) for r, c in zip(reference, candidate)])  # feeds differ in length
+    return float(cos.mean()), float(cos.min())
 
 
 def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepResult:
-    """Delegate to int8-weight (see module docstring for the measured reason)."""
-    result = int8_weight.run(src, dst, ctx, argument)
-    return StepResult(
-        path=result.path,
-        notes=("int8 = int8-weight (best measured fidelity at int8 size)", *result.notes),
-        details={**result.details, "delegate": int8_weight.STEP},
-    )
+    """Build each candidate beside `dst`, keep the most faithful on this model's calibration feeds."""
+    feeds = list(ctx.calibration)[:MAX_FEEDS]
+    if not feeds:
+        result = int8_weight.run(src, dst, ctx, argument)
+        return StepResult(path=result.path, details={**result.details, "delegate": int8_weight.STEP},
+                          notes=("int8 = int8-weight (no calibration inputs to compare methods on)", *result.notes))
+    built: dict[str, StepResult] = {}
+    errors: dict[str, SlimserveError] = {}
+    for module in CANDIDATES:
+        work = ctx.work_dir / module.STEP
+        work.mkdir(parents=True, exist_ok=True)
+        sub = StepContext(work_dir=work, calibration=ctx.calibration, progress=ctx.progress)
+        try:
+            built[module.STEP] = module.run(src, work / "model.onnx", sub, None)
+        except SlimserveError as exc:  # one method may not apply to this graph; the other may
+            errors[module.STEP] = exc
+    if not built:
+        raise next(iter(errors.values()))  # same error (and type) the first method gave
+    reference = _outputs(Path(src), feeds)
+    scored = {name: (result, _score(reference, _outputs(result.path, feeds))) for name, result in built.items()}
+    failures = {name: exc.message for name, exc in errors.items()}
+    best = max(scored, key=lambda name: scored[name][1])
+    result, (mean, _) = scored[best]
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    for path in model_files(result.path):  # the model and any external data it references
+        shutil.copyfile(path, Path(dst).parent / (Path(dst).name if path == result.path else path.name))
+    scores = {name: {"mean": round(s[0], 6), "min": round(s[1], 6)} for name, (_, s) in scored.items()}
+    others = ", ".join(f"{n} {s['mean']:.4f}" for n, s in scores.items() if n != best)
+    note = f"int8 = {best}: closest to float32 on {len(feeds)} calibration samples (mean cosine {mean:.4f}" + \
+        (f"; {others})" if others else ")")
+    details: dict[str, Any] = {**result.details, "delegate": best, "candidates": scores, "failed": failures}
+    return StepResult(path=Path(dst), notes=(note, *result.notes), details=details)
 
 
 SPEC = StepSpec(
     name="int8",
-    help="Recommended int8: currently int8-weight (int8 weights and embeddings, float compute), the most "
-    "faithful int8 recipe measured on MiniLM.",
+    help="Recommended int8: builds int8-weight and int8-dynamic and keeps the more faithful on this model's "
+    "calibration inputs (int8-weight on MiniLM).",
     run=run,
 )
