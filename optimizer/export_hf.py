@@ -36,7 +36,7 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # transformers is untyped
 
 
 def export_hf_folder(source: HfFolderSource, work_dir: Path) -> Exported:
@@ -85,7 +85,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _runtime_spec(source: HfFolderSource, out: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(out), local_files_only=True)  # type: ignore[no-untyped-call]  # transformers is untyped
     max_length = min(int(getattr(tokenizer, "model_max_length", DEFAULT_MAX_LENGTH) or DEFAULT_MAX_LENGTH),
                      DEFAULT_MAX_LENGTH)
     config = _read_json(out / "config.json")

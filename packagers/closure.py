@@ -182,7 +182,7 @@ def _rewrite_records(site: Path) -> None:
 
 
 def _native_arch_matches(target: Target) -> bool:
-    return ELF_MACHINE[target.arch] == ELF_MACHINE.get(os.uname().machine.replace("aarch64", "arm64"), -1)
+    return bool(ELF_MACHINE[target.arch] == ELF_MACHINE.get(os.uname().machine.replace("aarch64", "arm64"), -1))
 
 
 _SMOKE = r"""

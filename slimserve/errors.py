@@ -33,10 +33,10 @@ class LimitExceeded(SlimserveError):
     exit_code = 1
 
 
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's text, for wrapping noisy library errors in one line."""
+def first_line(exc: BaseException | str) -> str:
+    """The first non-empty line of an exception's (or a tool's) text, for wrapping noisy errors in one line."""
     for line in str(exc).splitlines():
         line = line.strip()
         if line:
             return line[:300]
-    return type(exc).__name__
+    return "no output" if isinstance(exc, str) else type(exc).__name__

@@ -31,7 +31,7 @@ DEFAULT_EPOCH = ZIP_EPOCH_MIN
 
 def source_date_epoch(environ: Mapping[str, str] | None = None) -> int:
     """Tar can hold any time since 1970, so unlike zips no 1980 clamp (the default is still 1980)."""
-    return _source_date_epoch(environ, minimum=0)
+    return int(_source_date_epoch(environ, minimum=0))
 
 
 def image_path(path: str) -> str:

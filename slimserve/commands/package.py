@@ -48,7 +48,7 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
 
     if kind == "lambda":
         _refuse_container_options(base_ref=base_ref, push=push_ref, insecure_registry=insecure)
-    target = Target(python=python, arch=arch)  # type: ignore[arg-type]  # click.Choice checked it
+    target = Target(python=python, arch=arch)
     bundle = load_bundle(path)
     with progress_for(sys.stderr) as progress:
         if kind == "container":

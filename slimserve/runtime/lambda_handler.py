@@ -57,13 +57,14 @@ def _predict(payload: Any) -> dict[str, Any]:
                 text.encode("utf-8")
             except UnicodeEncodeError:  # e.g. a lone surrogate from "\ud800" in the JSON
                 raise InputError(f"inputs[{index}] is not valid Unicode text (lone surrogate)") from None
-        return MODEL.predict_texts(inputs)
+        answer: dict[str, Any] = MODEL.predict_texts(inputs)
+        return answer
     if not isinstance(inputs, dict) or not all(isinstance(v, list) for v in inputs.values()):
         raise InputError('"inputs" must be an object of named arrays: {"name": [[...], ...]}')
     for name, value in inputs.items():
         if len(value) > MAX_BATCH:
             raise InputError(f"too many rows in input {name!r}: {len(value)} > {MAX_BATCH} per request")
-    result = MODEL.predict_tensors(inputs)
+    result: dict[str, Any] = MODEL.predict_tensors(inputs)
     if not _finite(result["outputs"]):
         raise InputError("the model produced non-finite numbers (NaN or infinity) for these inputs: "
                          "check their range and scale")

@@ -145,7 +145,7 @@ class LoadedModel:
         missing = sorted(set(self.input_types) - set(inputs))
         if missing:
             raise InputError(f"missing inputs: {', '.join(missing)} (model takes {', '.join(self.input_types)})")
-        feeds = {}
+        feeds: dict[str, np.ndarray] = {}
         for name, dtype in self.input_types.items():
             try:
                 with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values are checked below
