@@ -5,9 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL ?= all-MiniLM-L6-v2
 DEMO_OUT ?= demo-out
-EXTRAS := export,test,plot,container
+EXTRAS := export,test,plot,container,lint
 
-.PHONY: demo test install system-deps clean
+.PHONY: demo test lint install system-deps clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ demo: install
 
 test: install system-deps
 	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check slimserve optimizer packagers profiles
+	$(VENV)/bin/mypy slimserve optimizer packagers profiles
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)
