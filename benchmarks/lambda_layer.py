@@ -33,8 +33,8 @@ from slimserve.packagers.target import Target
 from slimserve.packagers.wheels import read_pins
 
 from slimserve.bundle import load_bundle
-from slimserve.runtime import RUNTIME_DIR
 from slimserve.measure.coldstart import measure_cold_start, sample_event
+from slimserve.runtime import RUNTIME_DIR
 
 
 def naive_layer(target: Target, text: bool, dest: Path) -> Path:

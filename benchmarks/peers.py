@@ -171,9 +171,9 @@ def fidelity(folder: Path, sentences: list[str], reference: np.ndarray) -> tuple
     rows = []
     for i in range(0, len(sentences), 16):
         rows.extend(model.predict_texts(sentences[i:i + 16])["embeddings"])
-    emb = np.asarray(rows, dtype=np.float64)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    cos = (emb * reference).sum(axis=1)
+    from slimserve.optimizer.fidelity import per_sample_cosine  # the one fidelity implementation
+
+    cos = per_sample_cosine(reference, np.asarray(rows, dtype=np.float64))
     return float(cos.mean()), float(cos.min())
 
 

@@ -141,9 +141,9 @@ def measure(name: str, path: Path, produce_s: float, feeds, ref: np.ndarray, not
         if "token_type_ids" in names:
             f["token_type_ids"] = np.zeros_like(feed["input_ids"])
         outs.append(sess.run(["sentence_embedding"], f)[0][0])
-    emb = np.stack(outs).astype(np.float64)
-    r = ref.astype(np.float64)
-    cos = (emb * r).sum(1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(r, axis=1))
+    from slimserve.optimizer.fidelity import per_sample_cosine
+
+    cos = per_sample_cosine(ref, np.stack(outs))
     lat_feed = {k: v for k, v in tokenize([LATENCY_TEXT])[0].items() if k in names}
     for _ in range(5):
         sess.run(None, lat_feed)
