@@ -34,3 +34,14 @@ def test_int8_dynamic_on_foreign_graphs(tmp_path: Path, kind: str) -> None:
     assert "x" in {i.name for i in after.get_inputs()}
     assert manifest["fidelity"]["metric"] == "abs_error" and manifest["fidelity"]["mean"] > 0.95
     assert manifest["model"]["bytes"] < source.stat().st_size
+
+
+@pytest.mark.parametrize("recipe", ["prune-heads-25", "prune-ffn-25+int8"])
+def test_a_recipe_that_cannot_apply_is_one_clear_line(tmp_path: Path, recipe: str) -> None:
+    from tests.conftest import assert_clean_error
+
+    source = convnet_model(tmp_path / "convnet.onnx")
+    out = tmp_path / "out"
+    result = run_cli("optimize", str(source), "-o", str(out), "--recipe", recipe)
+    assert_clean_error(result, contains="no ")
+    assert not out.exists()
