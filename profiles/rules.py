@@ -16,7 +16,8 @@ assumed to make it faster. CPU models differ too, so treat the projection as a g
 Memory headroom: a setting holds the model when it is ≥ peak RSS × 1.5 + 64 MB. The peak is measured on a
 single small batch; larger requests grow onnxruntime's arena and activation buffers roughly in proportion
 (the 1.5×), and the platform's own runtime client, log shipping and the Python allocator's fragmentation
-add a fixed amount that a bare measurement here does not include (the 64 MB).
+add a fixed amount that a bare measurement here does not include (the 64 MB). So a setting below
+peak + 64 MB fails (it cannot hold the process), one below peak × 1.5 + 64 MB warns, the rest pass.
 """
 
 from __future__ import annotations
@@ -288,10 +289,13 @@ def _memory(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memo
         return Finding("memory", "Memory", "fail", round(peak, 1), profile.memory.highest, unit,
                        f"{headroom} needed, above the largest setting {profile.memory.highest:,} {unit}: "
                        "choose a smaller recipe", source)
-    if memory < peak:
+    if memory < peak + HEADROOM_MB:
+        # The fixed part of the headroom is not a margin: the platform's own runtime client, log shipping and
+        # allocator overhead live in the same memory and are not in a measurement taken here.
         return Finding("memory", "Memory", "fail", round(peak, 1), memory, unit,
-                       f"peak RSS {peak:,.0f} MB > {memory:,} {unit} memory: the function would run out of "
-                       f"memory; use ≥ {math.ceil(need):,} {unit} or a smaller recipe", source)
+                       f"peak RSS {peak:,.0f} MB + {HEADROOM_MB} MB for the platform's runtime > {memory:,} {unit} "
+                       f"memory: the function would run out of memory; use ≥ {math.ceil(need):,} {unit} "
+                       "or a smaller recipe", source)
     if memory < need:
         return Finding("memory", "Memory", "warn", round(peak, 1), memory, unit,
                        f"peak RSS {peak:,.0f} MB fits {memory:,} {unit} but without headroom ({headroom}): "

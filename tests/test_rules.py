@@ -118,6 +118,8 @@ def test_memory_requested_too_small_fails_with_a_memory_reason() -> None:
 def test_memory_without_headroom_warns_and_with_headroom_passes() -> None:
     assert memory_needed_mb(300) == 514
     assert finding(check("aws-lambda-zip", facts(peak=300), memory_mb=400), "memory").status == "warn"
+    # peak + the platform runtime's 64 MB does not fit: a failure, not a warning
+    assert finding(check("aws-lambda-zip", facts(peak=300), memory_mb=320), "memory").status == "fail"
     assert finding(check("aws-lambda-zip", facts(peak=300), memory_mb=514), "memory").status == "pass"
 
 
