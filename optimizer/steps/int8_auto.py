@@ -81,7 +81,10 @@ def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepRes
     reference = _outputs(Path(src), feeds)
     scored = {name: (result, _score(reference, _outputs(result.path, feeds))) for name, result in built.items()}
     failures = {name: exc.message for name, exc in errors.items()}
-    best = max(scored, key=lambda name: scored[name][1])
+    order = [m.STEP for m in CANDIDATES]
+    # Rank on the reported (rounded) scores; a tie goes to the earlier candidate (int8-weight).
+    best = max(scored, key=lambda name: (round(scored[name][1][0], 6), round(scored[name][1][1], 6),
+                                         -order.index(name)))
     result, (mean, _) = scored[best]
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     for path in model_files(result.path):  # the model and any external data it references
