@@ -857,21 +857,11 @@ def prune_ffn(src: Path, dst: Path, ctx: StepContext, percent: int, score: Score
             before.append(block.width)
             after.append(len(keep))
             stage.advance()
-    g.sweep()
-    _smoke(original, model, ctx.calibration)
-    _save(model, dst)
-    notes = [f"removed {percent}% of FFN units in {len(blocks)} blocks ({before[0]} -> {after[0]} per block)"]
-    if method == "magnitude":
-        notes.append(
-            "units chosen by weight magnitude (no calibration feeds given; activation-aware is better)"
-        )
-    else:
-        notes.append(
-            "units chosen by calibration activations; kept units refitted (ridge least squares) to stand in"
-        )
-    return StepResult(
-        path=Path(dst),
-        notes=tuple(notes),
+    return _finish(
+        g, original, model, ctx, dst, method,
+        f"removed {percent}% of FFN units in {len(blocks)} blocks ({before[0]} -> {after[0]} per block)",
+        magnitude="units chosen by weight magnitude (no calibration feeds given; activation-aware is better)",
+        activation="units chosen by calibration activations; kept units refitted (ridge least squares) to stand in",
         details={"blocks": len(blocks), "score": method, "units_before": before, "units_after": after},
     )
 
@@ -938,21 +928,11 @@ def prune_heads(src: Path, dst: Path, ctx: StepContext, percent: int, score: Sco
             after.append(new_heads)
             kept_heads.append([int(k) for k in keep])
             stage.advance()
-    g.sweep()
-    _smoke(original, model, ctx.calibration)
-    _save(model, dst)
-    notes = [f"removed {before[0] - after[0]} of {before[0]} heads in each of {len(blocks)} attention blocks"]
-    if method == "magnitude":
-        notes.append(
-            "heads chosen by weight magnitude (no calibration feeds given; activation-aware is better)"
-        )
-    else:
-        notes.append(
-            "heads chosen by calibration activations; output projection refitted (ridge least squares)"
-        )
-    return StepResult(
-        path=Path(dst),
-        notes=tuple(notes),
+    return _finish(
+        g, original, model, ctx, dst, method,
+        f"removed {before[0] - after[0]} of {before[0]} heads in each of {len(blocks)} attention blocks",
+        magnitude="heads chosen by weight magnitude (no calibration feeds given; activation-aware is better)",
+        activation="heads chosen by calibration activations; output projection refitted (ridge least squares)",
         details={
             "blocks": len(blocks),
             "score": method,
@@ -961,6 +941,16 @@ def prune_heads(src: Path, dst: Path, ctx: StepContext, percent: int, score: Sco
             "kept": kept_heads,
         },
     )
+
+
+def _finish(g: _Graph, original: bytes, model: ModelProto, ctx: StepContext, dst: Path, method: str,
+            summary: str, *, magnitude: str, activation: str, details: dict[str, Any]) -> StepResult:
+    """Shared tail of the structured steps: drop dead nodes, prove the graph still runs, save, explain."""
+    g.sweep()
+    _smoke(original, model, ctx.calibration)
+    _save(model, dst)
+    how = magnitude if method == "magnitude" else activation
+    return StepResult(path=Path(dst), notes=(summary, how), details=details)
 
 
 def sparsify(src: Path, dst: Path, ctx: StepContext, percent: int) -> StepResult:
