@@ -38,9 +38,14 @@ from slimserve.packagers.oci.image import (
 from slimserve.packagers.oci.layer import build_layer
 
 REGISTRY_BIN = shutil.which("docker-registry")
-needs_registry = pytest.mark.skipif(REGISTRY_BIN is None, reason="docker-registry (Debian package) not installed")
-needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo not installed")
-needs_umoci = pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci not installed")
+def _needs(absent: bool, reason: str) -> pytest.MarkDecorator:
+    """Skip visibly on a laptop without the tool; in CI (`make test` installs it) run, and fail, instead."""
+    return pytest.mark.skipif(absent and not os.environ.get("CI"), reason=reason)
+
+
+needs_registry = _needs(REGISTRY_BIN is None, "docker-registry (Debian package) not installed")
+needs_skopeo = _needs(shutil.which("skopeo") is None, "skopeo not installed")
+needs_umoci = _needs(shutil.which("umoci") is None, "umoci not installed")
 
 USER, PASSWORD = "slim", "serve-secret"
 
@@ -100,7 +105,7 @@ def run_registry(root: Path, htpasswd: Path | None = None) -> Iterator[Registry]
             proc.kill()
 
 
-def _missing(what: str) -> None:
+def missing(what: str) -> None:
     """In CI (`make test` installs the tools) a missing tool is a failure; on a laptop, a visible skip."""
     if os.environ.get("CI"):
         pytest.fail(f"{what}: `make system-deps` should have installed it")
@@ -110,7 +115,7 @@ def _missing(what: str) -> None:
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     if REGISTRY_BIN is None:
-        _missing("docker-registry (Debian package) not installed")
+        missing("docker-registry (Debian package) not installed")
     with run_registry(tmp_path_factory.mktemp("registry")) as reg:
         yield reg
 
@@ -118,7 +123,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 @pytest.fixture(scope="session")
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     if REGISTRY_BIN is None or shutil.which("htpasswd") is None:
-        _missing("docker-registry and htpasswd (apache2-utils) are needed")
+        missing("docker-registry and htpasswd (apache2-utils) are needed")
     root = tmp_path_factory.mktemp("auth-registry")
     htpasswd = root / "htpasswd"
     line = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], check=True, capture_output=True, text=True).stdout
@@ -200,5 +205,20 @@ def push_layout(layout_dir: Path, dest: str, *, all_platforms: bool = False) -> 
     assert proc.returncode == 0, proc.stderr
 
 
-__all__ = ["DOCKER", "OCI", "Registry", "auth_registry", "base_image", "docker_config", "make_base_layout",
-           "make_index_layout", "needs_registry", "needs_skopeo", "needs_umoci", "push_layout", "registry", "skopeo"]
+__all__ = [
+    "DOCKER",
+    "OCI",
+    "Registry",
+    "auth_registry",
+    "base_image",
+    "docker_config",
+    "make_base_layout",
+    "make_index_layout",
+    "missing",
+    "needs_registry",
+    "needs_skopeo",
+    "needs_umoci",
+    "push_layout",
+    "registry",
+    "skopeo",
+]

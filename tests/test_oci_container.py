@@ -30,6 +30,7 @@ from .registry_fixture import (  # noqa: F401
     free_port,
     make_base_layout,
     make_index_layout,
+    missing,
     needs_registry,
     needs_skopeo,
     needs_umoci,
@@ -348,7 +349,7 @@ def _target_python() -> Path | None:
 def test_unpacked_image_answers_like_the_model(tmp_path: Path, base_layout: Path, platform: str) -> None:
     python = _target_python()
     if python is None:
-        pytest.skip("python3.12 (the target interpreter) is not installed")
+        missing("python3.12 (the target interpreter) is not installed")
     from slimserve.packagers.closure import build_closure
 
     bundle = tiny_bundle(tmp_path / "m")
