@@ -94,13 +94,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
-    except Exception as exc:  # noqa: BLE001  # a bug, not a user error: say so, keep the traceback behind --debug
+    except OSError as exc:
+        from slimserve.atomic import DISK_ERRNOS, disk_error, failed_path
+
+        if exc.errno not in DISK_ERRNOS:  # not the disk: a bug like any other
+            return _internal_error(exc, debug)
         if debug:
             traceback.print_exc()
-        _error(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-               hint="rerun with --debug and report the traceback")
-        return 1
+        error = disk_error(failed_path(exc), exc)
+        _error(error.message, error.hint)
+        return error.exit_code
+    except Exception as exc:  # noqa: BLE001  # a bug, not a user error: say so, keep the traceback behind --debug
+        return _internal_error(exc, debug)
     return int(result or 0)
+
+
+def _internal_error(exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    _error(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+           hint="rerun with --debug and report the traceback")
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,7 @@ from slimserve.packagers.oci.image import DOCKER
 from slimserve.packagers.oci.validate import image_problems, validate_image
 from slimserve.packagers.target import Target
 
+from slimserve.atomic import OUTPUT_MARKER, mark_output
 from slimserve.bundle import ModelBundle, load_bundle
 from slimserve.errors import SlimserveError, ToolError
 
@@ -228,13 +229,14 @@ def _fails(tmp_path: Path, closure: Path, base: str, match: str, insecure: tuple
            **kw: object) -> None:
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
-    (out / "slimserve.json").write_text('{"previous": "keep me"}')  # a previous build slimserve may replace
+    (out / "slimserve.json").write_text('{"previous": "keep me"}')
+    mark_output(out)  # a previous build slimserve may replace
     with pytest.raises(SlimserveError) as info:
         package_container(tiny_bundle(tmp_path / "m"), out, TARGET, base_ref=base, insecure_registries=insecure,
                           engine="none", closure=closure, **kw)  # type: ignore[arg-type]
     message = info.value.message
     assert match in message and "\n" not in message, message
-    assert sorted(p.name for p in out.iterdir()) == ["slimserve.json"]
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "slimserve.json"]
     assert (out / "slimserve.json").read_text() == '{"previous": "keep me"}'
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
