@@ -70,7 +70,7 @@ def _killed_inside_atomic_dir(out: Path, *, previous: bool) -> None:
             (staging / "half.bin").write_bytes(b"x" * 1000)
             os.kill(os.getpid(), signal.SIGKILL)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
@@ -119,7 +119,7 @@ def _in_mount_namespace(tmp_path: Path, mount: str, command: list[str]) -> subpr
     script = f'mount -t tmpfs -o {mount} tmpfs "$1" && shift && exec "$@"'
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "fixtures")}
     return subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script, "sh", str(disk), *command],
-                          capture_output=True, text=True, timeout=300, env=env)
+                          check=False, capture_output=True, text=True, timeout=300, env=env)
 
 
 @pytest.mark.parametrize(("mount", "message"), [("size=64k", "No space left on device"),
@@ -144,7 +144,6 @@ def test_atomic_dir_turns_disk_errors_into_slimserve_errors(tmp_path: Path) -> N
     """In-process (the Python API): a write the disk refuses inside the block is a SlimserveError naming
     the output, and the staging folder is gone."""
     out = tmp_path / "out"
-    with pytest.raises(SlimserveError, match=f"cannot write {out}"):
-        with atomic_dir(out) as staging:
-            raise OSError(28, "No space left on device", str(staging / "model.onnx"))
+    with pytest.raises(SlimserveError, match=f"cannot write {out}"), atomic_dir(out) as staging:
+        raise OSError(28, "No space left on device", str(staging / "model.onnx"))
     assert not out.exists() and [p for p in tmp_path.iterdir()] == []
