@@ -17,7 +17,7 @@ import numpy as np
 from slimserve.optimizer import eval_inputs
 from slimserve.optimizer.exported import Exported
 from slimserve.optimizer.fidelity import Fidelity, compare_outputs
-from slimserve.optimizer.onnx_io import describe_model, load_onnx, model_files, ort_session
+from slimserve.optimizer.onnx_io import describe_model, load_onnx, model_files, ort_message, ort_session
 from slimserve.optimizer.recipes import parse_recipe
 from slimserve.optimizer.sources import HfFolderSource, OnnxSource, Source
 from slimserve.optimizer.steps.base import StepContext
@@ -56,7 +56,7 @@ class Prepared:
 
 def _onnx_source(source: OnnxSource) -> Exported:
     info = describe_model(source.path)
-    session = ort_session(source.path)
+    session = ort_session(source.path, user_model=True)
     output_names = [o.name for o in session.get_outputs()]
 
     def run_fp32(feed: Any) -> dict[str, np.ndarray]:
@@ -133,8 +133,9 @@ def prepare(source: Source, work_dir: Path, eval_path: Path | None = None, progr
                 raw = exported.reference(feed)
             except SlimserveError:
                 raise
-            except Exception as exc:  # the user's model failing on its own inputs
-                raise ToolError(f"the original model failed on the evaluation inputs: {first_line(exc)}") from exc
+            except Exception as exc:  # noqa: BLE001  # the user's model failing on its inputs: bad input
+                raise SlimserveError(f"the original model failed on the evaluation inputs: {ort_message(exc)}",
+                                     hint="pass --eval with inputs the model accepts, or check the model") from None
             reference_primary.append(_primary(encoder, exported, raw, feed))
             stage.advance()
     return Prepared(source=source, exported=exported, work_dir=work_dir, feeds=feeds, calibration=calibration,
