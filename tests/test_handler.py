@@ -87,6 +87,8 @@ BAD_TEXT = [
     (http({"inputs": "hello"}), "list of strings"),
     (http({"inputs": ["ok", 3]}), "list of strings"),
     (http({"inputs": []}), "empty"),
+]
+OVER_LIMIT_TEXT = [
     (http({"inputs": ["a"] * 5}), "too many inputs: 5 > 4"),
     (http({"inputs": ["x" * 201]}), "too long: 201 > 200"),
 ]
@@ -97,6 +99,13 @@ def test_bad_http_input_is_a_400_with_a_clear_message(text_handler: ModuleType, 
                                                       message: str) -> None:
     resp = text_handler.handler(event, None)
     assert resp["statusCode"] == 400, resp
+    assert message in json.loads(resp["body"])["error"]
+
+
+@pytest.mark.parametrize(("event", "message"), OVER_LIMIT_TEXT, ids=[m for _, m in OVER_LIMIT_TEXT])
+def test_input_over_a_limit_is_a_413_naming_it(text_handler: ModuleType, event: dict[str, Any], message: str) -> None:
+    resp = text_handler.handler(event, None)
+    assert resp["statusCode"] == 413, resp
     assert message in json.loads(resp["body"])["error"]
 
 
@@ -127,7 +136,6 @@ def test_tensor_model_direct_and_http(tensor_handler: ModuleType, tmp_path: Path
     ({"z": [[0.0] * 16]}, "missing inputs: x"),
     ({"x": [["a"] * 16]}, "not a numeric array"),
     ({"x": [[0.0] * 3]}, "do not fit the model"),
-    ({"x": [[0.0] * 16] * 9}, "too many rows"),
     ([[0.0] * 16], "named arrays"),
     ({"x": 1.0}, "named arrays"),
 ])
@@ -135,6 +143,11 @@ def test_bad_tensor_input_is_a_400(tensor_handler: ModuleType, inputs: Any, mess
     resp = tensor_handler.handler(http({"inputs": inputs}), None)
     assert resp["statusCode"] == 400, resp
     assert message in json.loads(resp["body"])["error"]
+
+
+def test_too_many_tensor_rows_is_a_413(tensor_handler: ModuleType) -> None:
+    resp = tensor_handler.handler(http({"inputs": {"x": [[0.0] * 16] * 9}}), None)
+    assert resp["statusCode"] == 413 and "too many rows in input 'x': 9 > 8" in json.loads(resp["body"])["error"]
 
 
 def test_model_loads_once_at_import(text_handler: ModuleType) -> None:

@@ -8,8 +8,18 @@ Layout in function.zip:  lambda_handler.py, model_runtime.py, model/ (slimserve.
 
 Events:
 - direct invocation `{"inputs": [...]}` returns the prediction dict, or `{"error": message}` for bad input;
-- API Gateway (REST v1, HTTP v2) and function URL events (a `body` string, maybe base64) get an HTTP
-  response: 200 with the prediction, 400 with `{"error": message}` for bad input, 500 for internal errors.
+- API Gateway REST (v1: `httpMethod`, `path`), HTTP API (v2) and function URL events
+  (`requestContext.http.method`, `rawPath`) are routed by `ROUTES`, the one table the container's
+  `http_app` uses too: `GET /health` (and `/healthz`, `GET /`) answers health, `POST /`, `/predict` and
+  `/invocations` predict, anything else is a 404, or a 405 with `Allow` for a known path.
+  Predictions answer 200, 400 with `{"error": message}` for bad input, 413 naming the limit for a
+  request over one of `LIMITS`, 500 for internal errors.
+
+Limits (manifest `runtime` section, each overridable by its variable; see model_runtime.RequestLimits):
+  max_batch   SLIMSERVE_MAX_BATCH        texts (or tensor rows) per request
+  max_chars   SLIMSERVE_MAX_TEXT_CHARS   characters per text, refused before tokenizing
+  max_tokens  SLIMSERVE_MAX_TOKENS       texts × padded tokens after truncation, per request
+  max_elements SLIMSERVE_MAX_ELEMENTS    numbers per tensor request, all inputs together
 """
 
 from __future__ import annotations
@@ -20,19 +30,49 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from model_runtime import InputError, LoadedModel
+from model_runtime import InputError, LimitError, LoadedModel
 
 LOG = logging.getLogger("slimserve")
 LOG.setLevel(logging.INFO)
 
 MODEL_DIR = Path(os.environ.get("SLIMSERVE_MODEL_DIR") or Path(__file__).resolve().parent / "model")
 MODEL = LoadedModel(MODEL_DIR)
-# Longest accepted text in characters; the tokenizer truncates to max_length tokens anyway, this bounds work.
-MAX_TEXT_CHARS = int(os.environ.get("SLIMSERVE_MAX_TEXT_CHARS") or MODEL.spec.get("max_chars", 20_000))
-MAX_BATCH = MODEL.max_batch
+LIMITS = MODEL.limits()
+
+HEALTH, PREDICT = "health", "predict"
+# path -> method -> action: the one routing table of both fronts (Lambda HTTP events and http_app).
+ROUTES: dict[str, dict[str, str]] = {
+    "/": {"GET": HEALTH, "POST": PREDICT},
+    "/health": {"GET": HEALTH},
+    "/healthz": {"GET": HEALTH},
+    "/predict": {"POST": PREDICT},
+    "/invocations": {"POST": PREDICT},
+}
+
+
+class Route(NamedTuple):
+    """Where a request goes: an action, or the status (404/405) and the `Allow` header to answer with."""
+
+    action: str | None
+    status: int
+    allow: str = ""
+
+
+def route(method: str, path: str) -> Route:
+    methods = ROUTES.get(path)
+    if methods is None:
+        return Route(None, 404)
+    if method not in methods:  # RFC 9110 section 15.5.6: a 405 lists the methods the path has
+        return Route(None, 405, ", ".join(sorted(methods)))
+    return Route(methods[method], 200)
+
+
+def health() -> dict[str, Any]:
+    return {"status": "ok", "task": MODEL.spec.get("task"), "limits": LIMITS.as_dict()}
 
 
 def _predict(payload: Any) -> dict[str, Any]:
@@ -47,24 +87,17 @@ def _predict(payload: Any) -> dict[str, Any]:
             raise InputError('"inputs" must be a list of strings')
         if not inputs:
             raise InputError('"inputs" is empty')
-        if len(inputs) > MAX_BATCH:
-            raise InputError(f"too many inputs: {len(inputs)} > {MAX_BATCH} per request")
-        longest = max(len(t) for t in inputs)
-        if longest > MAX_TEXT_CHARS:
-            raise InputError(f"input text too long: {longest} > {MAX_TEXT_CHARS} characters")
+        LIMITS.check_texts(inputs)
         for index, text in enumerate(inputs):
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:  # e.g. a lone surrogate from "\ud800" in the JSON
                 raise InputError(f"inputs[{index}] is not valid Unicode text (lone surrogate)") from None
-        answer: dict[str, Any] = MODEL.predict_texts(inputs)
+        answer: dict[str, Any] = MODEL.predict_texts(inputs, LIMITS)
         return answer
     if not isinstance(inputs, dict) or not all(isinstance(v, list) for v in inputs.values()):
         raise InputError('"inputs" must be an object of named arrays: {"name": [[...], ...]}')
-    for name, value in inputs.items():
-        if len(value) > MAX_BATCH:
-            raise InputError(f"too many rows in input {name!r}: {len(value)} > {MAX_BATCH} per request")
-    result: dict[str, Any] = MODEL.predict_tensors(inputs)
+    result: dict[str, Any] = MODEL.predict_tensors(inputs, LIMITS)
     if not _finite(result["outputs"]):
         raise InputError("the model produced non-finite numbers (NaN or infinity) for these inputs: "
                          "check their range and scale")
@@ -82,13 +115,47 @@ def _finite(value: Any) -> bool:
     return True
 
 
-def _is_http(event: Any) -> bool:
-    return isinstance(event, dict) and ("body" in event or "requestContext" in event or "httpMethod" in event)
+def parse_json(body: str) -> Any:
+    """The request body as JSON; every way it can fail to parse is the caller's 400, never a 500."""
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:  # e.g. "[" * 100000: the decoder recurses once per level
+        raise InputError("request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer over sys.get_int_max_str_digits() digits
+        raise InputError(f"request body is not valid JSON: {str(exc).splitlines()[0][:160]}") from None
 
 
-def _http(status: int, body: dict[str, Any]) -> dict[str, Any]:
-    return {"statusCode": status, "headers": {"content-type": "application/json"},
-            "body": json.dumps(body, allow_nan=False), "isBase64Encoded": False}
+def _http_request(event: Any) -> tuple[str, str] | None:
+    """(method, path) of an HTTP event, None for a direct invocation.
+
+    REST API (v1) events carry `httpMethod` and `path`; HTTP API (v2) and function URL events carry
+    `requestContext.http.method` and `rawPath` (which starts with the stage name on a named v2 stage).
+    A console test event with only a `body` is taken for `POST /`.
+    """
+    if not isinstance(event, dict) or not any(k in event for k in ("httpMethod", "requestContext", "rawPath", "body")):
+        return None
+    context = event.get("requestContext")
+    context = context if isinstance(context, dict) else {}
+    http = context.get("http")
+    http = http if isinstance(http, dict) else {}
+    method = event.get("httpMethod") or http.get("method") or "POST"
+    path = event.get("rawPath") or event.get("path") or "/"
+    stage = context.get("stage")
+    if "rawPath" in event and isinstance(stage, str) and stage not in ("", "$default") and isinstance(path, str):
+        prefix = f"/{stage}"
+        if path == prefix or path.startswith(prefix + "/"):
+            path = path[len(prefix):] or "/"
+    return str(method).upper(), str(path)
+
+
+def _http(status: int, body: dict[str, Any], allow: str = "") -> dict[str, Any]:
+    headers = {"content-type": "application/json"}
+    if allow:
+        headers["allow"] = allow
+    return {"statusCode": status, "headers": headers, "body": json.dumps(body, allow_nan=False),
+            "isBase64Encoded": False}
 
 
 def _decode_body(event: dict[str, Any]) -> Any:
@@ -102,22 +169,41 @@ def _decode_body(event: dict[str, Any]) -> Any:
             body = base64.b64decode(body, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             raise InputError("request body is not valid base64-encoded UTF-8") from None
+    return parse_json(body)
+
+
+def respond(method: str, path: str, payload: Callable[[], Any]) -> dict[str, Any]:
+    """An HTTP answer (Lambda proxy shape) for `method path`; `payload()` reads and decodes the body only
+    when the route predicts. Never raises: bad input is a 400/413, anything else a logged 500."""
+    found = route(method, path)
+    if found.action == HEALTH:
+        return _http(200, health())
+    if found.action is None:
+        if found.status == 405:
+            return _http(405, {"error": f"{method} is not allowed on {path} (use {found.allow})"}, found.allow)
+        return _http(404, {"error": f"no route for {method} {path}"})
     try:
-        return json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        return _http(200, _predict(payload()))
+    except InputError as exc:
+        return _http(exc.status, {"error": str(exc)})
+    except Exception:  # a bug or a resource problem: log it for CloudWatch, tell the caller nothing internal
+        LOG.exception("inference failed")
+        return _http(500, {"error": "internal error"})
 
 
 def handler(event: Any, context: Any = None) -> dict[str, Any]:
-    """Lambda entry point; never raises: bad input is a 400 (or `{"error"}`), anything else a 500."""
-    http = _is_http(event)
+    """Lambda entry point; never raises: bad input is a 400/413 (or `{"error"}`), anything else a 500."""
+    request = _http_request(event)
+    if request is not None:
+        return respond(*request, lambda: _decode_body(event))
     try:
-        result = _predict(_decode_body(event) if http else event)
-        if http:
-            return _http(200, result)
-        return result
+        return _predict(event)
     except InputError as exc:
-        return _http(400, {"error": str(exc)}) if http else {"error": str(exc)}
+        return {"error": str(exc)}
     except Exception:  # a bug or a resource problem: log it for CloudWatch, tell the caller nothing internal
         LOG.exception("inference failed")
-        return _http(500, {"error": "internal error"}) if http else {"error": "internal error"}
+        return {"error": "internal error"}
+
+
+__all__ = ["LIMITS", "MODEL", "ROUTES", "InputError", "LimitError", "handler", "health", "parse_json", "respond",
+           "route"]

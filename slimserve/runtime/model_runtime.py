@@ -8,7 +8,10 @@ manifest carries a `runtime` section that says how to tokenize, which output to 
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,104 @@ _CALLER_ERRORS: tuple[type[BaseException], ...] = tuple(
 
 class InputError(ValueError):
     """The request is malformed; the message is safe to return to the caller."""
+
+    status = 400
+
+
+class LimitError(InputError):
+    """The request is well formed but asks for more work than one request may (HTTP 413)."""
+
+    status = 413
+
+
+# Defaults for manifests that predate the limits (the optimizer records them in `runtime`).
+DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_TOKENS = 4096
+CHARS_PER_TOKEN = 32  # text longer than max_length × this is refused before tokenizing
+DEFAULT_MAX_ELEMENTS = 1 << 20
+LIMIT_ENV = {"max_batch": "SLIMSERVE_MAX_BATCH", "max_chars": "SLIMSERVE_MAX_TEXT_CHARS",
+             "max_tokens": "SLIMSERVE_MAX_TOKENS", "max_elements": "SLIMSERVE_MAX_ELEMENTS"}
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The most work one request may ask for, so the worst accepted request fits the deployment.
+
+    The cost of a text request is tokenizing its characters (`max_chars` per text) and running the
+    encoder on batch × padded sequence length after truncation (`max_tokens`, counted on the padded
+    batch the model really sees: attention grows with it). A tensor request costs its element count
+    (`max_elements`, all inputs together). `max_batch` bounds texts or rows. `check` measures the
+    largest request these limits accept, and the deployment's memory and timeout come from it.
+    """
+
+    max_batch: int
+    max_chars: int
+    max_tokens: int
+    max_elements: int
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                  row_elements: int | None = None) -> RequestLimits:
+        """The manifest's `runtime` limits, each overridable by its SLIMSERVE_MAX_* variable."""
+        env = os.environ if environ is None else environ
+        max_length = int(spec.get("max_length") or 512)
+        defaults = {"max_batch": DEFAULT_MAX_BATCH, "max_chars": max_length * CHARS_PER_TOKEN,
+                    "max_tokens": DEFAULT_MAX_TOKENS,
+                    "max_elements": max(DEFAULT_MAX_ELEMENTS, row_elements or 0)}
+        values = {key: _limit(env.get(LIMIT_ENV[key]), spec.get(key), default, LIMIT_ENV[key])
+                  for key, default in defaults.items()}
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def check_batch(self, count: int, what: str = "inputs") -> None:
+        if count > self.max_batch:
+            raise LimitError(f"too many {what}: {count} > {self.max_batch} per request "
+                             f"(max_batch, {LIMIT_ENV['max_batch']})")
+
+    def check_texts(self, texts: list[str]) -> None:
+        self.check_batch(len(texts))
+        longest = max((len(t) for t in texts), default=0)
+        if longest > self.max_chars:
+            raise LimitError(f"input text too long: {longest} > {self.max_chars} characters per text "
+                             f"(max_chars, {LIMIT_ENV['max_chars']})")
+
+    def check_tokens(self, batch: int, length: int) -> None:
+        if batch * length > self.max_tokens:
+            raise LimitError(f"request too large: {batch} texts × {length} tokens = {batch * length} tokens "
+                             f"> {self.max_tokens} per request (max_tokens, {LIMIT_ENV['max_tokens']}): "
+                             "send fewer or shorter texts")
+
+    def check_elements(self, count: int) -> None:
+        if count > self.max_elements:
+            raise LimitError(f"request too large: {count} numbers > {self.max_elements} per request "
+                             f"(max_elements, {LIMIT_ENV['max_elements']})")
+
+
+def _limit(env_value: str | None, spec_value: Any, default: int, name: str) -> int:
+    """A positive integer limit: the environment wins, then the manifest, then the default."""
+    raw = env_value if env_value not in (None, "") else spec_value
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return value
+
+
+def row_elements(inputs: Any) -> int | None:
+    """Numbers in one row of every input together, when every non-batch dimension is fixed."""
+    total = 0
+    for spec in inputs:
+        dims = list(spec.shape[1:]) if spec.shape else []
+        if not all(isinstance(d, int) and d > 0 for d in dims):
+            return None
+        total += math.prod(dims)
+    return total
 
 
 def available_cpus() -> int:
@@ -83,7 +184,7 @@ class LoadedModel:
         self.input_types = {i.name: _NUMPY_DTYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.kind: str = self.spec["kind"]
-        self.max_batch: int = int(self.spec.get("max_batch", 64))
+        self.max_batch: int = int(self.spec.get("max_batch", DEFAULT_MAX_BATCH))
         self.tokenizer = None
         if self.kind == "text":
             from tokenizers import Tokenizer
@@ -127,9 +228,21 @@ class LoadedModel:
         values = self.session.run(None, feeds)
         return dict(zip(self.output_names, values))
 
-    def predict_texts(self, texts: list[str]) -> dict[str, Any]:
-        """`{"embeddings": [...]}` for feature extraction, `{"labels", "scores"}` for classification."""
+    def limits(self, environ: Mapping[str, str] | None = None) -> RequestLimits:
+        """The request limits the manifest (or the environment) sets for this model."""
+        return RequestLimits.from_spec(self.spec, environ, row_elements(self.session.get_inputs()))
+
+    def predict_texts(self, texts: list[str], limits: RequestLimits | None = None) -> dict[str, Any]:
+        """`{"embeddings": [...]}` for feature extraction, `{"labels", "scores"}` for classification.
+
+        With `limits` (the handler's), the padded batch is refused before the model runs when it is
+        over the token budget; slimserve's own evaluation passes none."""
+        if limits is not None:
+            limits.check_texts(texts)
         feeds = self.encode(texts)
+        if limits is not None and feeds:
+            batch, length = next(iter(feeds.values())).shape[:2]
+            limits.check_tokens(int(batch), int(length))
         primary = self.postprocess(self.run(feeds), feeds)
         if self.spec["task"] == "text-classification":
             logits = primary - primary.max(axis=-1, keepdims=True)
@@ -140,8 +253,12 @@ class LoadedModel:
         return {"embeddings": primary.tolist()}
 
     # -- tensor models -------------------------------------------------------------------------
-    def predict_tensors(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """`{"outputs": {name: nested lists}}` for models that take named arrays."""
+    def predict_tensors(self, inputs: dict[str, Any], limits: RequestLimits | None = None) -> dict[str, Any]:
+        """`{"outputs": {name: nested lists}}` for models that take named arrays (within `limits` if given)."""
+        if limits is not None:
+            for name, value in inputs.items():
+                if isinstance(value, list):
+                    limits.check_batch(len(value), f"rows in input {name!r}")
         missing = sorted(set(self.input_types) - set(inputs))
         if missing:
             raise InputError(f"missing inputs: {', '.join(missing)} (model takes {', '.join(self.input_types)})")
@@ -150,10 +267,12 @@ class LoadedModel:
             try:
                 with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values are checked below
                     feeds[name] = np.asarray(inputs[name], dtype=dtype)
-            except (TypeError, ValueError, OverflowError) as exc:
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
                 raise InputError(f"input {name!r} is not a numeric array: {exc}") from None
             if feeds[name].dtype.kind == "f" and not np.isfinite(feeds[name]).all():
                 raise InputError(f"input {name!r} holds NaN or infinity (or a number too large for {feeds[name].dtype})")
+        if limits is not None:
+            limits.check_elements(sum(int(v.size) for v in feeds.values()))
         try:
             outputs = self.run(feeds)
         except _CALLER_ERRORS as exc:  # wrong shapes or ranks surface as these; anything else is a 500

@@ -1,0 +1,111 @@
+"""Request limits and malformed bodies: each limit is a 413 naming it (direct calls an `{"error"}`),
+malformed JSON is a 400 on both fronts with nothing logged, and limits come from the manifest or env."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from slimserve.runtime import RUNTIME_DIR
+from slimserve.runtime.model_runtime import CHARS_PER_TOKEN, DEFAULT_MAX_TOKENS, RequestLimits
+from tests.helpers_lambda import tensor_model_dir, text_model_dir
+from tests.test_handler import http, load_handler
+
+DEEP = "[" * 100_000 + "]" * 100_000
+HUGE_INT = '{"inputs": [' + "9" * 5000 + "]}"
+
+
+def test_limits_default_from_the_manifest_and_yield_to_the_environment() -> None:
+    spec = {"kind": "text", "max_length": 256, "max_batch": 32}
+    limits = RequestLimits.from_spec(spec, environ={})
+    assert limits == RequestLimits(max_batch=32, max_chars=256 * CHARS_PER_TOKEN, max_tokens=DEFAULT_MAX_TOKENS,
+                                   max_elements=1 << 20)
+    recorded = RequestLimits.from_spec({**spec, "max_chars": 500, "max_tokens": 1000}, environ={})
+    assert (recorded.max_chars, recorded.max_tokens) == (500, 1000)
+    env = {"SLIMSERVE_MAX_TOKENS": "64", "SLIMSERVE_MAX_BATCH": "2", "SLIMSERVE_MAX_TEXT_CHARS": ""}
+    assert RequestLimits.from_spec(spec, environ=env) == RequestLimits(2, 256 * CHARS_PER_TOKEN, 64, 1 << 20)
+    assert RequestLimits.from_spec({"kind": "tensor"}, environ={}, row_elements=3 << 20).max_elements == 3 << 20
+    with pytest.raises(ValueError, match="SLIMSERVE_MAX_TOKENS must be a positive integer"):
+        RequestLimits.from_spec(spec, environ={"SLIMSERVE_MAX_TOKENS": "0"})
+
+
+@pytest.fixture
+def small_budget_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The tiny text model (max_length 16, max_batch 4) with a 20-token budget per request."""
+    monkeypatch.setenv("SLIMSERVE_MAX_TOKENS", "20")
+    return load_handler(text_model_dir(tmp_path / "text", max_batch=4, max_chars=200), monkeypatch)
+
+
+def test_token_budget_counts_the_padded_batch_after_truncation(small_budget_text: ModuleType) -> None:
+    long = " ".join(["hello"] * 20)  # 20 words, truncated to 16 tokens
+    assert small_budget_text.handler(http({"inputs": [long]}), None)["statusCode"] == 200  # 1 × 16
+    assert small_budget_text.handler(http({"inputs": ["hello world"] * 4}), None)["statusCode"] == 200  # 4 × 2
+    resp = small_budget_text.handler(http({"inputs": [long, "hello"]}), None)  # padded: 2 × 16 = 32 > 20
+    assert resp["statusCode"] == 413, resp
+    error = json.loads(resp["body"])["error"]
+    assert "2 texts × 16 tokens = 32 tokens > 20" in error and "SLIMSERVE_MAX_TOKENS" in error
+    direct = small_budget_text.handler({"inputs": [long, "hello"]}, None)
+    assert set(direct) == {"error"} and "max_tokens" in direct["error"]
+
+
+def test_tensor_elements_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLIMSERVE_MAX_ELEMENTS", "40")
+    handler = load_handler(tensor_model_dir(tmp_path / "tensor", max_batch=8), monkeypatch)
+    assert handler.handler(http({"inputs": {"x": [[0.0] * 16] * 2}}), None)["statusCode"] == 200
+    resp = handler.handler(http({"inputs": {"x": [[0.0] * 16] * 3}}), None)
+    assert resp["statusCode"] == 413 and "48 numbers > 40" in json.loads(resp["body"])["error"]
+    assert "SLIMSERVE_MAX_ELEMENTS" in handler.handler({"inputs": {"x": [[0.0] * 16] * 3}}, None)["error"]
+
+
+def test_health_reports_the_limits(small_budget_text: ModuleType) -> None:
+    resp = small_budget_text.handler({"rawPath": "/health", "requestContext": {"http": {"method": "GET"}}}, None)
+    assert json.loads(resp["body"])["limits"] == {"max_batch": 4, "max_chars": 200, "max_tokens": 20,
+                                                  "max_elements": 1 << 20}
+
+
+@pytest.mark.parametrize("body", [DEEP, HUGE_INT, '{"inputs": ' + "[" * 5000 + "]" * 5000 + "}"],
+                         ids=["deep-nesting", "huge-int", "deep-inputs"])
+def test_malformed_json_is_a_400_on_lambda_without_a_logged_traceback(
+        small_budget_text: ModuleType, body: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="slimserve"):
+        resp = small_budget_text.handler(http(body, raw=True), None)
+    assert resp["statusCode"] == 400, resp
+    assert json.loads(resp["body"])["error"].startswith(("request body is not valid JSON", '"inputs" must be'))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+@pytest.fixture
+def container_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("SLIMSERVE_MODEL_DIR", str(tensor_model_dir(tmp_path / "tensor", max_batch=8)))
+    monkeypatch.syspath_prepend(str(RUNTIME_DIR))
+    for name in ("http_app", "lambda_handler"):
+        sys.modules.pop(name, None)
+    yield importlib.import_module("http_app").app
+    for name in ("http_app", "lambda_handler"):
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("body", [DEEP, HUGE_INT], ids=["deep-nesting", "huge-int"])
+def test_malformed_json_is_a_400_in_the_container_without_a_logged_traceback(
+        container_app: Any, body: str, caplog: pytest.LogCaptureFixture) -> None:
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        seen["status"] = status
+
+    data = body.encode()
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/predict", "CONTENT_LENGTH": str(len(data)),
+               "wsgi.input": io.BytesIO(data)}
+    with caplog.at_level(logging.DEBUG, logger="slimserve"):
+        answer = json.loads(b"".join(container_app(environ, start_response)))
+    assert seen["status"].startswith("400") and "not valid JSON" in answer["error"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
