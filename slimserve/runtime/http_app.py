@@ -1,72 +1,218 @@
-"""HTTP front for container platforms (Cloud Run, Azure Container Apps): a WSGI app plus its server.
+"""HTTP front for container platforms (Cloud Run, ECS, Azure Container Apps): a WSGI app plus its server.
 
 Shipped as-is inside container images beside `lambda_handler.py`, `model_runtime.py` and the model
-folder. Requests go through `lambda_handler.handler` as API-Gateway-style events, so validation, limits
-and answers are exactly the Lambda ones (one implementation). Imports only the standard library, the
-shipped runtime and (when present) `waitress`, a small pure-Python WSGI server with a thread pool.
-The model loads once, at import; requests reuse the session.
+folder. Routing, validation, limits and answers are `lambda_handler`'s (`ROUTES`, `respond`): one
+implementation for both fronts. Imports only the standard library, the shipped runtime and (when present)
+`waitress`, a small pure-Python WSGI server with a thread pool. The model loads once, at import.
 
-    POST /            {"inputs": ["text", ...]}        -> {"embeddings": [...]} or {"labels", "scores"}
-    POST /            {"inputs": {name: nested lists}}  -> {"outputs": {...}}   (tensor models)
-    GET  /health      -> {"status": "ok", "task": ...}
+    POST /, /predict, /invocations   {"inputs": [...]}  -> the prediction (see lambda_handler)
+    GET  /, /health, /healthz        -> {"status": "ok", "task": ..., "limits": {...}}
+    anything else                    -> 404, or 405 with Allow on a known path
 
-Bad requests get a 400 with {"error": message}; the server never crashes on input.
-Run: `python http_app.py` serves on 0.0.0.0:$PORT (8080 when unset), as Cloud Run expects.
+Bad requests get a 400 with {"error": message}, requests over a limit a 413 naming it; the server never
+crashes on input. Run: `python http_app.py` serves on 0.0.0.0:$PORT (8080 when unset), as Cloud Run expects.
+
+Server settings, chosen so that slow or stalled clients cannot starve real requests or the health check
+(waitress's defaults let 100 half-open connections stop it accepting for two minutes). Each has a variable:
+  SLIMSERVE_CONNECTION_LIMIT  1000  open connections; poll() instead of select() so more than 1,024 work,
+                                    and never above the open-files limit (raised to its hard limit) - 64
+  SLIMSERVE_CHANNEL_TIMEOUT_S 75    a connection without a complete request is closed after this idle time
+                                    (above AWS ALB's 60 s keep-alive, so a balancer never reuses a closed one)
+  cleanup_interval            5 s   how often idle connections are looked for
+  SLIMSERVE_MAX_BODY_BYTES    6 MiB request body (Lambda's payload limit); larger is a 413 before it is read
+  max_request_header_size     64 KiB
+  SLIMSERVE_THREADS           16    worker threads; two are kept for health checks and errors: at most
+                                    threads - 2 predictions wait or run, more get a 503 with Retry-After
+  SLIMSERVE_CONCURRENCY       1     predictions running at once (each already uses every CPU through
+                                    onnxruntime's threads; the memory `check` measured is for one)
+  backlog                     2048  pending connections the kernel queues while all slots are busy
+Graceful shutdown: on SIGTERM (Cloud Run and ECS send it before stopping an instance) the server stops
+listening, answers every request it has received (with `Connection: close`), closes idle connections and
+exits 0 once they are done or after SLIMSERVE_GRACE_S seconds (default 10), whichever comes first.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import sys
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lambda_handler
-from model_runtime import available_cpus
-
-MAX_BODY_BYTES = int(os.environ.get("SLIMSERVE_MAX_BODY_BYTES", str(6 * 1024 * 1024)))
+from model_runtime import InputError, LimitError
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large",
-            500: "Internal Server Error"}
-_HEALTH = ("/", "/health", "/healthz")
-_PREDICT = ("/", "/predict", "/invocations")
+            500: "Internal Server Error", 503: "Service Unavailable"}
+HEALTH_THREADS = 2  # worker threads predictions may never take, so health checks are answered while busy
+
+
+def _env_number(name: str, default: float, environ: Mapping[str, str] | None = None) -> float:
+    raw = (os.environ if environ is None else environ).get(name, "")
+    try:
+        value = float(raw) if raw.strip() else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+MAX_BODY_BYTES = int(_env_number("SLIMSERVE_MAX_BODY_BYTES", 6 * 1024 * 1024))
+THREADS = max(HEALTH_THREADS + 1, int(_env_number("SLIMSERVE_THREADS", 16)))
+CONCURRENCY = int(_env_number("SLIMSERVE_CONCURRENCY", 1))
+GRACE_S = _env_number("SLIMSERVE_GRACE_S", 10.0)
+_SLOTS = threading.BoundedSemaphore(THREADS - HEALTH_THREADS)  # predictions waiting or running
+_RUNNING = threading.BoundedSemaphore(CONCURRENCY)  # predictions running
+_DRAINING = threading.Event()  # set on SIGTERM: answers then close their connection
 
 
 def _reply(start_response: StartResponse, status: int, body: str,
-           extra: list[tuple[str, str]] | None = None) -> list[bytes]:
+           extra: Iterable[tuple[str, str]] = ()) -> list[bytes]:
     data = body.encode("utf-8")
-    start_response(f"{status} {_REASONS.get(status, 'Error')}",
-                    [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *(extra or [])])
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *extra]
+    if _DRAINING.is_set():
+        headers.append(("Connection", "close"))
+    start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
     return [data]
 
 
-def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-    """WSGI front of `lambda_handler.handler`: one place validates requests and runs the model."""
-    method = environ.get("REQUEST_METHOD", "GET")
-    path = environ.get("PATH_INFO", "/")
-    if method == "GET" and path in _HEALTH:
-        return _reply(start_response, 200, json.dumps({"status": "ok", "task": lambda_handler.MODEL.spec.get("task")}))
-    if path not in _HEALTH + _PREDICT:
-        return _reply(start_response, 404, json.dumps({"error": f"no route for {path}"}))
-    if method != "POST":  # a known path with the wrong method (RFC 9110 section 15.5.6: 405 with Allow)
-        allow = "GET, POST" if path == "/" else ("GET" if path in _HEALTH else "POST")
-        return _reply(start_response, 405, json.dumps({"error": f"{method} is not allowed on {path} (use {allow})"}),
-                      [("Allow", allow)])
+def _read_json(environ: dict[str, Any]) -> Any:
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
-        length = 0
+        raise InputError("Content-Length is not a number") from None
     if length > MAX_BODY_BYTES:
-        return _reply(start_response, 413, json.dumps({"error": f"request body over {MAX_BODY_BYTES} bytes"}))
+        raise LimitError(f"request body over {MAX_BODY_BYTES} bytes (SLIMSERVE_MAX_BODY_BYTES)")
     raw = environ["wsgi.input"].read(length) if length > 0 else b""
+    if not raw:
+        raise InputError('empty request body: POST a JSON object like {"inputs": [...]}')
     try:
-        body = raw.decode("utf-8")
+        return lambda_handler.parse_json(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        return _reply(start_response, 400, json.dumps({"error": "request body is not UTF-8"}))
-    answer = lambda_handler.handler({"httpMethod": method, "body": body, "isBase64Encoded": False})
-    return _reply(start_response, int(answer["statusCode"]), str(answer["body"]))
+        raise InputError("request body is not UTF-8") from None
+
+
+def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """WSGI front of `lambda_handler.respond`: the same routes, validation, limits and answers as Lambda."""
+    method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+    path = str(environ.get("PATH_INFO") or "/")
+    if lambda_handler.route(method, path).action != lambda_handler.PREDICT:
+        answer = lambda_handler.respond(method, path, lambda: None)
+    elif not _SLOTS.acquire(blocking=False):
+        return _reply(start_response, 503, json.dumps({"error": "busy: too many requests waiting, retry shortly"}),
+                      [("Retry-After", "1")])
+    else:
+        try:
+            with _RUNNING:
+                answer = lambda_handler.respond(method, path, lambda: _read_json(environ))
+        finally:
+            _SLOTS.release()
+    headers = answer.get("headers") or {}
+    extra = [("Allow", headers["allow"])] if "allow" in headers else []
+    return _reply(start_response, int(answer["statusCode"]), str(answer["body"]), extra)
+
+
+def connection_limit(wanted: int) -> int:
+    """`wanted`, but below the open-files limit (raised to its hard maximum when allowed): each connection
+    is a file descriptor, and running out of them fails accept() for everyone, health checks included."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, int(soft) - 64))
+
+
+def server_settings(host: str, port: int, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """waitress options, every one set on purpose (see the module docstring for why each value)."""
+    return {
+        "host": host, "port": port, "ident": "slimserve", "threads": THREADS,
+        "connection_limit": connection_limit(int(_env_number("SLIMSERVE_CONNECTION_LIMIT", 1000, environ))),
+        "channel_timeout": int(_env_number("SLIMSERVE_CHANNEL_TIMEOUT_S", 75, environ)),
+        "cleanup_interval": 5,
+        "max_request_header_size": 64 * 1024,
+        "max_request_body_size": MAX_BODY_BYTES,
+        "backlog": 2048,
+        "asyncore_use_poll": True,  # select() cannot watch descriptors above 1,023
+    }
+
+
+def _busy(channel: Any) -> bool:
+    """A connection with a received request not yet fully answered."""
+    return bool(channel.requests) or bool(channel.total_outbufs_len)
+
+
+def _drain(server: Any, grace_s: float, loop: Callable[[float], None], stop_listening: Callable[[], None]) -> bool:
+    """Stop listening, let received requests finish (up to `grace_s`), close idle connections.
+    True when every request was answered in time."""
+    _DRAINING.set()
+    server.accepting = False
+    stop_listening()
+    deadline = time.monotonic() + grace_s
+    while True:
+        busy = False
+        for channel in list(server.active_channels.values()):
+            if _busy(channel):
+                busy = True
+            else:
+                channel.handle_close()
+        if not busy:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        loop(0.05)
+
+
+def _serve_waitress(waitress: Any, host: str, port: int) -> None:
+    from waitress import wasyncore
+
+    server = waitress.create_server(app, **server_settings(host, port))
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def loop(timeout: float) -> None:
+        wasyncore.loop(timeout=timeout, map=server._map, use_poll=True, count=1)
+
+    print(f"serving on {server.effective_host}:{server.effective_port} (waitress)", file=sys.stderr, flush=True)
+    while not stop.is_set():
+        loop(0.2)
+    print(f"SIGTERM: draining for up to {GRACE_S:g} s", file=sys.stderr, flush=True)
+    # wasyncore.dispatcher.close closes the listening socket only (the server's own close() also closes the
+    # trigger that worker threads pull when a response is ready)
+    finished = _drain(server, GRACE_S, loop, lambda: wasyncore.dispatcher.close(server))
+    server.task_dispatcher.shutdown(cancel_pending=True, timeout=0.5 if finished else 0)
+    print("stopped" if finished else f"stopped after {GRACE_S:g} s with requests unfinished",
+          file=sys.stderr, flush=True)
+    if not finished:  # worker threads are still inside the model: do not wait for them at interpreter exit
+        os._exit(0)
+
+
+def _serve_wsgiref(host: str, port: int) -> None:
+    """The fallback for local runs without waitress: threads, no limits, no graceful shutdown."""
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIServer, make_server
+
+    class _Threading(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    server = make_server(host, port, app, server_class=_Threading)
+    print(f"serving on {host}:{server.server_port} (wsgiref; waitress not installed)", file=sys.stderr, flush=True)
+    server.serve_forever()
 
 
 def serve(port: int | None = None, host: str = "0.0.0.0") -> None:
@@ -74,17 +220,9 @@ def serve(port: int | None = None, host: str = "0.0.0.0") -> None:
     try:
         import waitress
     except ImportError:  # the image ships waitress; this fallback keeps local runs dependency-free
-        from socketserver import ThreadingMixIn
-        from wsgiref.simple_server import WSGIServer, make_server
-
-        class _Threading(ThreadingMixIn, WSGIServer):
-            daemon_threads = True
-
-        print(f"serving on {host}:{port} (wsgiref; waitress not installed)", file=sys.stderr, flush=True)
-        make_server(host, port, app, server_class=_Threading).serve_forever()
+        _serve_wsgiref(host, port)
         return
-    print(f"serving on {host}:{port} (waitress)", file=sys.stderr, flush=True)
-    waitress.serve(app, host=host, port=port, threads=max(2, available_cpus() * 2), ident="slimserve")
+    _serve_waitress(waitress, host, port)
 
 
 if __name__ == "__main__":
