@@ -13,9 +13,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
+
+from slimserve.packagers.model_check import check_model
 
 from slimserve.bundle import ModelBundle
 from slimserve.manifest import MANIFEST_NAME
@@ -45,8 +48,14 @@ def split_weights(model_path: Path) -> tuple[bytes, bytes]:
 
 
 def model_entries(bundle: ModelBundle) -> dict[str, Source]:
-    """Relative name -> source for the deployed model folder, manifest included (always last written)."""
-    manifest: dict[str, Any] = copy.deepcopy(bundle.manifest)
+    """Relative name -> source for the deployed model folder, manifest included (always last written).
+
+    Everything that ships passes here, so the model is checked here too (`check_model`; once per process,
+    so the packagers' earlier call, made before the closure is built, costs nothing twice), and the manifest
+    is the shipped one (`shipped_manifest`: no host path).
+    """
+    check_model(bundle)
+    manifest = shipped_manifest(bundle.manifest)
     model_rel = bundle.model_path.relative_to(bundle.root).as_posix()
     entries: dict[str, Source] = {rel: bundle.root / rel for rel in bundle.files}
     if not manifest["model"].get("external_data"):
@@ -64,3 +73,39 @@ def model_entries(bundle: ModelBundle) -> dict[str, Source]:
             }
     entries[MANIFEST_NAME] = (json.dumps(manifest, indent=2) + "\n").encode()
     return entries
+
+
+# Manifest fields that name a file on the build machine (the source model, the --eval file).
+_HOST_PATH_FIELDS = (("source", "path"), ("fidelity", "eval_source"))
+_ABSOLUTE = re.compile(r"^(/|[A-Za-z]:[\\/]|\\\\)")
+
+
+def shipped_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a bundle's manifest with no path of the build machine in it.
+
+    The source is identified by its sha256 and basename (`source.path` keeps only the file or folder
+    name); any other value that is an absolute path (a bare .onnx's folder, an --eval file) becomes its
+    basename too. Packagers extend the result with in-image paths (/var/task, /opt/python): those are
+    added after this and are the artifact's own, not the host's.
+    """
+    clean = copy.deepcopy(manifest)
+    for section, key in _HOST_PATH_FIELDS:
+        value = (clean.get(section) or {}).get(key) if isinstance(clean.get(section), dict) else None
+        if isinstance(value, str) and ("/" in value or "\\" in value):  # a torch factory `mod:fn` has neither
+            clean[section][key] = _basename(value)
+    scrubbed: dict[str, Any] = _scrub(clean)
+    return scrubbed
+
+
+def _basename(value: str) -> str:
+    return PureWindowsPath(value).name if "\\" in value else PurePosixPath(value.rstrip("/")).name
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    if isinstance(value, str) and _ABSOLUTE.match(value):
+        return _basename(value)
+    return value
