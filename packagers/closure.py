@@ -6,6 +6,16 @@ interpreter (unchecked-hash .pyc: Lambda's read-only filesystem cannot write a c
 `*.dist-info/RECORD` to list exactly the shipped files, smoke-tests it (import + one inference in a fresh
 `-I -S` interpreter that sees only the closure), and caches it under a key made of all of the above.
 
+Bytecode records the path the closure has where it runs (`prefix`: /opt/python in a Lambda layer,
+/var/task or /app/packages in an image), never the build folder: a traceback names the deployed file, and
+no byte of the artifact depends on where the cache lives. A closure is therefore built per prefix (the
+prefix is part of the cache key). The alternative, one closure with a prefix-less relative name compiled
+in, would make tracebacks name files that exist nowhere; compiling costs seconds, so correctness wins.
+
+Same input, same bytes: nothing the build host chooses reaches the files (the build folder's name is
+random, and TMPDIR, umask and cache location vary). Modes are set from the wheel, never the umask, and
+the archives set modes by name anyway (reproducible.py).
+
 Cache root: `$SLIMSERVE_CACHE/closures`, else `$XDG_CACHE_HOME/slimserve/closures`, else
 `~/.cache/slimserve/closures`. The cache is rebuildable: deleting it only costs a rebuild.
 """
@@ -33,7 +43,9 @@ from slimserve.errors import ToolError, first_line
 from slimserve.progress import NULL_PROGRESS, Progress
 
 # Bump when the layout or the slimming rules change, so cached closures are rebuilt.
-CLOSURE_FORMAT = 6
+CLOSURE_FORMAT = 7
+# Where the closure sits in a Lambda layer (layers extract to /opt; /opt/python is on the runtime's path).
+LAYER_PREFIX = "/opt/python"
 # Ship sourceless bytecode (legacy `mod.pyc` beside where `mod.py` was). Measured on the 3.12 text layer
 # (benchmarks/results/lambda_layer.md): import of numpy+onnxruntime+tokenizers takes ~400 ms from sources
 # without usable bytecode, ~190 ms with .pyc, and the same ~190 ms whether or not the .py files are kept
@@ -65,22 +77,28 @@ def strip_tool(target: Target) -> str | None:
     return (proc.stdout.splitlines() or ["strip"])[0].strip()
 
 
-def closure_key(target: Target, text: bool, pins: tuple[Pin, ...], compiler: str | None) -> str:
+def closure_key(target: Target, text: bool, pins: tuple[Pin, ...], compiler: str | None,
+                prefix: str = LAYER_PREFIX) -> str:
     material = json.dumps({"format": CLOSURE_FORMAT, "python": target.python, "arch": target.arch,
                            "text": text, "pins": [str(p) for p in pins], "bytecode": compiler,
-                           "sources": KEEP_SOURCES, "strip": strip_tool(target)}, sort_keys=True)
+                           "sources": KEEP_SOURCES, "strip": strip_tool(target), "prefix": prefix}, sort_keys=True)
     digest = hashlib.sha256(material.encode()).hexdigest()[:16]
     return f"{target.key}-{'text' if text else 'tensor'}-{digest}"
 
 
 def build_closure(target: Target, text: bool, cache_dir: Path | None = None,
-                  progress: Progress = NULL_PROGRESS) -> Path:
-    """The site-packages folder for `target` (cached); inference imports need nothing else."""
+                  progress: Progress = NULL_PROGRESS, prefix: str = LAYER_PREFIX) -> Path:
+    """The site-packages folder for `target` (cached); inference imports need nothing else.
+
+    `prefix` is the absolute path the folder will have where it runs (its bytecode records it).
+    """
+    if not prefix.startswith("/"):
+        raise ValueError(f"closure prefix must be absolute, got {prefix!r}")
     pins = read_pins(target, text)
     python = find_python(target.python)
     compiler = _interpreter_version(python) if python else None
     root = Path(cache_dir) if cache_dir is not None else cache_root()
-    final = root / closure_key(target, text, pins, compiler)
+    final = root / closure_key(target, text, pins, compiler, prefix)
     if (final / INFO_NAME).is_file() and (final / "site").is_dir():
         return final / "site"
     root.mkdir(parents=True, exist_ok=True)
@@ -99,7 +117,7 @@ def build_closure(target: Target, text: bool, cache_dir: Path | None = None,
             stripped = strip_native(site) if strip_tool(target) else 0
             stage.advance()
             if python is not None:
-                _compile(python, site)
+                _compile(python, site, prefix)
             stage.advance()
             _rewrite_records(site)
             if python is not None and _native_arch_matches(target):
@@ -108,7 +126,8 @@ def build_closure(target: Target, text: bool, cache_dir: Path | None = None,
         info = {"format": CLOSURE_FORMAT, "target": {"python": target.python, "arch": target.arch},
                 "text": text, "pins": [str(p) for p in pins], "wheels": [w.name for w in wheels],
                 "bytecode": compiler or "none: no python" + target.python + " on this machine",
-                "sources": KEEP_SOURCES, "trimmed_bytes": trimmed, "stripped_bytes": stripped, "strip": strip_tool(target), "pins_file": PINS_FILE.name}
+                "sources": KEEP_SOURCES, "trimmed_bytes": trimmed, "stripped_bytes": stripped, "strip": strip_tool(target), "pins_file": PINS_FILE.name,
+                "prefix": prefix}
         (staging / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         try:
             os.replace(staging, final)
@@ -133,9 +152,13 @@ def _interpreter_version(python: Path) -> str:
     return f"CPython {out.stdout.strip() or '?'}"
 
 
-def _compile(python: Path, site: Path) -> None:
-    """Unchecked-hash bytecode for the target version; legacy (sourceless) layout when sources are dropped."""
-    cmd = [str(python), "-I", "-S", "-m", "compileall", "-q", "-j", "0",
+def _compile(python: Path, site: Path, prefix: str) -> None:
+    """Unchecked-hash bytecode for the target version; legacy (sourceless) layout when sources are dropped.
+
+    `-d prefix`: the file name compiled into every code object (`co_filename`, what tracebacks show) is
+    the path in the artifact, not the build folder's (which is random, and a host path).
+    """
+    cmd = [str(python), "-I", "-S", "-m", "compileall", "-q", "-j", "0", "-d", prefix,
            "--invalidation-mode", "unchecked-hash", str(site)]
     if not KEEP_SOURCES:
         cmd.insert(-1, "-b")

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from slimserve.packagers.model_files import model_entries
+from slimserve.packagers.model_check import check_model
+from slimserve.packagers.model_files import model_entries, shipped_manifest
 from slimserve.packagers.oci import layout
 from slimserve.packagers.oci.digest import Digest
 from slimserve.packagers.oci.image import (
@@ -391,17 +392,20 @@ def package_container(
     `closure` overrides the runtime closure folder (default: `build_closure(target, bundle.is_text)`).
     A failure at any point (registry, build, push) leaves a previous OUT untouched and no partial one.
     """
+    push_to = Reference.parse(push_ref) if push_ref else None  # credentials in it are refused before any work
     spec = platform_spec(platform)
     base_ref = base_ref or default_base(platform, target)
+    if not base_ref.startswith("oci:"):
+        Reference.parse(base_ref)
     plat = oci_platform(target)
     engine = _resolve_engine(engine)
     client = client or RegistryClient(insecure=frozenset(insecure_registries))
-    push_to = Reference.parse(push_ref) if push_ref else None
     epoch = source_date_epoch()
+    check_model(bundle)
     if closure is None:
         from slimserve.packagers.closure import build_closure
 
-        closure = build_closure(target, bundle.is_text, progress=progress)
+        closure = build_closure(target, bundle.is_text, progress=progress, prefix="/" + spec.packages_dir.strip("/"))
     entries = role_entries(bundle, spec, closure, _server_site(target, spec))
 
     with atomic_dir(Path(out), inputs=[bundle.model_path]) as stage:
@@ -438,7 +442,7 @@ def package_container(
                 pushed = client.push(image, push_to, chunk_size=chunk_size, mount_from=mount,
                                      on_blob=lambda d, s: handle.advance())
         facts = _image_facts(image, base_layers)
-        manifest = dict(bundle.manifest)
+        manifest = shipped_manifest(bundle.manifest)
         package: dict[str, Any] = {
             "target": "container", "platform": spec.name, "python": target.python, "arch": target.arch,
             "engine": engine,
@@ -486,10 +490,11 @@ def container_image_size(
     if isinstance(base_layout_or_ref, Path) or (not ref.startswith("oci:") and Path(ref).is_dir()):
         ref = f"oci:{ref}"
     client = client or RegistryClient(insecure=frozenset(insecure_registries))
+    check_model(bundle)
     if closure is None:
         from slimserve.packagers.closure import build_closure
 
-        closure = build_closure(target, bundle.is_text)
+        closure = build_closure(target, bundle.is_text, prefix="/" + spec.packages_dir.strip("/"))
     entries = role_entries(bundle, spec, closure, _server_site(target, spec))
     base = fetch_base(ref, oci_platform(target), client)
     with tempfile.TemporaryDirectory(prefix="slimserve-image-") as tmp:
