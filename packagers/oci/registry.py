@@ -3,8 +3,14 @@
 - References: `[host[:port]/]repo[:tag][@sha256:...]`; no host means Docker Hub (`library/` for one-word names).
 - Transport: https always, plain http only for hosts the caller lists as insecure (`--insecure-registry`).
 - Auth: anonymous first; on a 401 challenge, a bearer token from the realm (with basic credentials when
-  the Docker config has them) or basic auth. Credentials come from `$DOCKER_CONFIG/config.json` or
-  `~/.docker/config.json` (`auths`; credential helpers are not run).
+  some are stored) or basic auth. Credentials are looked up where crane, skopeo, podman and docker keep
+  them, first match wins: `$REGISTRY_AUTH_FILE` (skopeo/podman's auth.json), the Docker config
+  (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`), then podman's defaults
+  (`$XDG_RUNTIME_DIR/containers/auth.json`, `~/.config/containers/auth.json`). In each file:
+  `credHelpers[host]`, else `auths[host]` (`auth` = base64 user:password, or `username`/`password`), else
+  `credsStore`; a helper is run as `docker-credential-<name> get`, as docker does. Credentials inside a
+  reference (`user:pass@host/repo`) are refused, and never echoed: they would end up in shell history,
+  logs and error lines.
 - Pull: image indexes / manifest lists are resolved to the requested platform; blobs are verified
   against their digests and cached by digest (`$XDG_CACHE_HOME/slimserve/blobs`).
 - Push: blobs the registry already has (HEAD) are skipped, same-registry base layers are mounted, the
@@ -20,7 +26,9 @@ import base64
 import json
 import os
 import re
+import shutil
 import ssl
+import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -61,6 +69,7 @@ class Reference:
     @classmethod
     def parse(cls, text: str) -> Reference:
         text = text.strip()
+        _refuse_credentials(text)
         host, _, rest = text.partition("/")
         if rest and ("." in host or ":" in host or host == "localhost"):
             registry, remainder = host, rest
@@ -99,7 +108,23 @@ class Reference:
         return out
 
 
-# -- credentials from the Docker config -----------------------------------------------------------------
+_DIGEST_SUFFIX = re.compile(r"@[a-z0-9]+(?:[+._-][a-z0-9]+)*:[A-Za-z0-9=_-]+$")
+
+
+def _refuse_credentials(text: str) -> None:
+    """`user:password@host/repo` (or any `@` outside a trailing `@sha256:...`): refused, never echoed."""
+    if "://" in text:
+        raise SlimserveError("an image reference has no URL scheme: write HOST[:PORT]/REPO[:TAG]",
+                             hint="drop the http:// or https:// prefix (use --insecure-registry for plain HTTP)")
+    name = _DIGEST_SUFFIX.sub("", text)
+    if "@" in name:  # nothing of the reference is echoed: which side of the `@` is the secret is a guess
+        raise SlimserveError("image references cannot carry credentials (an `@` outside a trailing "
+                             "@sha256:<digest>); the reference is not repeated here",
+                             hint="log in instead (`docker login HOST` or `skopeo login HOST`); see the "
+                                  "README's registry credentials section")
+
+
+# -- credentials: Docker config, skopeo/podman auth.json, credential helpers -----------------------------
 def _normalise_host(key: str) -> str:
     host = re.sub(r"^https?://", "", key).split("/", 1)[0]
     return DOCKER_HUB if host in ("index.docker.io", DOCKER_HUB_API, DOCKER_HUB) else host
@@ -110,17 +135,46 @@ def docker_config_path() -> Path:
     return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
 
 
+def auth_files() -> list[Path]:
+    """The credential files consulted, in order (see the module docstring)."""
+    files = [Path(os.environ["REGISTRY_AUTH_FILE"])] if os.environ.get("REGISTRY_AUTH_FILE") else []
+    files.append(docker_config_path())
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        files.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
+    files.append(Path.home() / ".config" / "containers" / "auth.json")
+    return files
+
+
 def basic_credentials(registry: str, config_path: Path | None = None) -> tuple[str, str] | None:
-    """(user, password) for `registry` from the Docker config's `auths`, or None."""
-    path = config_path or docker_config_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise SlimserveError(f"cannot read Docker credentials from {path}: {exc}") from None
-    for key, entry in (data.get("auths") or {}).items():
-        if _normalise_host(key) != _normalise_host(registry) or not isinstance(entry, dict):
+    """(user, password) for `registry` from the first credential file that has them, or None.
+
+    `config_path` names one file to read instead of the usual places (tests, `RegistryClient(config_path=)`).
+    """
+    for path in [config_path] if config_path else auth_files():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            raise SlimserveError(f"cannot read registry credentials from {path}: {first_line(exc)}") from None
+        if not isinstance(data, dict):
+            raise SlimserveError(f"{path} is not a Docker config or auth.json (not a JSON object)")
+        found = _file_credentials(data, registry, path)
+        if found is not None:
+            return found
+    return None
+
+
+def _file_credentials(data: dict[str, Any], registry: str, path: Path) -> tuple[str, str] | None:
+    """One file's answer, in docker's order: a per-host helper, an `auths` entry, the default store."""
+    host = _normalise_host(registry)
+    helpers = data.get("credHelpers") or {}
+    for key, helper in helpers.items() if isinstance(helpers, dict) else ():
+        if _normalise_host(key) == host:
+            return _run_helper(str(helper), key, path)
+    auths = data.get("auths") or {}
+    for key, entry in auths.items() if isinstance(auths, dict) else ():
+        if _normalise_host(key) != host or not isinstance(entry, dict):
             continue
         if entry.get("username") and entry.get("password"):
             return str(entry["username"]), str(entry["password"])
@@ -130,7 +184,37 @@ def basic_credentials(registry: str, config_path: Path | None = None) -> tuple[s
             except (ValueError, UnicodeDecodeError):
                 raise SlimserveError(f"{path}: the `auth` entry for {key} is not base64 user:password") from None
             return user, password
+    store = data.get("credsStore")
+    if isinstance(store, str) and store:
+        return _run_helper(store, "https://index.docker.io/v1/" if host == DOCKER_HUB else registry, path)
     return None
+
+
+def _run_helper(name: str, server: str, config: Path) -> tuple[str, str] | None:
+    """`docker-credential-<name> get` with the server on stdin (the docker credential helper protocol)."""
+    exe = shutil.which(f"docker-credential-{name}")
+    if exe is None:
+        raise SlimserveError(f"{config} says to get credentials for {server} from docker-credential-{name}, "
+                             "which is not on PATH", hint=f"install docker-credential-{name}, or edit {config}")
+    try:
+        proc = subprocess.run([exe, "get"], input=server, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ToolError(f"credential helper docker-credential-{name} failed: {first_line(exc)}") from None
+    if proc.returncode != 0:
+        if "not found" in (proc.stdout + proc.stderr).lower():  # the helpers' "credentials not found ..."
+            return None
+        raise ToolError(f"credential helper docker-credential-{name} failed for {server} "
+                        f"(exit {proc.returncode}): {first_line(proc.stderr or proc.stdout)}")
+    try:
+        answer = json.loads(proc.stdout)
+        user, secret = str(answer["Username"]), str(answer["Secret"])
+    except (ValueError, KeyError, TypeError):
+        raise ToolError(f"credential helper docker-credential-{name} answered something other than "
+                        "{\"Username\", \"Secret\"} JSON") from None
+    if user == "<token>":
+        raise SlimserveError(f"docker-credential-{name} holds an identity token for {server}, which slimserve "
+                             "does not exchange", hint="log in with a username and password or access token")
+    return user, secret
 
 
 def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -188,6 +272,7 @@ class RegistryClient:
     timeout: float = 60.0
     cache_dir: Path | None = None
     _tokens: dict[tuple[str, str], str] = field(default_factory=dict)
+    _credentials: dict[str, tuple[str, str] | None] = field(default_factory=dict)  # a helper runs once per host
     _opener: urllib.request.OpenerDirector = field(
         default_factory=lambda: urllib.request.build_opener(_NoRedirect(), urllib.request.HTTPSHandler(
             context=ssl.create_default_context())))
@@ -250,17 +335,23 @@ class RegistryClient:
             raise self._unauthorized(ref)
         return resp
 
+    def credentials(self, ref: Reference) -> tuple[str, str] | None:
+        if ref.registry not in self._credentials:
+            self._credentials[ref.registry] = basic_credentials(ref.registry, self.config_path)
+        return self._credentials[ref.registry]
+
     def _unauthorized(self, ref: Reference) -> ToolError:
-        have = basic_credentials(ref.registry, self.config_path) is not None
+        have = self.credentials(ref) is not None
         return ToolError(
             f"registry {ref.registry} answered 401 unauthorized for {ref.repository}"
             + (" (the stored credentials were refused)" if have else " (no credentials stored for it)"),
-            hint=f"run `docker login {ref.registry}` (slimserve reads {docker_config_path()})",
+            hint=f"run `docker login {ref.registry}` or `skopeo login {ref.registry}` (slimserve reads "
+                 "$REGISTRY_AUTH_FILE, the Docker config with its credential helpers, and podman's auth.json)",
         )
 
     def _authorize(self, ref: Reference, challenge: str, scopes: Sequence[str]) -> str:
         scheme, params = _parse_challenge(challenge)
-        creds = basic_credentials(ref.registry, self.config_path)
+        creds = self.credentials(ref)
         basic = "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode() if creds else None
         if scheme == "basic":
             if not basic:

@@ -43,13 +43,16 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
             fmt: str) -> int:
     """Package an optimize output folder (or a bare .onnx) for a serverless platform."""
     from slimserve.bundle import load_bundle
+    from slimserve.packagers.model_check import check_model
     from slimserve.packagers.target import Target
     from slimserve.ui import progress_for
 
     if kind == "lambda":
         _refuse_container_options(base_ref=base_ref, push=push_ref, insecure_registry=insecure)
+    _check_references(push_ref, base_ref)
     target = Target(python=python, arch=arch)
-    bundle = load_bundle(path)
+    bundle = load_bundle(path)  # every shipped file proven to be a regular file inside the model folder
+    check_model(bundle)  # loads in onnxruntime, even with --no-check: nothing is written for a hostile model
     with progress_for(sys.stderr) as progress:
         if kind == "container":
             options = {"base_ref": base_ref, "platform": platform, "push_ref": push_ref,
@@ -82,6 +85,15 @@ def _refuse_container_options(**given: Any) -> None:
         flags = ", ".join("--" + name.replace("_", "-") for name in explicit)
         verb = "applies" if len(explicit) == 1 else "apply"
         raise click.UsageError(f"{flags} {verb} only to --target container")
+
+
+def _check_references(*refs: str | None) -> None:
+    """Image references are parsed before any work: one with credentials in it is refused, never echoed."""
+    from slimserve.packagers.oci.registry import Reference
+
+    for ref in refs:
+        if ref and not ref.startswith("oci:"):
+            Reference.parse(ref)
 
 
 def _check(path: Path, python: str, arch: str, memory_mb: int | None, progress: Any) -> dict[str, Any]:
