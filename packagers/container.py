@@ -209,6 +209,14 @@ def fetch_base(base_ref: str, platform: Platform, client: RegistryClient) -> Pul
     return client.pull(Reference.parse(base_ref), platform)
 
 
+def recorded_base(base_ref: str) -> str:
+    """The base as written into outputs: a local layout by its folder name (its digest is recorded beside
+    it), never the build machine's path; a registry reference as given (it names no host file)."""
+    if base_ref.startswith("oci:"):
+        return "oci:" + Path(base_ref[4:].rstrip("/")).name
+    return base_ref
+
+
 def _check_base_python(base: Image, target: Target, base_ref: str) -> None:
     env = env_map((base.config.get("config") or {}).get("Env") or [])
     version = env.get("PYTHON_VERSION") or env.get("AWS_EXECUTION_ENV", "").removeprefix("AWS_Lambda_python")
@@ -420,7 +428,8 @@ def package_container(
                 _check_base_python(base.image, target, base_ref)
                 handle.advance()
             base_workdir = (base.image.config.get("config") or {}).get("WorkingDir")
-        (stage / "Dockerfile").write_text(_dockerfile(spec, base_ref, plat, base_workdir), encoding="utf-8")
+        (stage / "Dockerfile").write_text(_dockerfile(spec, recorded_base(base_ref), plat, base_workdir),
+                                          encoding="utf-8")
         if base is not None:
             with progress.stage("image layers", total=1) as handle:
                 with tempfile.TemporaryDirectory(dir=stage) as tmp:
@@ -446,7 +455,7 @@ def package_container(
         package: dict[str, Any] = {
             "target": "container", "platform": spec.name, "python": target.python, "arch": target.arch,
             "engine": engine,
-            "base": {"ref": base_ref,
+            "base": {"ref": recorded_base(base_ref),
                      "manifest_digest": str(base.manifest_digest) if base else None,
                      "index_digest": str(base.index_digest) if base and base.index_digest else None,
                      "layers": base_layers},

@@ -91,7 +91,8 @@ def _matching(dest: Path, pin: Pin, target: Target) -> list[Path]:
     for path in sorted(dest.glob("*.whl")):
         name = path.name.lower()
         parts = name[:-4].split("-")
-        if name.startswith(stem) and parts[-2] in (target.abi, "abi3", "none") and target.wheel_arch in parts[-1]:
+        platform_ok = target.wheel_arch in parts[-1] or parts[-1] == "any"  # pure wheels (waitress) fit all
+        if name.startswith(stem) and parts[-2] in (target.abi, "abi3", "none") and platform_ok:
             found.append(path)
     return found
 
