@@ -11,6 +11,7 @@ same functions as `package_lambda`, in a temporary folder, and weighs them.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ HANDLER = "lambda_handler.handler"
 MODEL_SUBDIR = "model"
 PLATFORM = "aws-lambda-zip"
 DEFAULT_MEMORY_MB = 1024
-TIMEOUT_S = 30
+DEFAULT_TIMEOUT_S = 30  # without a check; with one, the timeout comes from the worst accepted request
 
 
 def _lambda_profile() -> Any:
@@ -69,6 +70,7 @@ class LambdaArtifacts:
     manifest: Path
     deploy: Path
     memory_mb: int
+    timeout_s: int = DEFAULT_TIMEOUT_S
 
 
 def function_entries(bundle: ModelBundle) -> dict[str, Path | bytes]:
@@ -123,33 +125,66 @@ def choose_memory(memory_mb: int | None, check_results: dict[str, Any] | None) -
     return memory
 
 
+def _lambda_verdict(check_results: dict[str, Any] | None) -> dict[str, Any]:
+    platforms = (check_results or {}).get("platforms") or {}
+    verdict = platforms.get(PLATFORM) if isinstance(platforms, dict) else None
+    return verdict if isinstance(verdict, dict) else {}
+
+
+def choose_timeout(check_results: dict[str, Any] | None) -> int:
+    """The function timeout `check` derived from the worst accepted request at the chosen memory
+    (profiles.rules.timeout_s), or DEFAULT_TIMEOUT_S when no check measured one."""
+    timeout = _lambda_verdict(check_results).get("recommended_timeout_s")
+    return int(timeout) if isinstance(timeout, (int, float)) and timeout >= 1 else DEFAULT_TIMEOUT_S
+
+
+def request_limits(bundle: ModelBundle) -> dict[str, int]:
+    """The request limits the shipped handler enforces for this model (its manifest, or the defaults)."""
+    from slimserve.runtime.model_runtime import RequestLimits
+
+    runtime = bundle.manifest["runtime"]
+    row = None
+    if runtime.get("kind") != "text":
+        shapes = [spec.get("shape") or [] for spec in bundle.manifest.get("model", {}).get("inputs", [])]
+        if all(isinstance(d, int) and d > 0 for shape in shapes for d in shape[1:]):
+            row = sum(math.prod(shape[1:]) for shape in shapes)
+    limits = RequestLimits.from_spec(runtime, environ={}, row_elements=row).as_dict()
+    relevant = ("max_batch", "max_chars", "max_tokens") if runtime.get("kind") == "text" else ("max_batch", "max_elements")
+    return {key: limits[key] for key in relevant}
+
+
 def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: int | None = None,
                    check_results: dict[str, Any] | None = None,
                    progress: Progress = NULL_PROGRESS) -> LambdaArtifacts:
     """Write layer.zip, function.zip, template.yaml, slimserve.json and DEPLOY.md to `out`, atomically."""
     out = Path(out).absolute()
     memory = choose_memory(memory_mb, check_results)
+    timeout = choose_timeout(check_results)
     with atomic_dir(out, inputs=[bundle.model_path]) as staging:
         layer, function, closure = build_zips(bundle, target, staging, progress)
-        (staging / "template.yaml").write_text(sam_template(target, memory, bundle.is_text), encoding="utf-8")
-        manifest = artifact_manifest(bundle, target, memory, layer, function, closure, check_results)
+        (staging / "template.yaml").write_text(sam_template(target, memory, bundle.is_text, timeout),
+                                               encoding="utf-8")
+        manifest = artifact_manifest(bundle, target, memory, layer, function, closure, check_results, timeout)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        (staging / "DEPLOY.md").write_text(deploy_notes(target, layer, function), encoding="utf-8")
+        notes = deploy_notes(target, layer, function, memory=memory, timeout_s=timeout,
+                             limits=request_limits(bundle), check_results=check_results)
+        (staging / "DEPLOY.md").write_text(notes, encoding="utf-8")
     moved = {name: ZipArtifact(out / name, z.bytes, z.unzipped_bytes, z.sha256)
              for name, z in (("layer.zip", layer), ("function.zip", function))}
     return LambdaArtifacts(out=out, layer=moved["layer.zip"], function=moved["function.zip"],
                            template=out / "template.yaml", manifest=out / MANIFEST_NAME,
-                           deploy=out / "DEPLOY.md", memory_mb=memory)
+                           deploy=out / "DEPLOY.md", memory_mb=memory, timeout_s=timeout)
 
 
 def artifact_manifest(bundle: ModelBundle, target: Target, memory: int, layer: ZipArtifact,
-                      function: ZipArtifact, closure: Path, check_results: dict[str, Any] | None) -> dict[str, Any]:
+                      function: ZipArtifact, closure: Path, check_results: dict[str, Any] | None,
+                      timeout_s: int = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """The model's manifest plus what packaging added: artifacts, handler, target, runtime closure, checks."""
     info = closure_info(closure)
     manifest = dict(bundle.manifest)
     manifest["handler"] = HANDLER
     manifest["target"] = {"platform": PLATFORM, "runtime": target.lambda_runtime, "python": target.python,
-                          "arch": target.arch, "memory_mb": memory, "timeout_s": TIMEOUT_S,
+                          "arch": target.arch, "memory_mb": memory, "timeout_s": timeout_s,
                           "model_dir": MODEL_SUBDIR}
     manifest["artifacts"] = {"layer.zip": layer.as_manifest(), "function.zip": function.as_manifest()}
     manifest["closure"] = {"pins": info["pins"], "wheels": info["wheels"], "bytecode": info["bytecode"],
@@ -168,7 +203,7 @@ def _platform_checks(check_results: dict[str, Any]) -> dict[str, Any]:
     return {"platform": PLATFORM, **platforms[PLATFORM], **keep}
 
 
-def sam_template(target: Target, memory: int, text: bool = True) -> str:
+def sam_template(target: Target, memory: int, text: bool = True, timeout_s: int = DEFAULT_TIMEOUT_S) -> str:
     """An AWS SAM template (cfn-lint clean): the layer, the function, and an IAM-authenticated function URL."""
     libraries = "onnxruntime, numpy, tokenizers" if text else "onnxruntime, numpy"
     return f"""AWSTemplateFormatVersion: "2010-09-09"
@@ -195,7 +230,7 @@ Resources:
       Architectures:
         - {target.arch}
       MemorySize: {memory}
-      Timeout: {TIMEOUT_S}
+      Timeout: {timeout_s}
       Layers:
         - !Ref RuntimeLayer
       FunctionUrlConfig:
@@ -211,9 +246,50 @@ Outputs:
 """
 
 
-def deploy_notes(target: Target, layer: ZipArtifact, function: ZipArtifact) -> str:
-    limits = _lambda_profile().limits
-    direct, unzipped = limits.zipped_size, limits.unzipped_size
+def _limits_section(memory: int, timeout_s: int, limits: dict[str, int] | None,
+                    check_results: dict[str, Any] | None) -> str:
+    """DEPLOY.md's account of what one request may ask for and why memory and timeout are what they are."""
+    limits = limits or {}
+    rows = "\n".join(f"| `{key}` | {value:,} | `{env}` | {what} |" for key, env, what in (
+        ("max_batch", "SLIMSERVE_MAX_BATCH", "texts (or tensor rows) per request"),
+        ("max_chars", "SLIMSERVE_MAX_TEXT_CHARS", "characters per text, refused before tokenizing"),
+        ("max_tokens", "SLIMSERVE_MAX_TOKENS", "texts × padded tokens after truncation, per request"),
+        ("max_elements", "SLIMSERVE_MAX_ELEMENTS", "numbers per tensor request, all inputs together"),
+    ) if key in limits for value in (limits[key],))
+    cold = (check_results or {}).get("cold_start") or {}
+    verdict = _lambda_verdict(check_results)
+    if cold.get("worst_ms") is not None and verdict.get("recommended_timeout_s") is not None:
+        measured = (f"`check` ran the largest request these limits accept ({cold.get('worst_request')}) in a fresh "
+                    f"{cold.get('python')} process on {cold.get('cpus', 1)} CPU: {cold['worst_ms']:,.0f} ms, peak RSS "
+                    f"{cold.get('worst_peak_rss_mb', 0):,.0f} MB. At {memory:,} MB Lambda gives "
+                    f"{memory / 1769:.2f} vCPU (1,769 MB ≈ 1 vCPU), so it is projected at "
+                    f"{verdict.get('worst_request_ms') or 0:,.0f} ms; `Timeout: {timeout_s}` is (projected init + "
+                    "that) × 3, at least 10 s. `MemorySize` holds that peak × 1.5 + 64 MB.")
+    else:
+        measured = (f"No `check` ran (`--no-check`): `MemorySize: {memory}` and `Timeout: {timeout_s}` are defaults, "
+                    "not measurements. Run `slimserve check` to measure the worst accepted request.")
+    return f"""## Limits per request
+
+The handler refuses, with a 413 naming the limit (`{{"error": ...}}` when invoked directly), any request over:
+
+| limit | value | variable | what it bounds |
+|---|---:|---|---|
+{rows}
+
+{measured}
+Raising a limit through its variable makes requests larger than the ones measured: raise `MemorySize`
+and `Timeout` with it (or rerun `check` with the limit written into the model's `slimserve.json`).
+Routes over a function URL or API Gateway: `POST /`, `/predict`, `/invocations` predict; `GET /`, `/health`,
+`/healthz` answer health; other paths are a 404, other methods a 405. Malformed JSON is a 400.
+"""
+
+
+def deploy_notes(target: Target, layer: ZipArtifact, function: ZipArtifact, *, memory: int = DEFAULT_MEMORY_MB,
+                 timeout_s: int = DEFAULT_TIMEOUT_S, limits: dict[str, int] | None = None,
+                 check_results: dict[str, Any] | None = None) -> str:
+    limits_md = _limits_section(memory, timeout_s, limits, check_results)
+    profile_limits = _lambda_profile().limits
+    direct, unzipped = profile_limits.zipped_size, profile_limits.unzipped_size
     big = [z.path.name for z in (layer, function) if z.bytes > direct.base()]
     mb = _mib
     s3_note = (f"{', '.join(big)} exceed{'s' if len(big) == 1 else ''} the {direct.display()} direct-upload limit: "
@@ -247,7 +323,7 @@ LAYER_ARN=$(aws lambda publish-layer-version --layer-name my-model-runtime \\
     --zip-file fileb://layer.zip --compatible-runtimes {runtime} --compatible-architectures {arch} \\
     --query LayerVersionArn --output text)
 aws lambda create-function --function-name my-model --runtime {runtime} --architectures {arch} \\
-    --handler {HANDLER} --role "$ROLE_ARN" --memory-size <MemorySize from template.yaml> --timeout {TIMEOUT_S} \\
+    --handler {HANDLER} --role "$ROLE_ARN" --memory-size {memory} --timeout {timeout_s} \\
     --layers "$LAYER_ARN" --zip-file fileb://function.zip
 ```
 
@@ -260,7 +336,7 @@ LAYER_ARN=$(aws lambda publish-layer-version --layer-name my-model-runtime \\
     --content S3Bucket=MY-BUCKET,S3Key=my-model/layer.zip \\
     --compatible-runtimes {runtime} --compatible-architectures {arch} --query LayerVersionArn --output text)
 aws lambda create-function --function-name my-model --runtime {runtime} --architectures {arch} \\
-    --handler {HANDLER} --role "$ROLE_ARN" --timeout {TIMEOUT_S} --layers "$LAYER_ARN" \\
+    --handler {HANDLER} --role "$ROLE_ARN" --memory-size {memory} --timeout {timeout_s} --layers "$LAYER_ARN" \\
     --code S3Bucket=MY-BUCKET,S3Key=my-model/function.zip
 ```
 
@@ -275,6 +351,7 @@ Text models answer `{{"embeddings": [...]}}` (feature extraction) or `{{"labels"
 (classification); tensor models take `{{"inputs": {{"name": [[...]]}}}}` and answer `{{"outputs": {{...}}}}`.
 Over HTTP (function URL / API Gateway) bad input gets a 400 with `{{"error": "..."}}`.
 
+{limits_md}
 The layer holds only what inference imports (numpy's random/fft/polynomial/ma/testing are left out) and
 ships bytecode compiled for {runtime} without .py sources: tracebacks show file and line numbers only.
 """

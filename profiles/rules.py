@@ -13,11 +13,17 @@ inference on one small batch), so `host_vcpus` defaults to 1. A platform share b
 512 MB ≈ 0.29 vCPU) stretches the measured time in proportion; more vCPUs than were used here are not
 assumed to make it faster. CPU models differ too, so treat the projection as a guide, not a promise.
 
-Memory headroom: a setting holds the model when it is ≥ peak RSS × 1.5 + 64 MB. The peak is measured on a
-single small batch; larger requests grow onnxruntime's arena and activation buffers roughly in proportion
-(the 1.5×), and the platform's own runtime client, log shipping and the Python allocator's fragmentation
-add a fixed amount that a bare measurement here does not include (the 64 MB). So a setting below
-peak + 64 MB fails (it cannot hold the process), one below peak × 1.5 + 64 MB warns, the rest pass.
+Memory headroom: a setting holds the model when it is ≥ peak RSS × 1.5 + 64 MB. The peak is the process's
+peak after the worst request the handler's limits accept (`ColdStart.worst_peak_rss_mb`; the small-sample
+peak when no worst request was measured); the 1.5× covers allocator fragmentation, onnxruntime's arena
+keeping its high-water mark across requests and run-to-run variation, and the platform's own runtime
+client and log shipping add a fixed amount a bare measurement here does not include (the 64 MB). So a
+setting below peak + 64 MB fails (it cannot hold the process), one below peak × 1.5 + 64 MB warns.
+
+Request time: the worst accepted request is measured on one CPU here and projected like the cold start.
+The function timeout `check` recommends is (projected init + projected worst request) × 3, at least 10 s,
+at most the platform's longest timeout: init counts because a function whose init phase ran out is
+initialised again inside its first invocation, under the function timeout.
 """
 
 from __future__ import annotations
@@ -38,10 +44,12 @@ STATUSES: tuple[Status, ...] = ("pass", "warn", "fail")
 HEADROOM_FACTOR = 1.5
 HEADROOM_MB = 64
 INIT_WARN_FRACTION = 0.5  # projections are estimates: within 2× of the init limit is worth a warning
+TIMEOUT_SAFETY = 3.0  # other CPUs (no VNNI, older generations), noisy neighbours, a colder cache
+MIN_TIMEOUT_S = 10
 
 # Findings are reported in this order on every platform (then by id), so reports diff cleanly.
 RULE_ORDER = ("python", "arch", "zipped-size", "unzipped-size", "layers", "image-size", "memory",
-              "init-time", "cold-start", "fidelity")
+              "init-time", "cold-start", "request-time", "fidelity")
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,8 @@ class DeploymentFacts:
 
     @property
     def peak_rss_mb(self) -> float:
-        return self.cold_start.peak_rss_mb
+        """The peak the memory setting must hold: after the worst accepted request when it was measured."""
+        return self.cold_start.max_rss_mb
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,8 @@ class PlatformVerdict:
     projection: Projection | None = None
     memory_note: str = ""
     sources: tuple[str, ...] = field(default_factory=tuple)
+    worst_request_ms: float | None = None  # projected onto `memory_mb` (an estimate)
+    timeout_s: int | None = None  # the function timeout to set at `memory_mb`, from the worst request
 
     @property
     def fits(self) -> bool:
@@ -147,15 +158,37 @@ def project(profile: Profile, facts: DeploymentFacts, memory_mb: int) -> Project
                       total_ms=cs.total_ms * factor, formula=formula)
 
 
+def request_ms(proj: Projection, facts: DeploymentFacts) -> float | None:
+    """The worst accepted request measured here, projected like the cold start (None: not measured)."""
+    worst = facts.cold_start.worst_ms
+    return None if worst is None else worst * proj.factor
+
+
+def timeout_s(profile: Profile, facts: DeploymentFacts, proj: Projection) -> int | None:
+    """The function timeout for the worst accepted request at `proj.memory_mb` (see the module docstring)."""
+    worst = request_ms(proj, facts)
+    if worst is None:
+        return None
+    wanted = max(MIN_TIMEOUT_S, math.ceil(TIMEOUT_SAFETY * (proj.init_ms + worst) / 1000))
+    limit = profile.limits.request_timeout
+    return wanted if limit is None else min(wanted, max(1, int(limit.base() // 1000)))
+
+
 def recommend_memory(profile: Profile, facts: DeploymentFacts, options: RuleOptions) -> int | None:
     """Smallest allowed setting that holds peak RSS with headroom, starts within the platform's init
-    limit and meets --max-cold-start (both through the projection). None when no setting does."""
+    limit, meets --max-cold-start and runs the worst accepted request within the platform's longest
+    timeout with the safety factor (all through the projection). None when no setting does."""
     init_limit = profile.limits.init_timeout
+    request_limit = profile.limits.request_timeout
     for memory in profile.memory.candidates(memory_needed_mb(facts.peak_rss_mb)):
         proj = project(profile, facts, memory)
         if init_limit is not None and proj.init_ms > init_limit.base():
             continue
         if options.max_cold_start_ms is not None and proj.total_ms > options.max_cold_start_ms:
+            continue
+        worst = request_ms(proj, facts)
+        if worst is not None and request_limit is not None and \
+                TIMEOUT_SAFETY * (proj.init_ms + worst) > request_limit.base():
             continue
         return int(memory)
     return None
@@ -179,7 +212,9 @@ def evaluate(profile: Profile, facts: DeploymentFacts, options: RuleOptions) -> 
     findings.sort(key=lambda f: f.order)
     return PlatformVerdict(name=profile.name, title=profile.title, memory_mb=memory,
                            recommended_memory_mb=recommended, findings=tuple(findings),
-                           projection=projection, memory_note=note, sources=tuple(profile.sources()))
+                           projection=projection, memory_note=note, sources=tuple(profile.sources()),
+                           worst_request_ms=request_ms(projection, facts),
+                           timeout_s=timeout_s(profile, facts, projection))
 
 
 # --- the rules ---------------------------------------------------------------------------------------
@@ -284,7 +319,8 @@ def _memory(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memo
     need = memory_needed_mb(peak)
     unit = profile.memory.unit
     source = profile.memory.source
-    headroom = f"peak RSS {peak:,.0f} MB × {HEADROOM_FACTOR} + {HEADROOM_MB} MB = {need:,.0f} MB"
+    which = " (worst accepted request)" if facts.cold_start.worst_peak_rss_mb is not None else ""
+    headroom = f"peak RSS{which} {peak:,.0f} MB × {HEADROOM_FACTOR} + {HEADROOM_MB} MB = {need:,.0f} MB"
     if options.memory_mb is None and not profile.memory.candidates(need):
         return Finding("memory", "Memory", "fail", round(peak, 1), profile.memory.highest, unit,
                        f"{headroom} needed, above the largest setting {profile.memory.highest:,} {unit}: "
@@ -343,6 +379,30 @@ def _cold_start(profile: Profile, facts: DeploymentFacts, options: RuleOptions, 
                    budget, "ms", reason, profile.cpu.source, estimate=True)
 
 
+def _request_time(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
+                  proj: Projection) -> Finding | None:
+    limit = profile.limits.request_timeout
+    worst = request_ms(proj, facts)
+    if limit is None or worst is None:
+        return None
+    cs = facts.cold_start
+    total = proj.init_ms + worst
+    shown = (f"worst accepted request ({cs.worst_request}) projected {_ms(worst)} + init {_ms(proj.init_ms)} "
+             f"at {memory:,} {profile.memory.unit} = {_ms(cs.worst_ms or 0)} measured here on {cs.cpus} CPU "
+             f"× {proj.formula}")
+    if total > limit.base():
+        reason = f"{shown} > {limit.display()} longest timeout" + (f": {limit.advice}" if limit.advice else "")
+        status: Status = "fail"
+    elif TIMEOUT_SAFETY * total > limit.base():
+        reason = f"{shown}, within {TIMEOUT_SAFETY:g}× of the {limit.display()} longest timeout (an estimate)"
+        status = "warn"
+    else:
+        reason = f"{shown} ≤ {limit.display()} longest timeout; timeout to set: {timeout_s(profile, facts, proj)} s"
+        status = "pass"
+    return Finding("request-time", "Worst request time (estimate)", status, round(total, 1),
+                   round(limit.base(), 1), "ms", reason, limit.source, estimate=True)
+
+
 def _fidelity(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
               proj: Projection) -> Finding | None:
     floor = options.min_fidelity
@@ -360,7 +420,7 @@ def _fidelity(profile: Profile, facts: DeploymentFacts, options: RuleOptions, me
 
 
 RULES: tuple[Rule, ...] = (_python, _arch, _zipped, _unzipped, _layers, _image, _memory, _init_time,
-                           _cold_start, _fidelity)
+                           _cold_start, _request_time, _fidelity)
 
 
 def _size(value: float, unit: str) -> str:

@@ -28,6 +28,7 @@ LIMIT_FAMILIES: dict[str, dict[str, float]] = {
     "layers": COUNT_UNITS,          # extra archives attached to the function
     "image_size": SIZE_UNITS,       # uncompressed container image
     "init_timeout": TIME_UNITS,     # time the platform allows from start until the handler is ready
+    "request_timeout": TIME_UNITS,  # the longest a request (function timeout) may be set to run
 }
 
 
@@ -89,6 +90,7 @@ class Limits(_Strict):
     layers: Limit | None = None
     image_size: Limit | None = None
     init_timeout: Limit | None = None
+    request_timeout: Limit | None = None
 
     @model_validator(mode="after")
     def _units_match_kind(self) -> Limits:

@@ -100,10 +100,11 @@ def measure_package(bundle: ModelBundle, target: Any) -> PackageSize:
     return size
 
 
-def measure_cold_start(bundle: ModelBundle, target: Any, runs: int) -> ColdStart:
+def measure_cold_start(bundle: ModelBundle, target: Any, runs: int, cpus: int = 1) -> ColdStart:
+    """Cold start, peak RSS and the worst accepted request, on `cpus` CPUs (the projection's "used here")."""
     from slimserve.measure.coldstart import cold_start_for_bundle
 
-    cold: ColdStart = cold_start_for_bundle(bundle, target, runs)
+    cold: ColdStart = cold_start_for_bundle(bundle, target, runs, cpus=cpus)
     return cold
 
 
@@ -182,8 +183,9 @@ def run_check(path: Path | str, platforms: Sequence[str | Profile], options: Che
     _readable_model(bundle)
     with progress.stage(f"measure package size ({options.python}, {options.arch})"):
         package = measure_package(bundle, target)
-    with progress.stage(f"measure cold start ({options.runs} fresh processes)", total=None):
-        cold_start = measure_cold_start(bundle, target, options.runs)
+    with progress.stage(f"measure cold start and the worst accepted request ({options.runs} fresh processes)",
+                        total=None):
+        cold_start = measure_cold_start(bundle, target, options.runs, max(1, math.ceil(options.host_vcpus)))
     images: dict[str, int] = {}
     if built_image is not None:  # a `package --target container` output: its image was measured when built
         images[built_image[0]] = built_image[1]

@@ -13,8 +13,8 @@ from slimserve.packagers.target import Target
 
 from slimserve.bundle import load_bundle
 from slimserve.errors import ToolError
-from slimserve.measure.coldstart import cold_start_for_bundle, measure_cold_start, sample_event
-from tests.helpers_lambda import tensor_model_dir
+from slimserve.measure.coldstart import cold_start_for_bundle, measure_cold_start, sample_event, worst_event
+from tests.helpers_lambda import tensor_model_dir, text_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +28,26 @@ def test_sample_event_follows_the_manifest(bundle) -> None:  # type: ignore[no-u
     assert sample_event({"runtime": {"kind": "text"}})["inputs"][0]
 
 
+def test_worst_event_is_the_largest_request_the_limits_accept(tmp_path: Path) -> None:
+    tensor = worst_event(load_bundle(tensor_model_dir(tmp_path / "t", max_batch=8)).manifest)
+    assert len(tensor.event["inputs"]["x"]) == 8 and len(tensor.event["inputs"]["x"][0]) == 16
+    manifest = load_bundle(text_model_dir(tmp_path / "s", max_batch=4, max_chars=200)).manifest
+    text = worst_event(manifest)
+    assert [len(t) for t in text.event["inputs"]] == [200] * 4  # budget 4,096 tokens ≫ 4 × 16
+    manifest["runtime"]["max_tokens"] = 40  # 2 texts at the full 16 tokens
+    assert len(worst_event(manifest).event["inputs"]) == 2
+    tensor_manifest = {**load_bundle(tmp_path / "t").manifest}
+    tensor_manifest["runtime"] = {**tensor_manifest["runtime"], "max_elements": 50}
+    assert len(worst_event(tensor_manifest).event["inputs"]["x"]) == 3  # 3 rows × 16 ≤ 50
+
+
 @pytest.mark.skipif(find_python("3.12") is None, reason="python3.12 is not installed (pyenv install 3.12)")
 def test_cold_start_on_the_target_python(bundle) -> None:  # type: ignore[no-untyped-def]
     cold = cold_start_for_bundle(bundle, Target("3.12"), runs=3, warm_runs=5)
-    assert cold.python == "3.12" and cold.fallback is None and cold.runs == 3
-    assert all(len(v) == 3 for v in cold.samples.values())
+    assert cold.python == "3.12" and cold.fallback is None and cold.runs == 3 and cold.cpus == 1
+    assert cold.worst_ms is not None and cold.worst_ms > 0 and cold.worst_request == "8 rows × 16 numbers"
+    assert cold.worst_peak_rss_mb is not None and cold.max_rss_mb == cold.worst_peak_rss_mb >= cold.peak_rss_mb
+    assert all(len(v) == 3 for v in cold.samples.values()) and "worst_ms" in cold.samples
     assert cold.import_ms > 10 and cold.load_ms > 0 and cold.first_inference_ms > 0
     assert cold.total_ms == pytest.approx(sorted(cold.samples["total_ms"])[1])
     assert 20 < cold.peak_rss_mb < 1000
@@ -70,7 +85,9 @@ def test_agrees_with_an_independent_fresh_process(bundle, tmp_path: Path) -> Non
     for name, dest in (("layer.zip", "opt"), ("function.zip", "task")):
         with zipfile.ZipFile(tmp_path / "out" / name) as zf:
             zf.extractall(tmp_path / dest)
-    code = ("import sys, json, time; sys.path[:0] = [sys.argv[1], sys.argv[2]]; t = time.perf_counter();"
+    # on one CPU, as the probe runs (see measure.coldstart): the projection onto the platform starts from it
+    code = ("import os, sys, json, time; os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1]);"
+            "sys.path[:0] = [sys.argv[1], sys.argv[2]]; t = time.perf_counter();"
             "import lambda_handler; lambda_handler.handler(json.loads(sys.argv[3]));"
             "print((time.perf_counter() - t) * 1000)")
     event = json.dumps(sample_event(bundle.manifest))

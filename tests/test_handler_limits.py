@@ -109,3 +109,85 @@ def test_malformed_json_is_a_400_in_the_container_without_a_logged_traceback(
         answer = json.loads(b"".join(container_app(environ, start_response)))
     assert seen["status"].startswith("400") and "not valid JSON" in answer["error"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+# -- the worst accepted request, through the real package in a fresh python3.12 -------------------------
+
+_WORST_RUNNER = r"""
+import json, os, sys, time
+os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])  # one CPU: what the projection starts from
+sys.path[:0] = json.loads(sys.argv[1])
+t0 = time.perf_counter()
+import lambda_handler
+t1 = time.perf_counter()
+events = json.loads(open(sys.argv[2]).read())
+answers, times = [], []
+for event in events:
+    s = time.perf_counter()
+    answers.append(lambda_handler.handler(event, None))
+    times.append((time.perf_counter() - s) * 1000)
+with open("/proc/self/status") as fh:
+    peak = next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmHWM:"))
+print(json.dumps({"init_ms": (t1 - t0) * 1000, "times": times, "peak_rss_mb": peak,
+                  "answers": [a if "error" in a or "statusCode" in a else sorted(a) for a in answers]}))
+"""
+
+
+def _template_setting(template: str, key: str) -> int:
+    return int(next(line.split(":")[1] for line in template.splitlines() if line.strip().startswith(f"{key}:")))
+
+
+@pytest.mark.slow
+def test_worst_accepted_minilm_request_fits_what_the_template_sets(minilm_int8: Path, tmp_path: Path) -> None:
+    """The largest request the packaged handler accepts, built here from its limits (not the probe's),
+    runs in a fresh python3.12 on one CPU within the template's MemorySize and Timeout (projected onto
+    Lambda's CPU share at that memory); one more text is refused with a 413 naming the budget."""
+    import subprocess
+    import zipfile
+
+    from slimserve.packagers.interpreters import find_python
+    from slimserve.packagers.lambda_target import package_lambda
+    from slimserve.packagers.target import Target
+    from tokenizers import Tokenizer
+
+    from slimserve.bundle import load_bundle
+    from slimserve.check import CheckOptions, run_check
+    from slimserve.report.json_ import report_dict
+
+    exe = find_python("3.12")
+    assert exe is not None, "pyenv's python3.12 is part of this machine kind"
+    report = report_dict(run_check(minilm_int8, ["aws-lambda-zip"], CheckOptions(runs=1)))
+    out = tmp_path / "out"
+    package_lambda(load_bundle(minilm_int8), out, Target("3.12"), check_results=report)
+    template = (out / "template.yaml").read_text()
+    memory, timeout = _template_setting(template, "MemorySize"), _template_setting(template, "Timeout")
+
+    runtime = json.loads((out / "slimserve.json").read_text())["runtime"]
+    limits = RequestLimits.from_spec(runtime, environ={})
+    max_length = int(runtime["max_length"])
+    words = "the quick brown fox jumps over a lazy dog while serverless functions scale to zero".split()
+    text = " ".join(words[i % len(words)] for i in range(limits.max_chars))[:limits.max_chars]
+    tokenizer = Tokenizer.from_file(str(minilm_int8 / runtime["tokenizer"]))
+    tokenizer.no_truncation()
+    assert len(tokenizer.encode(text).ids) >= max_length  # every text is truncated to the full length
+    count = min(limits.max_batch, limits.max_tokens // max_length)
+    events = [{"inputs": [text] * count}, http({"inputs": [text] * (count + 1)})]
+    (tmp_path / "events.json").write_text(json.dumps(events))
+
+    for name, dest in (("layer.zip", "opt"), ("function.zip", "task")):
+        with zipfile.ZipFile(out / name) as zf:
+            zf.extractall(tmp_path / dest)
+    proc = subprocess.run([str(exe), "-I", "-S", "-c", _WORST_RUNNER,
+                           json.dumps([str(tmp_path / "task"), str(tmp_path / "opt" / "python")]),
+                           str(tmp_path / "events.json")],
+                          capture_output=True, text=True, timeout=600, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["answers"][0] == ["embeddings"], result["answers"][0]
+    refused = result["answers"][1]
+    assert refused["statusCode"] == 413 and "max_tokens" in refused["body"], refused
+
+    lambda_vcpus = memory / 1769  # Lambda: CPU in proportion to memory (profiles/aws-lambda-zip.toml)
+    projected_s = (result["init_ms"] + result["times"][0]) * max(1.0, 1 / lambda_vcpus) / 1000
+    assert result["peak_rss_mb"] + 64 <= memory, (result["peak_rss_mb"], memory)
+    assert projected_s <= timeout, (projected_s, timeout)

@@ -199,3 +199,42 @@ def test_findings_come_in_rule_order_and_fits_means_no_failure() -> None:
     assert v.fits and all(f.status == "pass" for f in v.findings)
     failing = dataclasses.replace(v, findings=v.findings + (dataclasses.replace(v.findings[0], status="fail"),))
     assert not failing.fits
+
+
+def with_worst(f: DeploymentFacts, worst_ms: float, worst_peak: float) -> DeploymentFacts:
+    cs = dataclasses.replace(f.cold_start, worst_ms=worst_ms, worst_peak_rss_mb=worst_peak,
+                             worst_request="16 texts × 8,192 characters")
+    return dataclasses.replace(f, cold_start=cs)
+
+
+def test_memory_holds_the_worst_accepted_request_not_the_small_sample() -> None:
+    small = check("aws-lambda-zip", facts(peak=200))
+    worst = check("aws-lambda-zip", with_worst(facts(peak=200), worst_ms=800, worst_peak=800))
+    assert small.recommended_memory_mb is not None and worst.recommended_memory_mb is not None
+    assert worst.recommended_memory_mb >= memory_needed_mb(800) > small.recommended_memory_mb
+    assert "worst accepted request" in finding(worst, "memory").reason
+    assert finding(check("aws-lambda-zip", with_worst(facts(peak=200), 800, 800), memory_mb=512),
+                   "memory").status == "fail"
+
+
+def test_timeout_comes_from_the_projected_worst_request() -> None:
+    f = with_worst(facts(import_ms=300, load_ms=100, peak=100), worst_ms=2000, worst_peak=300)
+    v = check("aws-lambda-zip", f, memory_mb=1024)
+    factor = 1769 / 1024  # 1 vCPU used here / 0.58 vCPU at 1,024 MB
+    assert v.worst_request_ms == pytest.approx(2000 * factor)
+    assert v.timeout_s == max(10, -(-3 * (400 + 2000) * factor // 1000))  # (init + worst) × 3, ceil, ≥ 10 s
+    rule = finding(v, "request-time")
+    assert rule.status == "pass" and rule.estimate and f"timeout to set: {v.timeout_s} s" in rule.reason
+    assert check("aws-lambda-zip", facts(), memory_mb=1024).timeout_s is None  # nothing measured: no timeout
+    fast = check("aws-lambda-zip", with_worst(facts(), worst_ms=100, worst_peak=250), memory_mb=1024)
+    assert fast.timeout_s == 10
+
+
+def test_a_worst_request_too_slow_for_any_timeout_fails_and_raises_the_recommendation() -> None:
+    slow = with_worst(facts(peak=100), worst_ms=200_000, worst_peak=300)  # 200 s on one CPU here
+    v = check("aws-lambda-zip", slow)
+    # 3 × 200 s × 1,769 / memory must stay within Lambda's 900 s: at least 1,180 MB, the next 64 MB step
+    assert v.recommended_memory_mb == 1216
+    assert v.timeout_s is not None and 800 < v.timeout_s <= 900
+    at_128 = check("aws-lambda-zip", slow, memory_mb=256)
+    assert finding(at_128, "request-time").status == "fail" and "900 s" in finding(at_128, "request-time").reason

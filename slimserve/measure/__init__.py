@@ -1,7 +1,8 @@
 """Measurements, each with exactly one implementation: reports and checks only read these values.
 
 - size of a deployment: `packagers` build the real artifacts; `PackageSize` holds what they weigh.
-- cold start and peak memory: `coldstart.measure_cold_start` runs the real handler in fresh interpreters.
+- cold start, peak memory and the worst accepted request: `coldstart.measure_cold_start` runs the real
+  handler in fresh interpreters.
 - fidelity: `slimserve.optimizer.fidelity`; latency of a model file: `latency.measure_latency`.
 """
 
@@ -31,6 +32,9 @@ class ColdStart:
     """Medians over `runs` fresh processes that see only the deployable files.
 
     `python` is the interpreter version actually used; `fallback` says why it differs from the target.
+    `peak_rss_mb` is the peak after the small sample requests; `worst_ms` and `worst_peak_rss_mb` are the
+    time and the process's peak after the largest request the handler's limits accept (`worst_request`
+    says what it was), on `cpus` CPUs. None when no worst request was run.
     """
 
     import_ms: float
@@ -43,6 +47,15 @@ class ColdStart:
     python: str
     fallback: str | None = None
     samples: dict[str, list[float]] = field(default_factory=dict)
+    worst_ms: float | None = None
+    worst_peak_rss_mb: float | None = None
+    worst_request: str = ""
+    cpus: int = 1
+
+    @property
+    def max_rss_mb(self) -> float:
+        """The process's peak over everything it ran: what the memory setting must hold."""
+        return max(self.peak_rss_mb, self.worst_peak_rss_mb or 0.0)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

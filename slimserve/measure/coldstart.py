@@ -7,14 +7,19 @@ A probe inside it times, with `time.perf_counter`:
   load_ms              import the handler module = Lambda's init phase (manifest, session, tokenizer)
   first_inference_ms   the first `handler(sample)` call
   warm_ms              median of `warm_runs` further calls
-and reads its peak RSS (VmHWM from /proc/self/status; `ru_maxrss` only where that is missing, as Linux
+  worst_ms             one call with the largest request the handler's limits accept (`worst_event`)
+and reads its peak RSS (before and after the worst request) (VmHWM from /proc/self/status; `ru_maxrss` only where that is missing, as Linux
 carries ru_maxrss over from the parent across fork+exec). Figures are medians over `runs` processes. Interpreter
 start-up itself is not included (Lambda's managed runtime has already started Python before the init phase).
+
+The probe is pinned to `cpus` CPUs (1 by default), so onnxruntime sizes its thread pool as it would on a
+one-vCPU function and the times are what `profiles.rules` projects onto the platform's CPU share.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -22,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +35,15 @@ from slimserve.errors import SlimserveError, ToolError
 from slimserve.measure import ColdStart
 
 _PROBE = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
 sys.path[:0] = json.loads(sys.argv[1])
 sample = json.loads(sys.argv[2])
 warm_runs = int(sys.argv[3])
 text = sys.argv[4] == "1"
+worst_file = sys.argv[5]
+cpus = int(sys.argv[6])
+if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus])
 def peak_rss_mb():
     # VmHWM is this process's own peak. ru_maxrss is not: Linux carries it over from the parent across
     # fork+exec, so a child of a large process (e.g. `compare` after a PyTorch export) reports the parent's.
@@ -61,11 +71,21 @@ for _ in range(warm_runs):
     warm.append((time.perf_counter() - s) * 1000)
 warm.sort()
 error = first.get("error") if isinstance(first, dict) else None
+peak = peak_rss_mb()
+worst_ms = worst_peak = worst_error = None
+if worst_file and not error:
+    with open(worst_file) as fh:
+        worst = json.load(fh)
+    s = time.perf_counter()
+    answer = lambda_handler.handler(worst, None)
+    worst_ms = (time.perf_counter() - s) * 1000
+    worst_peak = peak_rss_mb()
+    worst_error = answer.get("error") if isinstance(answer, dict) else None
 print(json.dumps({"import_ms": (t1 - t0) * 1000, "load_ms": (t2 - t1) * 1000,
                   "first_inference_ms": (t3 - t2) * 1000,
                   "warm_ms": warm[len(warm) // 2] if warm else float("nan"),
-                  "peak_rss_mb": peak_rss_mb(),
-                  "error": error}))
+                  "peak_rss_mb": peak, "worst_ms": worst_ms, "worst_peak_rss_mb": worst_peak,
+                  "error": error, "worst_error": worst_error}))
 """
 
 
@@ -84,12 +104,14 @@ def resolve_python(version: str) -> tuple[Path, str, str | None]:
 
 def measure_cold_start(sys_path: list[Path], model_dir: Path, python: str, sample: dict[str, Any],
                        runs: int = 5, warm_runs: int = 20, *, text: bool | None = None,
-                       executable: Path | None = None, fallback: str | None = None) -> ColdStart:
+                       executable: Path | None = None, fallback: str | None = None,
+                       worst: WorstRequest | None = None, cpus: int = 1) -> ColdStart:
     """Medians over `runs` fresh `-I -S` interpreters whose path is exactly `sys_path` (+ stdlib).
 
     `sys_path` must hold `lambda_handler.py` and the runtime libraries; `model_dir` is the folder the
     handler loads (passed as SLIMSERVE_MODEL_DIR). `python` is the version ("3.12") to run; `executable`
     pins the interpreter (its version must be `python`); otherwise it is looked up, with a fallback.
+    `worst` is run once per process after everything else; the handler must accept it.
     """
     if runs < 1:
         raise SlimserveError(f"cold start needs at least one run, got {runs}")
@@ -104,13 +126,18 @@ def measure_cold_start(sys_path: list[Path], model_dir: Path, python: str, sampl
     paths = json.dumps([str(Path(p).absolute()) for p in sys_path])
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
            "LANG": "C.UTF-8", "SLIMSERVE_MODEL_DIR": str(Path(model_dir).absolute())}
-    samples: dict[str, list[float]] = {k: [] for k in ("import_ms", "load_ms", "first_inference_ms", "warm_ms",
-                                                          "peak_rss_mb", "total_ms")}
+    keys = ["import_ms", "load_ms", "first_inference_ms", "warm_ms", "peak_rss_mb"]
+    keys += ["worst_ms", "worst_peak_rss_mb"] if worst is not None else []
+    samples: dict[str, list[float]] = {k: [] for k in (*keys, "total_ms")}
     with tempfile.TemporaryDirectory(prefix="slimserve-cold-") as cwd:
+        worst_file = ""
+        if worst is not None:
+            worst_file = str(Path(cwd) / "worst.json")
+            Path(worst_file).write_text(json.dumps(worst.event), encoding="utf-8")
         for _ in range(runs):
             proc = subprocess.run(
                 [str(exe), "-I", "-S", "-B", "-c", _PROBE, paths, json.dumps(sample), str(warm_runs),
-                 "1" if text else "0"],
+                 "1" if text else "0", worst_file, str(max(1, cpus))],
                 capture_output=True, text=True, cwd=cwd, env=env, timeout=600, check=False)
             lines = proc.stdout.strip().splitlines()
             if proc.returncode != 0 or not lines:
@@ -120,14 +147,68 @@ def measure_cold_start(sys_path: list[Path], model_dir: Path, python: str, sampl
             result = json.loads(lines[-1])
             if result.get("error"):
                 raise ToolError(f"the deployed handler rejected the cold-start sample: {result['error']}")
-            for key in ("import_ms", "load_ms", "first_inference_ms", "warm_ms", "peak_rss_mb"):
+            if result.get("worst_error") and worst is not None:
+                raise ToolError(f"the deployed handler rejected the largest request its limits accept "
+                                f"({worst.description}): {result['worst_error']}")
+            for key in keys:
                 samples[key].append(float(result[key]))
             samples["total_ms"].append(result["import_ms"] + result["load_ms"] + result["first_inference_ms"])
     med = {k: statistics.median(v) for k, v in samples.items()}
     return ColdStart(import_ms=med["import_ms"], load_ms=med["load_ms"],
                      first_inference_ms=med["first_inference_ms"], total_ms=med["total_ms"],
                      warm_ms=med["warm_ms"], peak_rss_mb=med["peak_rss_mb"], runs=runs, python=version,
-                     fallback=why, samples=samples)
+                     fallback=why, samples=samples, worst_ms=med.get("worst_ms"),
+                     worst_peak_rss_mb=med.get("worst_peak_rss_mb"),
+                     worst_request=worst.description if worst is not None else "", cpus=max(1, cpus))
+
+
+@dataclass(frozen=True)
+class WorstRequest:
+    """The largest request the handler's limits accept, as a direct-invocation event, and what it is."""
+
+    event: dict[str, Any]
+    description: str
+
+
+# Varied words, digits and punctuation: every tokenizer makes well over one token per 8 characters of it.
+_FILLER = ("Serverless inference bills per request, scales to zero and starts cold; "
+           "a 2.9 GB spike at 03:14 UTC took /health down for 120 s. ")
+
+
+def worst_event(manifest: dict[str, Any]) -> WorstRequest:
+    """The most expensive request the shipped handler accepts under the manifest's limits.
+
+    Text: as many texts as the token budget allows at the full sequence length (attention grows with
+    length, so fewer long texts cost more than many short ones for the same tokens), each `max_chars`
+    characters long (the most the tokenizer is asked to read). Tensors: as many rows as `max_batch` and
+    `max_elements` allow, dynamic non-batch dimensions at 1, zeros.
+    """
+    from slimserve.runtime.model_runtime import RequestLimits
+
+    runtime = manifest["runtime"]
+    if runtime["kind"] == "text":
+        limits = RequestLimits.from_spec(runtime, environ={})
+        max_length = int(runtime.get("max_length") or 512)
+        count = max(1, min(limits.max_batch, limits.max_tokens // max_length))
+        text = (_FILLER * (limits.max_chars // len(_FILLER) + 1))[:limits.max_chars]
+        return WorstRequest({"inputs": [text] * count},
+                            f"{count} texts × {limits.max_chars:,} characters (≤ {max_length} tokens each, "
+                            f"budget {limits.max_tokens:,} tokens)")
+    specs = manifest["model"]["inputs"]
+    shapes = [[d if isinstance(d, int) and d > 0 else 1 for d in (spec.get("shape") or [])] for spec in specs]
+    fixed = [s[0] for s, spec in zip(shapes, specs) if spec.get("shape") and isinstance(spec["shape"][0], int)
+             and spec["shape"][0] > 0]
+    row = sum(math.prod(s[1:]) for s in shapes)
+    all_fixed = all(isinstance(d, int) and d > 0 for spec in specs for d in (spec.get("shape") or [])[1:])
+    limits = RequestLimits.from_spec(runtime, environ={}, row_elements=row if all_fixed else None)
+    rows = fixed[0] if fixed else max(1, min(limits.max_batch, limits.max_elements // max(1, row)))
+    inputs: dict[str, Any] = {}
+    for spec, shape in zip(specs, shapes):
+        value: Any = 0
+        for dim in reversed([rows, *shape[1:]] if shape else []):
+            value = [value] * dim
+        inputs[spec["name"]] = value
+    return WorstRequest({"inputs": inputs}, f"{rows} rows × {row:,} numbers")
 
 
 def sample_event(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -144,8 +225,10 @@ def sample_event(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"inputs": inputs}
 
 
-def cold_start_for_bundle(bundle: Any, target: Any, runs: int = 5, warm_runs: int = 20) -> ColdStart:
-    """Lay out the Lambda tree (opt/python = closure, task = function files) and measure it.
+def cold_start_for_bundle(bundle: Any, target: Any, runs: int = 5, warm_runs: int = 20, *,
+                          worst: bool = True, cpus: int = 1) -> ColdStart:
+    """Lay out the Lambda tree (opt/python = closure, task = function files) and measure it, including
+    the worst accepted request unless `worst` is False.
 
     Without the target interpreter (or on another CPU architecture) it measures a closure built for
     the interpreter and architecture it can run, and says so in `fallback`.
@@ -174,4 +257,4 @@ def cold_start_for_bundle(bundle: Any, target: Any, runs: int = 5, warm_runs: in
                 shutil.copyfile(src, dest)
         return measure_cold_start([task, opt / "python"], task / "model", version, sample_event(bundle.manifest),
                                   runs=runs, warm_runs=warm_runs, text=bundle.is_text, executable=exe,
-                                  fallback=why)
+                                  fallback=why, worst=worst_event(bundle.manifest) if worst else None, cpus=cpus)

@@ -43,7 +43,8 @@ class Report:
 
     @property
     def peak_rss_mb(self) -> float:
-        return self.cold_start.peak_rss_mb
+        """The process's peak, after the worst accepted request when it was measured."""
+        return self.cold_start.max_rss_mb
 
     def verdict(self, platform: str) -> PlatformVerdict:
         """The verdict for one platform by name (KeyError if it was not checked)."""

@@ -33,6 +33,8 @@ def report_dict(report: Report) -> dict[str, Any]:
             "projection": None if v.projection is None else {**asdict(v.projection), "estimate": True},
             "sources": list(v.sources),
         }
+        if v.timeout_s is not None:  # only when the worst accepted request was measured
+            platforms[v.name].update(worst_request_ms=v.worst_request_ms, recommended_timeout_s=v.timeout_s)
     pkg = report.package
     return {
         "fits": report.fits,
@@ -43,8 +45,10 @@ def report_dict(report: Report) -> dict[str, Any]:
         "cold_start": {"import_ms": cs.import_ms, "load_ms": cs.load_ms,
                        "first_inference_ms": cs.first_inference_ms, "total_ms": cs.total_ms, "runs": cs.runs,
                        "warm_ms": cs.warm_ms, "python": cs.python, "fallback": cs.fallback,
-                       "measured_here": True},
-        "peak_rss_mb": cs.peak_rss_mb,
+                       "measured_here": True,
+                       **({"worst_ms": cs.worst_ms, "worst_peak_rss_mb": cs.worst_peak_rss_mb,
+                           "worst_request": cs.worst_request, "cpus": cs.cpus} if cs.worst_ms is not None else {})},
+        "peak_rss_mb": cs.max_rss_mb,
         "target": {"python": report.python, "arch": report.arch},
         "path": report.path,
         "model": dict(report.model),

@@ -19,6 +19,9 @@ def render(report: Report, out: TextIO) -> None:
     w(f"## slimserve check: {'✅ fits' if report.fits else '❌ does not fit'}\n\n")
     w(f"`{_cell(report.path)}` · Python {report.python} · {report.arch} · package {fmt_bytes(pkg.unzipped_bytes)} "
       f"unzipped / {fmt_bytes(pkg.zipped_bytes)} zipped · peak RSS {cs.peak_rss_mb:,.0f} MB\n\n")
+    if cs.worst_ms is not None:
+        w(f"**Worst accepted request** ({_cell(cs.worst_request)}, on {cs.cpus} CPU): "
+          f"{fmt_value(cs.worst_ms, 'ms')}, peak RSS {cs.max_rss_mb:,.0f} MB\n\n")
     fallback = f" (fallback: {_cell(cs.fallback)})" if cs.fallback else ""
     w(f"**Cold start measured here** (median of {cs.runs} fresh processes, Python {cs.python}{fallback})\n\n")
     w("| import | load | first inference | total | warm |\n|---:|---:|---:|---:|---:|\n")

@@ -28,6 +28,9 @@ def render(report: Report, out: TextIO) -> None:
                   f"import {fmt_value(cs.import_ms, 'ms')}, load {fmt_value(cs.load_ms, 'ms')}, "
                   f"first inference {fmt_value(cs.first_inference_ms, 'ms')}, total {fmt_value(cs.total_ms, 'ms')}; "
                   f"warm {fmt_value(cs.warm_ms, 'ms')}; peak RSS {cs.peak_rss_mb:,.0f} MB")
+    if cs.worst_ms is not None:
+        console.print(f"worst accepted request measured here on {cs.cpus} CPU ({cs.worst_request}): "
+                      f"{fmt_value(cs.worst_ms, 'ms')}, peak RSS {cs.max_rss_mb:,.0f} MB")
     for v in report.platforms:
         table = Table(title=Text(f"{v.name}: {verdict_line(v)}", style=_STYLE["pass" if v.fits else "fail"]),
                       title_justify="left", show_lines=False, expand=False)
