@@ -20,7 +20,7 @@ from typing import Any
 
 from slimserve.packagers.model_check import check_model
 
-from slimserve.bundle import ModelBundle
+from slimserve.bundle import ModelBundle, contained_name
 from slimserve.manifest import MANIFEST_NAME
 
 Source = Path | bytes
@@ -57,7 +57,9 @@ def model_entries(bundle: ModelBundle) -> dict[str, Source]:
     check_model(bundle)
     manifest = shipped_manifest(bundle.manifest)
     model_rel = bundle.model_path.relative_to(bundle.root).as_posix()
-    entries: dict[str, Source] = {rel: bundle.root / rel for rel in bundle.files}
+    # Checked again here, not only in load_bundle: a ModelBundle can be built by hand, and this is the gate.
+    entries: dict[str, Source] = {rel: bundle.root / contained_name(bundle.root, rel, "the file to ship")
+                                  for rel in bundle.files}
     if not manifest["model"].get("external_data"):
         graph, data = split_weights(bundle.model_path)
         if data:

@@ -340,9 +340,13 @@ def test_container_image_carries_no_host_path(source_folder: Path, tmp_path: Pat
     from slimserve.packagers.closure import cache_root
     from slimserve.packagers.container import package_container
 
+    (source_folder / "labels.json").write_text('["a", "b"]\n')
+    (source_folder / "labels.json").chmod(0o755)  # a host mode bit: it must not reach the context either
+    _rewrite_files(source_folder)
     base = make_base_layout(tmp_path / "base")
     art = package_container(load_bundle(source_folder), tmp_path / "out", Target("3.12"), base_ref=f"oci:{base}",
                             engine="none")
+    assert (tmp_path / "out" / "context" / "model" / "labels.json").stat().st_mode & 0o777 == 0o644
     blobs = {name: (tmp_path / "out" / name).read_bytes() for name in (MANIFEST_NAME, "Dockerfile")}
     for layer in art.image.layers[art.base_layers:]:
         assert layer.path is not None
