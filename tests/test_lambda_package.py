@@ -44,7 +44,7 @@ def tensor_out(tensor_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 def test_output_folder_holds_every_artifact_and_the_manifest_describes_them(tensor_out: Path) -> None:
     assert sorted(p.name for p in tensor_out.iterdir()) == [
-        "DEPLOY.md", "function.zip", "layer.zip", "slimserve.json", "template.yaml"]
+        ".slimserve-output", "DEPLOY.md", "function.zip", "layer.zip", "slimserve.json", "template.yaml"]
     manifest = json.loads((tensor_out / "slimserve.json").read_text())
     assert manifest["handler"] == "lambda_handler.handler"
     assert manifest["target"]["runtime"] == "python3.12" and manifest["target"]["arch"] == "x86_64"
