@@ -44,7 +44,7 @@ def sites() -> list[Path]:
 
 
 def slow_model_dir(folder: Path) -> Path:
-    """y = x @ I, `n` times in an ONNX Loop: the request chooses how long inference takes (≈3 µs a turn)."""
+    """y = x @ I, `n` times in an ONNX Loop: the request chooses how long inference takes (≈1 µs a turn)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -167,17 +167,26 @@ def _in_background(server: Server, body: Any) -> tuple[threading.Thread, dict[st
     return thread, result
 
 
+def _turns_for(server: Server, seconds: float) -> int:
+    """Loop turns that keep this machine's server busy for about `seconds` (timed on 200,000 turns)."""
+    started = time.monotonic()
+    status, _ = server.request("POST", "/predict", {"inputs": {"x": [[1.0] * 16], "n": [200_000]}}, timeout=30)
+    assert status == 200
+    return int(200_000 * seconds / max(time.monotonic() - started, 1e-3))
+
+
 def test_sigterm_finishes_in_flight_requests_then_exits_0(sites: list[Path], tmp_path: Path) -> None:
     srv = Server(sites, slow_model_dir(tmp_path / "slow"), tmp_path)
     try:
-        thread, result = _in_background(srv, {"inputs": {"x": [[1.0] * 16], "n": [700_000]}})  # ≈2 s
+        thread, result = _in_background(srv, {"inputs": {"x": [[1.0] * 16], "n": [_turns_for(srv, 3.0)]}})
         time.sleep(0.7)
+        sent = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         srv.wait_for("draining", timeout=5)
         with pytest.raises(OSError):  # no longer listening
             socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
         thread.join(timeout=30)
-        assert result.get("status") == 200, result
+        assert result.get("status") == 200 and result["at"] > sent, result  # answered after the SIGTERM
         assert srv.proc.wait(timeout=15) == 0
     finally:
         srv.stop()
@@ -186,7 +195,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(sites: list[Path], tmp
 def test_sigterm_waits_no_longer_than_the_grace_period(sites: list[Path], tmp_path: Path) -> None:
     srv = Server(sites, slow_model_dir(tmp_path / "slow"), tmp_path, {"SLIMSERVE_GRACE_S": "1"})
     try:
-        thread, _ = _in_background(srv, {"inputs": {"x": [[1.0] * 16], "n": [5_000_000]}})  # ≈15 s
+        thread, _ = _in_background(srv, {"inputs": {"x": [[1.0] * 16], "n": [_turns_for(srv, 15.0)]}})
         time.sleep(0.7)
         sent = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)

@@ -27,8 +27,7 @@ Server settings, chosen so that slow or stalled clients cannot starve real reque
                                     onnxruntime's threads; the memory `check` measured is for one)
   backlog                     2048  pending connections the kernel queues while all slots are busy
 Graceful shutdown: on SIGTERM (Cloud Run and ECS send it before stopping an instance) the server stops
-listening, answers every request it has received (with `Connection: close`), closes idle connections and
-exits 0 once they are done or after SLIMSERVE_GRACE_S seconds (default 10), whichever comes first.
+listening, answers every request it has received, closes each connection once it is idle, and exits 0 once they are done or after SLIMSERVE_GRACE_S seconds (default 10), whichever comes first.
 """
 
 from __future__ import annotations
@@ -69,15 +68,12 @@ CONCURRENCY = int(_env_number("SLIMSERVE_CONCURRENCY", 1))
 GRACE_S = _env_number("SLIMSERVE_GRACE_S", 10.0)
 _SLOTS = threading.BoundedSemaphore(THREADS - HEALTH_THREADS)  # predictions waiting or running
 _RUNNING = threading.BoundedSemaphore(CONCURRENCY)  # predictions running
-_DRAINING = threading.Event()  # set on SIGTERM: answers then close their connection
 
 
 def _reply(start_response: StartResponse, status: int, body: str,
            extra: Iterable[tuple[str, str]] = ()) -> list[bytes]:
     data = body.encode("utf-8")
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *extra]
-    if _DRAINING.is_set():
-        headers.append(("Connection", "close"))
     start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
     return [data]
 
@@ -152,12 +148,10 @@ def _busy(channel: Any) -> bool:
     return bool(channel.requests) or bool(channel.total_outbufs_len)
 
 
-def _drain(server: Any, grace_s: float, loop: Callable[[float], None], stop_listening: Callable[[], None]) -> bool:
-    """Stop listening, let received requests finish (up to `grace_s`), close idle connections.
-    True when every request was answered in time."""
-    _DRAINING.set()
-    server.accepting = False
-    stop_listening()
+def _drain(server: Any, grace_s: float, loop: Callable[[float], None]) -> bool:
+    """Let received requests finish (up to `grace_s`), closing each connection once it is idle (a WSGI
+    app may not send `Connection: close` itself: PEP 3333 hop-by-hop). True when every request was
+    answered in time."""
     deadline = time.monotonic() + grace_s
     while True:
         busy = False
@@ -191,10 +185,12 @@ def _serve_waitress(waitress: Any, host: str, port: int) -> None:
     print(f"serving on {server.effective_host}:{server.effective_port} (waitress)", file=sys.stderr, flush=True)
     while not stop.is_set():
         loop(0.2)
-    print(f"SIGTERM: draining for up to {GRACE_S:g} s", file=sys.stderr, flush=True)
-    # wasyncore.dispatcher.close closes the listening socket only (the server's own close() also closes the
-    # trigger that worker threads pull when a response is ready)
-    finished = _drain(server, GRACE_S, loop, lambda: wasyncore.dispatcher.close(server))
+    # Stop listening first. wasyncore.dispatcher.close closes the listening socket only (the server's own
+    # close() also closes the trigger that worker threads pull when a response is ready).
+    server.accepting = False
+    wasyncore.dispatcher.close(server)
+    print(f"SIGTERM: not listening any more; draining for up to {GRACE_S:g} s", file=sys.stderr, flush=True)
+    finished = _drain(server, GRACE_S, loop)
     server.task_dispatcher.shutdown(cancel_pending=True, timeout=0.5 if finished else 0)
     print("stopped" if finished else f"stopped after {GRACE_S:g} s with requests unfinished",
           file=sys.stderr, flush=True)
