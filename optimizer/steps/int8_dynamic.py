@@ -4,7 +4,15 @@ Recipe (measured on all-MiniLM-L6-v2, benchmarks/results/quant_sweep.md):
 - ONNX Runtime's dynamic quantizer on MatMul/Gemm/Conv (plus LSTM where present) with per-channel,
   symmetric int8 weights and uint8 activations quantized per tensor at run time. Per-tensor weights
   (ORT's default) lose real fidelity on MiniLM; per-channel recovers most of it.
-- reduce_range off: it costs fidelity and only helps CPUs without VNNI (see the sweep's reduce-range row).
+- Weights are stored as uint8 (onnxruntime's U8U8 kernels), not int8. A model is built on one machine
+  and deployed on another: on x86-64 CPUs without VNNI (AVX2 only), the U8S8 kernels multiply with
+  VPMADDUBSW, which saturates pairs of uint8 x int8 products at int16, so an int8-weight model that is
+  exact on a VNNI build machine silently loses accuracy where it runs. U8U8 never saturates, on any CPU,
+  at full 8-bit precision (benchmarks/results/int8_isa.md measures both, natively and on an emulated
+  AVX2 CPU). `weight_type="int8"` keeps the U8S8 form for users who target VNNI or arm64 only.
+- reduce_range (7-bit weights) costs fidelity; it is used only when the model has LSTMs, because
+  onnxruntime's DynamicQuantizeLSTM saturates on AVX2 with either weight type (measured on the test
+  LSTM: error 0.08 with uint8 weights, 0.02 with reduce_range, on an emulated Haswell).
 - The MatMuls whose input is a GELU output (the FFN down-projections: long-tailed, mostly-near-zero
   inputs that per-tensor uint8 activations handle worst) are excluded from integer compute, found from
   the graph. They keep int8 weights in int8-weight's folded form, so the file stays int8-sized.
@@ -20,7 +28,7 @@ its subgraphs float; anything ORT's quantizer rejects becomes a one-line ToolErr
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +51,8 @@ class DynamicOptions:
     """Knobs of the dynamic recipe; defaults are the measured choice."""
 
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool | None = None  # None: only for models with LSTMs (see the module docstring)
+    weight_type: str = "uint8"  # "uint8": U8U8, exact on every x86-64; "int8": U8S8, saturates without VNNI
     exclude: int | None = None  # None: GELU-fed MatMuls; N: the N worst by calibration error; 0: none
     exclude_ranked: int = 0  # with exclude=None: also the N worst by calibration error (at most a sixth)
     excluded_int8_weights: bool = True  # excluded MatMuls keep int8 storage (int8-weight's folded form)
@@ -183,7 +192,7 @@ def sensitive_nodes(model_path: Path, feeds: Sequence[Feed], opts: DynamicOption
         return [], "no calibration feeds to rank MatMuls"
     xs = capture_inputs(model_path, list(weights), feeds[:16])
     scores = {
-        name: dynamic_error(xs[x], w, opts.per_channel, opts.reduce_range)
+        name: dynamic_error(xs[x], w, opts.per_channel, bool(opts.reduce_range))
         for name, (x, w) in weights.items()
         if x in xs
     }
@@ -237,12 +246,21 @@ def quantizer_error(step: str, model_path: Path, exc: BaseException) -> ToolErro
     )
 
 
+def _has_op(model_path: Path, op_type: str) -> bool:
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    return any(node.op_type == op_type for node in model.graph.node)
+
+
 def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step: str = STEP) -> StepResult:
     """Dynamic int8 of `src` into `dst` with `opts`; shared by the step and the sweep variants."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     work = Path(ctx.work_dir)
     prepared, notes = preprocess(Path(src), work, step) if opts.preprocess else (Path(src), ())
+    if opts.reduce_range is None:
+        opts = replace(opts, reduce_range="LSTM" in opts.op_types and _has_op(prepared, "LSTM"))
     excluded, why = sensitive_nodes(prepared, ctx.calibration, opts)
     quantized = work / f"{step}-quantized.onnx"
     try:
@@ -251,8 +269,8 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
             str(quantized),
             op_types_to_quantize=list(opts.op_types),
             per_channel=opts.per_channel,
-            reduce_range=opts.reduce_range,
-            weight_type=QuantType.QInt8,
+            reduce_range=bool(opts.reduce_range),
+            weight_type=QuantType.QUInt8 if opts.weight_type == "uint8" else QuantType.QInt8,
             nodes_to_exclude=excluded,
             extra_options={"WeightSymmetric": True, "MatMulConstBOnly": True},
         )
@@ -278,8 +296,8 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
         notes += ("no MatMul/Gemm/Conv/LSTM with constant weights was quantized: the model is unchanged",)
     notes += (
         (
-            f"dynamic int8 ({'per-channel' if opts.per_channel else 'per-tensor'} weights"
-            f"{', reduce_range' if opts.reduce_range else ''}); {len(excluded)} MatMuls kept out of integer "
+            f"dynamic int8 ({'per-channel' if opts.per_channel else 'per-tensor'} {opts.weight_type} weights"
+            f"{', reduce_range for LSTM' if opts.reduce_range else ''}); {len(excluded)} MatMuls kept out of integer "
             f"compute ({why})"
         ),
         "int8 matmuls are fastest on CPUs with VNNI (x86 avx512_vnni/avx_vnni, arm64 dot-product)",

@@ -1,8 +1,10 @@
 """Step `int8-static`: calibrated QDQ int8 (activation ranges fixed from calibration feeds).
 
 Recipe (measured on all-MiniLM-L6-v2, benchmarks/results/quant_sweep.md):
-- ONNX Runtime's quantize_static in QDQ format on MatMul/Gemm/Conv only, per-channel symmetric int8
-  weights, int8 activations with ranges from `ctx.calibration`. Quantizing Add/Softmax/LayerNorm inputs
+- ONNX Runtime's quantize_static in QDQ format on MatMul/Gemm/Conv only, per-channel symmetric 8-bit
+  weights stored as uint8 (U8U8 kernels: int8 weights saturate on x86-64 CPUs without VNNI, see
+  int8_dynamic's docstring and benchmarks/results/int8_isa.md), uint8 activations with ranges from
+  `ctx.calibration`. Quantizing Add/Softmax/LayerNorm inputs
   too (ORT's default op list) costs fidelity for no speed on CPU, where the matmuls are the work.
 - Calibration method chosen by measurement among MinMax, Percentile (99.999) and Entropy: see
   `DEFAULT_METHOD` and the sweep rows st-*.
@@ -42,7 +44,8 @@ class StaticOptions:
         6  # also exclude the N MatMuls with the largest calibration error (int8-dynamic's proxy)
     )
     op_types: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
-    activation_int8: bool = False  # False: QUInt8 activations (U8S8, fast on x86); True: QInt8 (S8S8)
+    activation_int8: bool = False  # False: QUInt8 activations; True: QInt8 (S8S8)
+    weight_type: str = "uint8"  # "uint8": U8U8 kernels, exact on every x86-64; "int8": U8S8, saturates on AVX2
 
 
 class _Feeds:
@@ -148,7 +151,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: StaticOptions, step: 
             reader,
             quant_format=QuantFormat.QDQ,
             activation_type=act,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QUInt8 if opts.weight_type == "uint8" else QuantType.QInt8,
             op_types_to_quantize=list(opts.op_types),
             nodes_to_exclude=excluded,
             per_channel=True,
