@@ -204,3 +204,21 @@ def test_sigterm_waits_no_longer_than_the_grace_period(sites: list[Path], tmp_pa
         thread.join(timeout=30)
     finally:
         srv.stop()
+
+
+def test_busy_predictions_leave_health_answered_and_excess_gets_503(sites: list[Path], tmp_path: Path) -> None:
+    """Four threads: two may predict (one runs, one waits its turn), two are kept for health checks."""
+    srv = Server(sites, slow_model_dir(tmp_path / "slow"), tmp_path, {"SLIMSERVE_THREADS": "4"})
+    try:
+        slow = {"inputs": {"x": [[1.0] * 16], "n": [_turns_for(srv, 2.0)]}}
+        calls = [_in_background(srv, slow) for _ in range(4)]
+        time.sleep(0.5)
+        started = time.monotonic()
+        status, body = srv.request("GET", "/health", timeout=5)
+        assert status == 200 and body["status"] == "ok" and time.monotonic() - started < 1.0
+        for thread, _ in calls:
+            thread.join(timeout=30)
+        statuses = sorted(result.get("status", 0) for _, result in calls)
+        assert statuses == [200, 200, 503, 503], [result for _, result in calls]
+    finally:
+        srv.stop()
