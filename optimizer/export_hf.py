@@ -92,7 +92,7 @@ def _runtime_spec(source: HfFolderSource, out: Path) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "kind": "text", "task": source.task, "tokenizer": "tokenizer.json",
         "pad_id": int(tokenizer.pad_token_id or 0), "pad_token": str(tokenizer.pad_token or "[PAD]"),
-        "labels": None, "max_batch": 64, "max_chars": 20000,
+        "labels": None,
     }
     if source.library == "sentence_transformers":
         st_config = _read_json(source.path / "sentence_bert_config.json")
@@ -107,6 +107,12 @@ def _runtime_spec(source: HfFolderSource, out: Path) -> dict[str, Any]:
     else:
         spec.update(output="last_hidden_state", pooling="mean", normalize=False)
     spec["max_length"] = max_length
+    # The request limits the shipped handler enforces (and `check` measures at their worst), written
+    # out so the manifest says what a deployment accepts; see RequestLimits for how they are derived.
+    from slimserve.runtime.model_runtime import RequestLimits
+
+    limits = RequestLimits.from_spec(spec, environ={}).as_dict()
+    spec.update({key: value for key, value in limits.items() if key != "max_elements"})
     return spec
 
 

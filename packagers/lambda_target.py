@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from slimserve.packagers.closure import build_closure, closure_info
-from slimserve.packagers.model_files import model_entries
+from slimserve.packagers.model_check import check_model
+from slimserve.packagers.model_files import model_entries, shipped_manifest
 from slimserve.packagers.repro_zip import tree_entries, write_zip
 from slimserve.packagers.target import Target
 
@@ -158,6 +159,7 @@ def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: in
                    progress: Progress = NULL_PROGRESS) -> LambdaArtifacts:
     """Write layer.zip, function.zip, template.yaml, slimserve.json and DEPLOY.md to `out`, atomically."""
     out = Path(out).absolute()
+    check_model(bundle)  # refuse a model that cannot be served before building anything
     memory = choose_memory(memory_mb, check_results)
     timeout = choose_timeout(check_results)
     with atomic_dir(out, inputs=[bundle.model_path]) as staging:
@@ -181,7 +183,7 @@ def artifact_manifest(bundle: ModelBundle, target: Target, memory: int, layer: Z
                       timeout_s: int = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """The model's manifest plus what packaging added: artifacts, handler, target, runtime closure, checks."""
     info = closure_info(closure)
-    manifest = dict(bundle.manifest)
+    manifest: dict[str, Any] = shipped_manifest(bundle.manifest)
     manifest["handler"] = HANDLER
     manifest["target"] = {"platform": PLATFORM, "runtime": target.lambda_runtime, "python": target.python,
                           "arch": target.arch, "memory_mb": memory, "timeout_s": timeout_s,

@@ -317,8 +317,6 @@ def test_lambda_artifacts_carry_no_host_path(source_folder: Path, tmp_path: Path
             "/opt/python/numpy/__init__.py"
 
 
-@pytest.mark.xfail(strict=True, reason="packagers/lambda_target.py artifact_manifest must call "
-                                       "model_files.shipped_manifest (another engineer's file)")
 def test_lambda_top_level_manifest_carries_no_host_path(source_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     package_lambda(load_bundle(source_folder), out, Target("3.12"), memory_mb=512)
