@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from slimserve.optimizer.exported import Exported, Feed
-from slimserve.optimizer.sources import HfFolderSource
 
 from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.optimizer.exported import Exported, Feed
+from slimserve.optimizer.sources import HfFolderSource
 
 RUNTIME_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
 DEFAULT_MAX_LENGTH = 512

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from slimserve.optimizer.exported import Exported, Feed
-from slimserve.optimizer.sources import TorchSource
 
 from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.optimizer.exported import Exported, Feed
+from slimserve.optimizer.sources import TorchSource
 
 OPSET = 17
 

@@ -14,13 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from slimserve.optimizer import eval_inputs
-from slimserve.optimizer.exported import Exported
-from slimserve.optimizer.fidelity import Fidelity, compare_outputs
-from slimserve.optimizer.onnx_io import describe_model, load_onnx, model_files, ort_message, ort_session
-from slimserve.optimizer.recipes import parse_recipe
-from slimserve.optimizer.sources import HfFolderSource, OnnxSource, Source
-from slimserve.optimizer.steps.base import StepContext
 
 from slimserve.errors import SlimserveError, ToolError, first_line
 from slimserve.manifest import (
@@ -31,6 +24,13 @@ from slimserve.manifest import (
     sha256_tree,
     write_manifest,
 )
+from slimserve.optimizer import eval_inputs
+from slimserve.optimizer.exported import Exported
+from slimserve.optimizer.fidelity import Fidelity, compare_outputs
+from slimserve.optimizer.onnx_io import describe_model, load_onnx, model_files, ort_message, ort_session
+from slimserve.optimizer.recipes import parse_recipe
+from slimserve.optimizer.sources import HfFolderSource, OnnxSource, Source
+from slimserve.optimizer.steps.base import StepContext
 from slimserve.progress import NULL_PROGRESS, Progress
 from slimserve.runtime.model_runtime import LoadedModel
 

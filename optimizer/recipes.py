@@ -11,9 +11,8 @@ import importlib
 from dataclasses import dataclass
 from functools import lru_cache
 
-from slimserve.optimizer.steps.base import StepSpec
-
 from slimserve.errors import SlimserveError
+from slimserve.optimizer.steps.base import StepSpec
 
 STEP_MODULES = ("graph_opt", "fp16", "int8_dynamic", "int8_static", "int8_weight", "int4_weight", "int8_auto", "prune")
 DEFAULT_RECIPE = "int8"

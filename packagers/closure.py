@@ -34,12 +34,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from slimserve.errors import ToolError, first_line
 from slimserve.packagers.interpreters import find_python
 from slimserve.packagers.slim import slim_tree, strip_native
 from slimserve.packagers.target import ELF_MACHINE, Target
 from slimserve.packagers.wheels import PINS_FILE, Pin, download_wheel, read_pins, unpack_wheel
-
-from slimserve.errors import ToolError, first_line
 from slimserve.progress import NULL_PROGRESS, Progress
 
 # Bump when the layout or the slimming rules change, so cached closures are rebuilt.

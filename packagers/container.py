@@ -30,6 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from slimserve import __version__
+from slimserve.atomic import atomic_dir
+from slimserve.bundle import ModelBundle
+from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.manifest import MANIFEST_NAME, sha256_file, write_manifest
+from slimserve.measure import PackageSize
 from slimserve.packagers.model_check import check_model
 from slimserve.packagers.model_files import model_entries, shipped_manifest
 from slimserve.packagers.oci import layout
@@ -44,7 +50,6 @@ from slimserve.packagers.oci.image import (
     with_config,
 )
 from slimserve.packagers.oci.layer import (
-    Source,
     build_layer,
     image_path,
     layer_from_blob,
@@ -53,15 +58,8 @@ from slimserve.packagers.oci.layer import (
 )
 from slimserve.packagers.oci.registry import PulledImage, PushResult, Reference, RegistryClient
 from slimserve.packagers.oci.validate import validate_image
-from slimserve.packagers.reproducible import is_executable
+from slimserve.packagers.reproducible import Source, is_executable
 from slimserve.packagers.target import Target
-
-from slimserve import __version__
-from slimserve.atomic import atomic_dir
-from slimserve.bundle import ModelBundle
-from slimserve.errors import SlimserveError, ToolError, first_line
-from slimserve.manifest import MANIFEST_NAME, sha256_file, write_manifest
-from slimserve.measure import PackageSize
 from slimserve.progress import NULL_PROGRESS, Progress
 from slimserve.runtime import RUNTIME_DIR
 

@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slimserve.packagers.closure import build_closure, closure_info
-from slimserve.packagers.model_check import check_model
-from slimserve.packagers.model_files import model_entries, shipped_manifest
-from slimserve.packagers.repro_zip import tree_entries, write_zip
-from slimserve.packagers.target import Target
-
 from slimserve.atomic import atomic_dir
 from slimserve.bundle import ModelBundle
 from slimserve.errors import SlimserveError
 from slimserve.manifest import MANIFEST_NAME, sha256_file
 from slimserve.measure import PackageSize
+from slimserve.packagers.closure import build_closure, closure_info
+from slimserve.packagers.model_check import check_model
+from slimserve.packagers.model_files import model_entries, shipped_manifest
+from slimserve.packagers.repro_zip import write_zip
+from slimserve.packagers.reproducible import tree_entries
+from slimserve.packagers.target import Target
 from slimserve.progress import NULL_PROGRESS, Progress
 from slimserve.runtime import RUNTIME_DIR
 

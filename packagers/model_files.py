@@ -18,10 +18,9 @@ import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from slimserve.packagers.model_check import check_model
-
 from slimserve.bundle import ModelBundle, contained_name
 from slimserve.manifest import MANIFEST_NAME
+from slimserve.packagers.model_check import check_model
 
 Source = Path | bytes
 DATA_SUFFIX = ".data"

@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
+from slimserve.errors import SlimserveError
 from slimserve.packagers.reproducible import (  # noqa: F401  (re-exported)
     COMPRESS_LEVEL,
     ZIP_EPOCH_MIN,
@@ -23,8 +24,6 @@ from slimserve.packagers.reproducible import (  # noqa: F401  (re-exported)
     source_date_epoch,
     tree_entries,
 )
-
-from slimserve.errors import SlimserveError
 
 _CHUNK = 1 << 20
 

@@ -41,6 +41,14 @@ class Target:
         if self.arch not in ARCHES:
             raise SlimserveError(f"unsupported architecture {self.arch!r}: choose x86_64 or arm64")
 
+    @classmethod
+    def parse(cls, python: str, arch: str) -> Target:
+        """A Target from user-given strings (CLI, config): the same one-line errors, the arch narrowed."""
+        for known in ARCHES:
+            if arch == known:
+                return cls(python=python, arch=known)
+        return cls(python=python, arch=arch)  # type: ignore[arg-type]  # __post_init__ raises the error
+
     @property
     def glibc(self) -> tuple[int, int]:
         return _GLIBC[self.python]

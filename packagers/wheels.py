@@ -14,9 +14,9 @@ from pathlib import Path
 
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
-from slimserve.packagers.target import Target
 
 from slimserve.errors import SlimserveError, ToolError
+from slimserve.packagers.target import Target
 
 PINS_FILE = Path(__file__).resolve().parent / "runtime" / "requirements.txt"
 

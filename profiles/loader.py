@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from slimserve.profiles.schema import Profile
 
 from slimserve.errors import SlimserveError
+from slimserve.profiles.schema import Profile
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -33,10 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from slimserve.profiles.schema import SIZE_UNITS, Limit, Profile, _num
-
 from slimserve.errors import SlimserveError
 from slimserve.measure import ColdStart, PackageSize
+from slimserve.profiles.schema import SIZE_UNITS, Limit, Profile, _num
 
 Status = Literal["pass", "warn", "fail"]
 STATUSES: tuple[Status, ...] = ("pass", "warn", "fail")

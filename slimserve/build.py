@@ -194,7 +194,7 @@ def package_winner(folder: Path, out: Path, target_kind: str, profile: Profile, 
     from slimserve.packagers.target import Target
 
     bundle = load_bundle(folder)
-    target = Target(python=options.compare.python, arch=options.compare.arch)
+    target = Target.parse(options.compare.python, options.compare.arch)
     if target_kind == "lambda":
         from slimserve.packagers.lambda_target import package_lambda
 
@@ -210,13 +210,13 @@ def package_winner(folder: Path, out: Path, target_kind: str, profile: Profile, 
         return summary, written
     from slimserve.packagers.container import package_container
 
-    art = package_container(bundle, out, target, base_ref=options.base, platform=profile.name, progress=progress)
-    facts = art.facts
+    image = package_container(bundle, out, target, base_ref=options.base, platform=profile.name, progress=progress)
+    facts = image.facts
     written = PackageSize(unzipped_bytes=int(facts["new_layers_uncompressed_bytes"]),
                           zipped_bytes=int(facts["new_layers_bytes"]), layers=len(facts["layers"]),
                           image_bytes=int(facts["uncompressed_bytes"]))
-    summary = {"kind": "container", "digest": str(art.digest), "image_bytes": int(facts["uncompressed_bytes"]),
-               "compressed_bytes": int(facts["compressed_bytes"]), "engine": art.engine,
+    summary = {"kind": "container", "digest": str(image.digest), "image_bytes": int(facts["uncompressed_bytes"]),
+               "compressed_bytes": int(facts["compressed_bytes"]), "engine": image.engine,
                "files": ["Dockerfile", "context", "image", "slimserve.json"]}
     return summary, written
 

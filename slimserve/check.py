@@ -83,7 +83,7 @@ def validate_options(options: CheckOptions, profiles: Sequence[Profile]) -> None
 def _target(options: CheckOptions) -> Any:
     from slimserve.packagers.target import Target  # validates python/arch with a one-line error
 
-    return Target(python=options.python, arch=options.arch)
+    return Target.parse(options.python, options.arch)
 
 
 def _readable_model(bundle: ModelBundle) -> None:

@@ -218,7 +218,7 @@ def validate(recipes: Sequence[str], platforms: Sequence[str | Profile], options
         raise SlimserveError(f"--min-fidelity is a mean cosine in (0, 1], got {options.min_fidelity}")
     profiles = resolve_profiles(list(platforms) or list(DEFAULT_PLATFORMS), profile_files)
     validate_options(CheckOptions(memory_mb=options.memory_mb, runs=options.runs), profiles)
-    Target(python=options.python, arch=options.arch)  # validates with one line
+    Target.parse(options.python, options.arch)  # validates with one line
     return profiles
 
 
@@ -269,7 +269,7 @@ def measure_candidate(result: CandidateResult, folder: Path, options: CompareOpt
     if result.error is not None:
         return result
     started = time.perf_counter()
-    target = Target(python=options.python, arch=options.arch)
+    target = Target.parse(options.python, options.arch)
     try:
         bundle = load_bundle(folder)
         with progress.stage(f"{result.recipe}: deployment size"):

@@ -20,10 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from slimserve.errors import ToolError, first_line
 from slimserve.optimizer.steps import graph_opt
 from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec
-
-from slimserve.errors import ToolError, first_line
 
 if TYPE_CHECKING:
     import onnx

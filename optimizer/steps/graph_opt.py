@@ -21,9 +21,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec
-
 from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec
 
 if TYPE_CHECKING:
     import onnx

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from slimserve.errors import SlimserveError
 from slimserve.optimizer.onnx_io import model_files
 from slimserve.optimizer.steps import int8_dynamic, int8_weight
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec
-
-from slimserve.errors import SlimserveError
 
 CANDIDATES = (int8_weight, int8_dynamic)
 MAX_FEEDS = 32  # enough to rank two methods whose gap is measured in thousandths; bounds the step's time

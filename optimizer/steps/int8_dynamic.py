@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from slimserve.optimizer.steps import graph_opt, int8_weight
-from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec
 
 from slimserve.errors import ToolError, first_line
+from slimserve.optimizer.steps import graph_opt, int8_weight
+from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec
 
 if TYPE_CHECKING:
     import onnx

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from slimserve.optimizer.steps import graph_opt, int8_dynamic, int8_weight
-from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec
 
 from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.optimizer.steps import graph_opt, int8_dynamic, int8_weight
+from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec
 
 STEP = "int8-static"
 DEFAULT_METHOD = "MinMax"
@@ -86,7 +86,7 @@ def uniform_feeds(feeds: Sequence[Feed]) -> list[Feed]:
         for f in feeds[:1]
     )
     if paddable:
-        out = []
+        out: list[Feed] = []
         for f in feeds:
             g = dict(f)
             for n in varying:

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from slimserve.optimizer.steps import graph_opt
-from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec
 
 from slimserve.errors import ToolError, first_line
+from slimserve.optimizer.steps import graph_opt
+from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec
 
 if TYPE_CHECKING:
     import onnx

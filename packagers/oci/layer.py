@@ -17,11 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from slimserve.errors import SlimserveError
 from slimserve.packagers.reproducible import COMPRESS_LEVEL, ZIP_EPOCH_MIN, Source, is_executable
 from slimserve.packagers.reproducible import source_date_epoch as _source_date_epoch
 from slimserve.packagers.reproducible import tree_entries as _tree_entries
-
-from slimserve.errors import SlimserveError
 
 from .digest import Digest
 from .image import OCI_LAYER_GZIP, Layer

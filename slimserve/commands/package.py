@@ -50,7 +50,7 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
     if kind == "lambda":
         _refuse_container_options(base_ref=base_ref, push=push_ref, insecure_registry=insecure)
     _check_references(push_ref, base_ref)
-    target = Target(python=python, arch=arch)
+    target = Target.parse(python, arch)
     bundle = load_bundle(path)  # every shipped file proven to be a regular file inside the model folder
     check_model(bundle)  # loads in onnxruntime, even with --no-check: nothing is written for a hostile model
     with progress_for(sys.stderr) as progress:
