@@ -29,12 +29,14 @@ system-deps:
 demo: install
 	$(VENV)/bin/slimserve build $(MODEL) --platform aws-lambda-zip -o $(DEMO_OUT)
 
-test: install system-deps
+test: install system-deps lint
 	$(PY) -m pytest -q
 
+# ruff over everything Python here; mypy --strict over slimserve (optimizer/, packagers/, profiles/ through
+# the slimserve/* links), its cache in .cache/mypy (ignored by git).
 lint: install
-	$(VENV)/bin/ruff check slimserve optimizer packagers profiles
-	$(VENV)/bin/mypy slimserve optimizer packagers profiles
+	$(VENV)/bin/ruff check slimserve optimizer packagers profiles tests benchmarks
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)

@@ -25,15 +25,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from slimserve.bundle import load_bundle
+from slimserve.measure.coldstart import measure_cold_start, sample_event
 from slimserve.packagers.closure import build_closure, closure_info
 from slimserve.packagers.interpreters import find_python
 from slimserve.packagers.lambda_target import function_entries
 from slimserve.packagers.repro_zip import tree_entries, write_zip
 from slimserve.packagers.target import Target
 from slimserve.packagers.wheels import read_pins
-
-from slimserve.bundle import load_bundle
-from slimserve.measure.coldstart import measure_cold_start, sample_event
 from slimserve.runtime import RUNTIME_DIR
 
 
@@ -50,10 +49,9 @@ def naive_layer(target: Target, text: bool, dest: Path) -> Path:
 
 
 def build_minilm_int8(work: Path) -> Path:
+    from slimserve.atomic import atomic_dir
     from slimserve.optimizer.optimize import make_candidate, prepare
     from slimserve.optimizer.sources import packaged_model_dir, resolve_source
-
-    from slimserve.atomic import atomic_dir
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     folder = packaged_model_dir("all-MiniLM-L6-v2")
@@ -111,13 +109,13 @@ def main() -> None:
         info = closure_info(slim_site)
         lines = [
             f"# Lambda layer: naive vs slimserve ({target.lambda_runtime}, {target.arch})", "",
-            f"Model: `{bundle.manifest.get('source', {}).get('path', model)}` recipe "
-            f"`{bundle.manifest.get('recipe')}`, {bundle.model_path.stat().st_size / 1e6:.1f} MB model file.",
+            (f"Model: `{bundle.manifest.get('source', {}).get('path', model)}` recipe "
+            f"`{bundle.manifest.get('recipe')}`, {bundle.model_path.stat().st_size / 1e6:.1f} MB model file."),
             f"Pins: {', '.join(info['pins'])}. Bytecode: {info['bytecode']}, sources shipped: {info['sources']}.",
-            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs visible (shared with other jobs), "
-            f"{platform.platform()}; interpreter {exe}.",
-            f"Cold start = import + load + first inference in a fresh `-I -S -B` process; "
-            f"{args.runs} runs each, interleaved; medians.", "",
+            (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs visible (shared with other jobs), "
+            f"{platform.platform()}; interpreter {exe}."),
+            (f"Cold start = import + load + first inference in a fresh `-I -S -B` process; "
+            f"{args.runs} runs each, interleaved; medians."), "",
             "| layout | layer zipped | layer unzipped | import ms | load ms | first inference ms | total ms | peak RSS MB |",
             "|---|---|---|---|---|---|---|---|",
         ]
@@ -126,9 +124,9 @@ def main() -> None:
             lines.append(f"| {name} | {sizes[name][0] / 1e6:.1f} MB | {sizes[name][1] / 1e6:.1f} MB | "
                          f"{p['import_ms']:.0f} | {p['load_ms']:.0f} | {p['first_inference_ms']:.0f} | "
                          f"{med[name]:.0f} | {p['peak_rss_mb']:.0f} |")
-        lines += ["", f"Ratios slimserve / naive: zipped {sizes['slimserve'][0] / sizes['naive'][0]:.2f}x, "
+        lines += ["", (f"Ratios slimserve / naive: zipped {sizes['slimserve'][0] / sizes['naive'][0]:.2f}x, "
                       f"unzipped {sizes['slimserve'][1] / sizes['naive'][1]:.2f}x, "
-                      f"cold start {med['slimserve'] / med['naive']:.2f}x (issue 4 requires <= 0.70x).", "",
+                      f"cold start {med['slimserve'] / med['naive']:.2f}x (issue 4 requires <= 0.70x)."), "",
                   "Raw totals (ms): " + "; ".join(f"{n}: {', '.join(f'{v:.0f}' for v in totals[n])}" for n in totals)]
         text = "\n".join(lines) + "\n"
         print(text)

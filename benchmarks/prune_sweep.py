@@ -207,6 +207,7 @@ def main() -> None:
 
     import torch
     from sentence_transformers import SentenceTransformer
+
     from slimserve.optimizer.steps.base import StepContext
     from slimserve.optimizer.steps.prune import prune_ffn, prune_heads, sparsify
 

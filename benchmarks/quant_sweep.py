@@ -28,6 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+
 from slimserve.optimizer.steps.base import Feed, StepContext
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,9 +26,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from slimserve.packagers.interpreters import find_python
-
 from slimserve.measure.coldstart import worst_event
+from slimserve.packagers.interpreters import find_python
 
 _RUNNER = r"""
 import json, os, sys, time

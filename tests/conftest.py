@@ -24,7 +24,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
             timeout: int = 900) -> subprocess.CompletedProcess[str]:
     """Run `slimserve` in a fresh interpreter, as a user would (no in-process state shared)."""
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(FIXTURES)}
-    return subprocess.run([sys.executable, "-m", "slimserve", *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "slimserve", *args], check=False, cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 

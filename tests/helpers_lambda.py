@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from slimserve.packagers.interpreters import find_python
 
 from slimserve.manifest import file_entries, sha256_file, write_manifest
+from slimserve.packagers.interpreters import find_python
 from tests.conftest import build_tiny_onnx
 
 WORDS = ["[PAD]", "[UNK]", "serverless", "models", "start", "fast", "and", "stay", "small", "hello", "world"]
@@ -98,7 +98,7 @@ def run_like_lambda(out: Path, work: Path, python: str, events: list[Any]) -> di
     with zipfile.ZipFile(out / "function.zip") as zf:
         zf.extractall(task)
     proc = subprocess.run([str(exe), "-I", "-S", "-c", _RUNNER, json.dumps([str(task), str(opt / "python")])],
-                          input=json.dumps(events), capture_output=True, text=True, cwd=work, timeout=300,
+                          input=json.dumps(events), check=False, capture_output=True, text=True, cwd=work, timeout=300,
                           env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from slimserve.packagers.oci import layout
 from slimserve.packagers.oci.digest import Digest
 from slimserve.packagers.oci.image import (

@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-
 from tests.conftest import assert_clean_error, run_cli
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
@@ -108,10 +107,9 @@ def test_real_check_of_a_tiny_tensor_model(tiny_onnx: Path, tmp_path: Path) -> N
 
 
 def test_measured_image_size_replaces_the_estimate_for_that_platform_only() -> None:
-    from slimserve.profiles.rules import DeploymentFacts
-
     from slimserve.check import CheckOptions, check_facts, resolve_profiles
     from slimserve.measure import ColdStart, PackageSize
+    from slimserve.profiles.rules import DeploymentFacts
 
     facts = DeploymentFacts(
         package=PackageSize(unzipped_bytes=80_000_000, zipped_bytes=27_000_000),

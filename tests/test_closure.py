@@ -7,12 +7,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from slimserve.errors import SlimserveError, ToolError
 from slimserve.packagers.closure import build_closure, closure_info
 from slimserve.packagers.interpreters import find_python
 from slimserve.packagers.target import Target
 from slimserve.packagers.wheels import Pin, download_wheel, read_pins
-
-from slimserve.errors import SlimserveError, ToolError
 from tests.helpers_lambda import elf_machine
 
 needs_312 = pytest.mark.skipif(find_python("3.12") is None, reason="python3.12 is not installed (pyenv install 3.12)")

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from slimserve.packagers.interpreters import find_python
-from slimserve.packagers.target import Target
 
 from slimserve.bundle import load_bundle
 from slimserve.errors import ToolError
 from slimserve.measure.coldstart import cold_start_for_bundle, measure_cold_start, sample_event, worst_event
+from slimserve.packagers.interpreters import find_python
+from slimserve.packagers.target import Target
 from tests.helpers_lambda import tensor_model_dir, text_model_dir
 
 

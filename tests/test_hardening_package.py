@@ -24,13 +24,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from slimserve.packagers.interpreters import find_python
-from slimserve.packagers.lambda_target import package_lambda
-from slimserve.packagers.target import Target
 
 from slimserve.bundle import load_bundle
 from slimserve.errors import SlimserveError
 from slimserve.manifest import MANIFEST_NAME, file_entries, sha256_file, write_manifest
+from slimserve.packagers.interpreters import find_python
+from slimserve.packagers.lambda_target import package_lambda
+from slimserve.packagers.target import Target
 from tests.conftest import assert_clean_error, build_tiny_onnx, run_cli
 from tests.helpers_lambda import tensor_model_dir, text_model_dir
 from tests.registry_fixture import make_base_layout

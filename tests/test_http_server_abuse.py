@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from slimserve.packagers.interpreters import find_python
 
+from slimserve.packagers.interpreters import find_python
 from slimserve.runtime import RUNTIME_DIR
 from tests.helpers_lambda import _manifest, tensor_model_dir
 

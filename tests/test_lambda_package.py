@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from slimserve.packagers.interpreters import find_python
 
 # Lambda's "50 MB" direct-upload limit is 50 MiB of zip: the API refuses requests over 69,905,067 bytes,
 # which is 52,428,800 bytes once base64-encoded. The issue asks layer + function together to fit it.
 DIRECT_UPLOAD_BYTES = 50 * 1024 * 1024
+from slimserve.bundle import load_bundle
 from slimserve.packagers.lambda_target import lambda_package_size, package_lambda
 from slimserve.packagers.target import Target
-
-from slimserve.bundle import load_bundle
 from slimserve.runtime.model_runtime import LoadedModel
 from tests.conftest import assert_clean_error, run_cli
 from tests.helpers_lambda import minilm_fp32_export, run_like_lambda, tensor_model_dir, text_model_dir
@@ -66,7 +66,7 @@ def test_cfn_lint_accepts_the_template(tensor_out: Path, tmp_path: Path, arch: s
     template = tmp_path / "template.yaml"
     template.write_text(sam_template(Target("3.13", arch), 2048))  # type: ignore[arg-type]
     for path in (template, tensor_out / "template.yaml"):
-        proc = subprocess.run(["cfn-lint", str(path)], capture_output=True, text=True)
+        proc = subprocess.run(["cfn-lint", str(path)], check=False, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

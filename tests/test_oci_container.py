@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from slimserve.atomic import OUTPUT_MARKER, mark_output
+from slimserve.bundle import ModelBundle, load_bundle
+from slimserve.errors import SlimserveError, ToolError
 from slimserve.packagers.container import container_image_size, package_container
 from slimserve.packagers.oci import layout
 from slimserve.packagers.oci.image import DOCKER
 from slimserve.packagers.oci.validate import image_problems, validate_image
 from slimserve.packagers.target import Target
-
-from slimserve.atomic import OUTPUT_MARKER, mark_output
-from slimserve.bundle import ModelBundle, load_bundle
-from slimserve.errors import SlimserveError, ToolError
 
 from .conftest import build_tiny_onnx
 from .registry_fixture import (  # noqa: F401

@@ -11,6 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+from slimserve.errors import SlimserveError
 from slimserve.packagers.oci import layout
 from slimserve.packagers.oci.digest import Digest
 from slimserve.packagers.oci.image import (
@@ -29,8 +31,6 @@ from slimserve.packagers.oci.image import (
 )
 from slimserve.packagers.oci.layer import build_layer, source_date_epoch
 from slimserve.packagers.oci.validate import image_problems, validate_image
-
-from slimserve.errors import SlimserveError
 
 from .registry_fixture import base_image
 

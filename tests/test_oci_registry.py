@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from slimserve.packagers.oci.image import Platform
-from slimserve.packagers.oci.registry import Reference, RegistryClient, basic_credentials
 
 from slimserve.errors import SlimserveError, ToolError
+from slimserve.packagers.oci.image import Platform
+from slimserve.packagers.oci.registry import Reference, RegistryClient, basic_credentials
 
 from .registry_fixture import docker_config
 

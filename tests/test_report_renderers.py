@@ -12,10 +12,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from slimserve.profiles.rules import DeploymentFacts
 
 from slimserve.check import CheckOptions, check_facts, resolve_profiles
 from slimserve.measure import ColdStart, PackageSize
+from slimserve.profiles.rules import DeploymentFacts
 from slimserve.report import FORMATS, Report, make_report, renderer
 from slimserve.report.github import annotation, escape_data, escape_property
 

@@ -7,9 +7,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from slimserve.packagers.repro_zip import ZIP_EPOCH_MIN, tree_entries, write_zip
 
 from slimserve.errors import SlimserveError
+from slimserve.packagers.repro_zip import ZIP_EPOCH_MIN, tree_entries, write_zip
 
 
 def _tree(root: Path) -> Path:

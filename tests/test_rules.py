@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
+from slimserve.errors import SlimserveError
+from slimserve.measure import ColdStart, PackageSize
 from slimserve.profiles.loader import load_profile
 from slimserve.profiles.rules import (
     RULE_ORDER,
@@ -16,9 +19,6 @@ from slimserve.profiles.rules import (
     memory_needed_mb,
     project,
 )
-
-from slimserve.errors import SlimserveError
-from slimserve.measure import ColdStart, PackageSize
 
 MiB = 1024**2
 

@@ -11,7 +11,12 @@ import pytest
 from slimserve.errors import SlimserveError
 from slimserve.optimizer.onnx_io import describe_model, load_onnx
 from slimserve.optimizer.sources import (
-    HfFolderSource, OnnxSource, TorchSource, infer_task, parse_shape, resolve_source,
+    HfFolderSource,
+    OnnxSource,
+    TorchSource,
+    infer_task,
+    parse_shape,
+    resolve_source,
 )
 
 
@@ -115,8 +120,8 @@ def test_truncated_onnx_file(tiny_onnx: Path) -> None:
 
 
 def test_missing_external_data_is_named(tmp_path: Path) -> None:
-    import onnx
     import numpy as np
+    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
