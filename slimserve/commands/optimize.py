@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -73,23 +72,17 @@ def render_optimize_table(manifest: dict[str, Any]) -> None:
 def command(model: str, output: Path, recipe: str, task: str | None, eval_path: Path | None,
             input_shapes: tuple[str, ...], input_dtype: str, trust_remote_code: bool, allow_pickle: bool, fmt: str) -> None:
     """Export MODEL (an .onnx file, a Hugging Face folder, or package.module:factory) and apply a recipe."""
-    from slimserve.atomic import atomic_dir
-    from slimserve.optimizer.optimize import optimize
-    from slimserve.optimizer.recipes import parse_recipe
-    from slimserve.optimizer.sources import resolve_source
+    from slimserve.api import optimize
     from slimserve.ui import progress_for
 
-    parse_recipe(recipe)
-    source = resolve_source(model, task=task, input_shapes=input_shapes, input_dtype=input_dtype,
-                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    inputs = [Path(model)] if Path(model).exists() else []
-    with tempfile.TemporaryDirectory(prefix="slimserve-") as work, progress_for(sys.stderr) as progress, \
-            atomic_dir(output, inputs=inputs) as staging:
-        manifest = optimize(source, recipe, staging, Path(work), eval_path, progress)
+    with progress_for(sys.stderr) as progress:
+        candidate = optimize(model, output, recipe=recipe, task=task, eval_path=eval_path, input_shapes=input_shapes,
+                             input_dtype=input_dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                             progress=progress)
     if fmt == "json":
-        click.echo(json.dumps(manifest, indent=2))
+        click.echo(json.dumps(candidate.manifest, indent=2))
     else:
-        render_optimize_table(manifest)
+        render_optimize_table(candidate.manifest)
         click.echo(f"wrote {output}")
 
 
