@@ -1,0 +1,150 @@
+"""compare's and build's outputs, from fixed in-memory results, compared with stored snapshots (tests/golden/).
+
+Every number comes from hand-made measurements held against the real profile rules, so the snapshots prove
+that a refactor of the result models and renderers keeps the bytes users and CI read: the files in OUT
+(compare.json/.md, build.json/.md) and what the commands print on stdout. The machine description and
+library versions (the only host-dependent values) are fixed here.
+
+Regenerate after an intended change with: SLIMSERVE_UPDATE_GOLDEN=1 pytest tests/test_compare_build_golden.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from slimserve.build import BuildOptions, BuildResult, decide, write_build
+from slimserve.check import CheckOptions, check_facts, resolve_profiles
+from slimserve.compare import (
+    CandidateResult,
+    CompareOptions,
+    Comparison,
+    assemble,
+    evaluate_candidate,
+    write_outputs,
+)
+from slimserve.measure.latency import Latency
+from slimserve.profiles.rules import DeploymentFacts
+from tests.test_build import FP32, INT4, INT8, MIB, candidate
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+MACHINE = {"cpu": "Golden CPU @ 2.00GHz", "cpus": 2, "arch": "x86_64", "vnni": [], "avx512": False, "avx2": True}
+VERSIONS = {"onnx": "1.0.0", "onnxruntime": "1.0.0", "python": "3.12.0", "slimserve": "0.0.0"}
+LATENCY = {"fp32": (9.5, 61.0), "int8": (4.25, 22.5), "int8-dynamic": (0.75, 180.0), "int4-weight": (5.0, 30.0)}
+
+
+def assert_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("SLIMSERVE_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"no snapshot {path}: run with SLIMSERVE_UPDATE_GOLDEN=1"
+    assert text == path.read_text(encoding="utf-8")
+
+
+def comparison_of(cands: list[CandidateResult], platforms: list[str], options: CompareOptions) -> Comparison:
+    profiles = resolve_profiles(platforms)
+    evaluated = []
+    for i, c in enumerate(cands):
+        b1, b8 = LATENCY.get(c.recipe, (3.0, 12.0))
+        lat = Latency(load_ms=10.0, batch1_ms=b1, batch8_ms=b8, runs=20, threads=1) if c.error is None else None
+        c = dataclasses.replace(c, latency=lat, build_seconds=1.5 * (i + 1), measure_seconds=2.25 * (i + 1))
+        evaluated.append(evaluate_candidate(c, profiles, options))
+    comp = assemble("models/minilm", {"kind": "onnx", "path": "models/minilm/model.onnx", "sha256": "ab" * 32},
+                    "built-in (64 sentences)", options, profiles, evaluated)
+    return dataclasses.replace(comp, machine=dict(MACHINE), versions=dict(VERSIONS))
+
+
+BROKEN = CandidateResult("int8-static", "candidates/int8-static", error="step int8-static failed: no calibration data",
+                         build_seconds=0.5)
+HUGE = candidate("fp16", 0.99999, 300, 1200, rss_mb=900)  # too big for a Lambda zip, fine in a container
+
+
+@pytest.fixture
+def comparison() -> Comparison:
+    """Two platforms; a dominated candidate, one that fits only the container, and a recipe that failed."""
+    dominated = candidate("int8-dynamic", 0.993, 23, 650)
+    return comparison_of([FP32, HUGE, INT8, dominated, INT4, BROKEN], ["aws-lambda-zip", "aws-lambda-container"],
+                         CompareOptions())
+
+
+def lambda_artifacts(memory_mb: int) -> dict[str, Any]:
+    return {"kind": "lambda", "memory_mb": memory_mb, "handler": "lambda_handler.handler",
+            "layer.zip": {"bytes": 25_165_824, "unzipped_bytes": 62_914_560, "sha256": "11" * 32},
+            "function.zip": {"bytes": 21_705_523, "unzipped_bytes": 24_117_248, "sha256": "22" * 32},
+            "files": ["layer.zip", "function.zip", "template.yaml", "slimserve.json", "DEPLOY.md"]}
+
+
+def build_result(folder: Path, scenario: str) -> tuple[BuildResult, str]:
+    """One build per scenario, written to `folder` the way run_build writes OUT (without packaging)."""
+    budgets = {"packaged": BuildOptions(min_fidelity=0.99),
+               "no-winner": BuildOptions(min_fidelity=0.9999, max_cold_start_ms=400),
+               "fails-check": BuildOptions(min_fidelity=0.99)}[scenario]
+    comp = comparison_of([FP32, INT8, INT4, BROKEN], ["aws-lambda-zip"], budgets.compare)
+    decision = decide(comp, budgets)
+    result = BuildResult(out=folder, comparison=comp, decision=decision)
+    if decision.winner is not None:
+        c = comp.candidate(decision.winner)
+        assert c.package is not None and c.cold_start is not None
+        package = c.package if scenario == "packaged" else dataclasses.replace(
+            c.package, unzipped_bytes=c.package.unzipped_bytes + 200 * MIB)  # what was written grew
+        facts = DeploymentFacts(package=package, cold_start=c.cold_start, python="3.12", arch="x86_64",
+                                fidelity_mean=0.9995, fidelity_min=0.9895)
+        options = CheckOptions(min_fidelity=budgets.min_fidelity, max_cold_start_ms=budgets.max_cold_start_ms)
+        report = check_facts(f"OUT/candidates/{decision.winner}", [comp.platforms[0]], facts, options,
+                             {"path": f"OUT/candidates/{decision.winner}/model.onnx", "bytes": int(23 * MIB),
+                              "recipe": decision.winner, "fidelity": {"metric": "cosine", "mean": 0.9995}})
+        memory = report.platforms[0].recommended_memory_mb or 0
+        result = dataclasses.replace(result, check=report, artifacts=lambda_artifacts(memory))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_outputs(folder, comp)
+    write_build(folder, result, "lambda")
+    return result, "lambda"
+
+
+def masked(text: str, folder: Path) -> str:
+    return text.replace(str(folder), "OUT")
+
+
+# --- compare ------------------------------------------------------------------------------------------
+
+def test_compare_files_match_their_snapshots(comparison: Comparison, tmp_path: Path) -> None:
+    write_outputs(tmp_path, comparison)
+    assert_golden("compare.json", (tmp_path / "compare.json").read_text(encoding="utf-8"))
+    assert_golden("compare.md", (tmp_path / "compare.md").read_text(encoding="utf-8"))
+
+
+def test_compare_stdout_text_matches_its_snapshot(comparison: Comparison, capsys: pytest.CaptureFixture[str]) -> None:
+    from slimserve.commands.compare import print_table
+
+    print_table(comparison)
+    assert_golden("compare.stdout.txt", capsys.readouterr().out)
+
+
+# --- build --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scenario", ["packaged", "no-winner", "fails-check"])
+def test_build_files_and_stdout_match_their_snapshots(scenario: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from slimserve.commands.build import _summary
+
+    result, _ = build_result(tmp_path, scenario)
+    assert_golden(f"build.{scenario}.json", (tmp_path / "build.json").read_text(encoding="utf-8"))
+    assert_golden(f"build.{scenario}.md", (tmp_path / "build.md").read_text(encoding="utf-8"))
+    _summary(result, "json")
+    assert capsys.readouterr().out == (tmp_path / "build.json").read_text(encoding="utf-8")
+    _summary(result, "text")
+    assert_golden(f"build.{scenario}.stdout.txt", masked(capsys.readouterr().out, tmp_path))
+
+
+def test_build_scenarios_are_what_they_say(tmp_path: Path) -> None:
+    packaged, _ = build_result(tmp_path / "a", "packaged")
+    assert packaged.decision.winner == "int8" and packaged.fits
+    nothing, _ = build_result(tmp_path / "b", "no-winner")
+    assert nothing.decision.winner is None and nothing.check is None
+    failing, _ = build_result(tmp_path / "c", "fails-check")
+    assert failing.decision.winner == "int8" and failing.check is not None and not failing.fits
