@@ -16,6 +16,7 @@ from slimserve.errors import SlimserveError
 Arch = Literal["x86_64", "arm64"]
 
 SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
+DEFAULT_PYTHON = "3.12"
 ARCHES: tuple[Arch, ...] = ("x86_64", "arm64")
 
 # Lambda runtime -> glibc (major, minor) of its base image: docs.aws.amazon.com/lambda/latest/dg/lambda-runtimes.html
@@ -29,7 +30,7 @@ ELF_MACHINE = {"x86_64": 62, "arm64": 183}
 class Target:
     """A Lambda-compatible Linux target: CPython `python` ("3.12") on `arch` ("x86_64" | "arm64")."""
 
-    python: str = "3.12"
+    python: str = DEFAULT_PYTHON
     arch: Arch = "x86_64"
 
     def __post_init__(self) -> None:

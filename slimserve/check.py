@@ -19,6 +19,7 @@ from typing import Any
 from slimserve.bundle import ModelBundle, load_bundle
 from slimserve.errors import SlimserveError
 from slimserve.measure import ColdStart, PackageSize
+from slimserve.packagers.target import ARCHES, DEFAULT_PYTHON
 from slimserve.profiles.loader import ALL, list_profiles, load_profile
 from slimserve.profiles.rules import DeploymentFacts, RuleOptions, evaluate, validate_memory
 from slimserve.profiles.schema import Profile
@@ -29,8 +30,8 @@ from slimserve.report import Report, make_report
 @dataclass(frozen=True)
 class CheckOptions:
     memory_mb: int | None = None
-    python: str = "3.12"
-    arch: str = "x86_64"
+    python: str = DEFAULT_PYTHON
+    arch: str = ARCHES[0]
     max_cold_start_ms: float | None = None
     min_fidelity: float | None = None
     runs: int = 3

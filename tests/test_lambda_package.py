@@ -194,3 +194,13 @@ def test_arm64_package_has_aarch64_layer(tensor_dir: Path, tmp_path: Path) -> No
     natives = [p for p in (tmp_path / "opt").rglob("*.so*") if p.is_file()]
     assert natives and {elf_machine(p) for p in natives} == {183}
     assert "arm64" in (tmp_path / "out" / "template.yaml").read_text()
+
+
+@pytest.mark.parametrize(("extra", "flags"), [(["--base", "foo"], "--base applies"),
+                                              (["--push", "registry.example/x:1", "--base", "foo"],
+                                               "--base, --push apply")])
+def test_container_options_are_named_as_the_user_typed_them(tensor_dir: Path, tmp_path: Path, extra: list[str],
+                                                             flags: str) -> None:
+    result = run_cli("package", str(tensor_dir), "--target", "lambda", "-o", str(tmp_path / "pkg"), *extra)
+    assert_clean_error(result, contains=f"{flags} only to --target container")
+    assert "--base-ref" not in result.stderr and not (tmp_path / "pkg").exists()

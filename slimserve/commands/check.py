@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from slimserve.commands.options import arch_option, python_option
 from slimserve.report import FORMATS
 
 
@@ -21,10 +22,8 @@ from slimserve.report import FORMATS
               help="Your own profile file (TOML, same shape as the shipped ones); repeatable.")
 @click.option("--memory", "memory_mb", type=click.IntRange(min=1), metavar="MB",
               help="Memory setting to judge; must be one the platform offers. Default: the recommended one.")
-@click.option("--python", "python", default="3.12", show_default=True, metavar="X.Y",
-              help="Target Python version the package is built and timed for.")
-@click.option("--arch", type=click.Choice(["x86_64", "arm64"]), default="x86_64", show_default=True,
-              help="Target CPU architecture.")
+@python_option("Target Python version the package is built and timed for.")
+@arch_option()
 @click.option("--max-cold-start", "max_cold_start_ms", type=click.FloatRange(min=0, min_open=True),
               metavar="MS", help="Fail when the projected cold start on the platform exceeds MS milliseconds.")
 @click.option("--min-fidelity", type=click.FloatRange(min=0, max=1, min_open=True), metavar="X",

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from slimserve.commands.options import arch_option, python_option
 from slimserve.optimizer.sources import SUPPORTED_TASKS
 
 JOBS_HELP = ("Build up to N candidates at once (threads). Only building runs in parallel: measurements "
@@ -31,9 +32,8 @@ def recipe_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Evaluation inputs: JSON lines with 'text' (text models) or an .npz of named arrays."),
         click.option("--task", type=click.Choice(SUPPORTED_TASKS), help="Task of a Hugging Face folder."),
         click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N", help=JOBS_HELP),
-        click.option("--python", default="3.12", show_default=True, metavar="X.Y", help="Target Python version."),
-        click.option("--arch", type=click.Choice(["x86_64", "arm64"]), default="x86_64", show_default=True,
-                     help="Target CPU architecture."),
+        python_option(),
+        arch_option(),
         click.option("--memory", "memory_mb", type=click.IntRange(min=1), metavar="MB",
                      help="Judge platforms at this memory setting (default: each one's recommended setting)."),
         click.option("--runs", type=click.IntRange(min=1, max=50), default=3, show_default=True,

@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from slimserve.commands.options import arch_option, python_option
+
 
 @click.command("package", context_settings={"max_content_width": 110})
 @click.argument("path", type=click.Path(path_type=Path))
@@ -21,9 +23,8 @@ import click
               help="lambda: layer + function zips and a SAM template; container: an OCI image.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path, file_okay=False), required=True,
               metavar="OUT", help="Folder to write (replaced atomically).")
-@click.option("--python", default="3.12", show_default=True, metavar="X.Y", help="Target Python version.")
-@click.option("--arch", type=click.Choice(["x86_64", "arm64"]), default="x86_64", show_default=True,
-              help="Target CPU architecture.")
+@python_option()
+@arch_option()
 @click.option("--memory", "memory_mb", type=click.IntRange(min=1), metavar="MB",
               help="Lambda memory setting. Default: the one `check` recommends.")
 @click.option("--no-check", is_flag=True, help="Skip measuring cold start and limits (faster; no `checks`).")
@@ -48,7 +49,7 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
     from slimserve.ui import progress_for
 
     if kind == "lambda":
-        _refuse_container_options(base_ref=base_ref, push=push_ref, insecure_registry=insecure)
+        _refuse_container_options(base=base_ref, push=push_ref, insecure_registry=insecure)
     _check_references(push_ref, base_ref)
     target = Target.parse(python, arch)
     bundle = load_bundle(path)  # every shipped file proven to be a regular file inside the model folder
