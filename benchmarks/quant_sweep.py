@@ -168,40 +168,77 @@ def measure(name: str, path: Path, produce_s: float, feeds, ref: np.ndarray, not
 
 Producer = Callable[[Path, Path, StepContext], object]
 
+# Every alternative measured, as a recipe step with options (the steps' own defaults are the chosen ones).
+VARIANTS: dict[str, tuple[str, str]] = {
+    "fp16-minimal-block": ("fp16(precision_block=false)", "float16 with only ORT's default block list"),
+    "fp16-weights-only": ("fp16(weights_only=true)", "float16 storage, Cast to float32 folded at load (fp32 compute)"),
+    "dyn-ort-defaults": ("int8-dynamic(per_channel=false,exclude=0,int8_embeddings=false,op_types=,preprocess=false)",
+                         "quantize_dynamic with ORT defaults (per-tensor, all op types incl. Gather)"),
+    "dyn-perchannel": ("int8-dynamic(exclude=0)", "per-channel symmetric weights, no exclusions"),
+    "dyn-perchannel-rr": ("int8-dynamic(exclude=0,reduce_range=true)", "per-channel + reduce_range (7-bit weights)"),
+    "dyn-pertensor-gelu": ("int8-dynamic(per_channel=false)", "per-tensor weights, GELU-fed MatMuls excluded"),
+    "dyn-excl-2": ("int8-dynamic(exclude=2)", "per-channel, 2 worst MatMuls float"),
+    "dyn-excl-12": ("int8-dynamic(exclude=12)", "per-channel, 12 worst MatMuls float"),
+    "dyn-gelu-rule-float": ("int8-dynamic(excluded_int8_weights=false)", "per-channel, GELU-fed MatMuls float32 weights"),
+    "dyn-gelu+6ranked": ("int8-dynamic(exclude_ranked=6)", "GELU-fed + 6 worst by calibration error excluded"),
+    "dyn-float-emb": ("int8-dynamic(int8_embeddings=false)", "GELU-fed excluded, embeddings left float"),
+    "st-minmax": ("int8-static(method=MinMax)", "QDQ, MinMax calibration"),
+    "st-percentile": ("int8-static(method=Percentile)", "QDQ, Percentile 99.999 calibration"),
+    "st-entropy": ("int8-static(method=Entropy)", "QDQ, Entropy calibration"),
+    "st-minmax-noexcl": ("int8-static(exclude_gelu=false)", "QDQ MinMax, nothing excluded"),
+    "st-minmax-gelu-only": ("int8-static(exclude_ranked=0)", "QDQ MinMax, only the GELU-fed MatMuls excluded"),
+    "st-minmax-s8": ("int8-static(activation_int8=true)", "QDQ MinMax, int8 activations (S8S8)"),
+    "w8-dq": ("int8-weight(matmul=dq)", "DequantizeLinear per-channel MatMul weights (ORT fuses to MatMulNBits acc 4)"),
+    "w8-fold-noemb": ("int8-weight(embeddings=none)", "fold MatMul weights, float embeddings"),
+    "w8-emb-only": ("int8-weight(matmul=none)", "int8 embeddings (Gather+Cast+Mul) only"),
+    "w8-fold-gbq": ("int8-weight(embeddings=gbq)", "fold MatMul + GatherBlockQuantized uint8 embeddings"),
+    "w8-fold-dqgather": ("int8-weight(embeddings=dq)", "fold MatMul + DequantizeLinear->Gather embeddings"),
+    "w8-castmul": ("int8-weight(matmul=castmul)", "Cast+Mul per-channel MatMul weights (folded to float at load)"),
+    "w8-fold-b64": ("int8-weight(block=64)", "Cast+Mul+Reshape, fp16 scales per 64 inputs (folded at load)"),
+    "w8-fold-b16": ("int8-weight(block=16)", "Cast+Mul+Reshape, fp16 scales per 16 inputs (folded at load)"),
+    "w8-nbits-b32-acc0": ("int8-weight(matmul=nbits)", "MatMulNBits bits=8 block 32 accuracy_level 0"),
+    "w8-nbits-b32-acc4": ("int8-weight(matmul=nbits,accuracy_level=4)", "MatMulNBits bits=8 block 32 acc 4"),
+    "w8-nbits-b128-acc0": ("int8-weight(matmul=nbits,block=128)", "MatMulNBits bits=8 block 128 acc 0"),
+    "w8-nbits-b16-acc0": ("int8-weight(matmul=nbits,block=16)", "MatMulNBits bits=8 block 16 acc 0"),
+    **{f"w4-b{b}-asym-plain": ((f"int4-weight(block={b},emb_block={max(b, 32)},search_clip=false,keep_int8=0,"
+                                "activation_aware=false)"),
+                               f"MatMulNBits 4-bit block {b}, asym, min/max rounding, nothing kept int8")
+       for b in (16, 32, 64, 128)},
+    "w4-b32-sym-plain": ("int4-weight(symmetric=true,search_clip=false,keep_int8=0)", "block 32 symmetric, min/max"),
+    "w4-b32-asym-clip": ("int4-weight(keep_int8=0,activation_aware=false)", "block 32 asym, clip search (acc 0)"),
+    "w4-b32-asym-awclip": ("int4-weight(keep_int8=0)", "block 32 asym, activation-weighted clip search"),
+    "w4-b32-keep4": ("int4-weight(keep_int8=4)", "block 32 asym aw-clip, 4 most sensitive MatMuls int8"),
+    "w4-step-acc4": ("int4-weight(accuracy_level=4)", "the step's recipe with accuracy_level 4 (int8 activations)"),
+    "w4-b32-keep12": ("int4-weight(keep_int8=12)", "block 32 asym aw-clip, 12 most sensitive MatMuls int8"),
+    "w4-b64-keep8": ("int4-weight(block=64,keep_int8=8)", "block 64 asym aw-clip, 8 most sensitive MatMuls int8"),
+    "w4-b32-asym-clip-acc0": ("int4-weight(keep_int8=0,accuracy_level=0)", "block 32 asym, clip, float activations"),
+    "w4-b32-keep2": ("int4-weight(keep_int8=2)", "block 32 asym clip, 2 most sensitive MatMuls int8"),
+    "w4-b32-keep8": ("int4-weight(keep_int8=8)", "block 32 asym clip, 8 most sensitive MatMuls int8"),
+    "w4-b32-noemb": ("int4-weight(embeddings=false,keep_int8=0,activation_aware=false)", "4-bit MatMuls, int8 embeddings"),
+}
+
+
+def recipe_step(text: str) -> Producer:
+    """A producer running one recipe step (with options) as `slimserve optimize` would."""
+    from slimserve.optimizer.recipes import parse_step
+
+    step = parse_step(text)
+    return lambda s, d, c: step.run(s, d, c)
+
 
 def variants() -> dict[str, tuple[Producer, str]]:
     """Every variant we tried, by name: (producer(src, dst, ctx), what it is)."""
-    from slimserve.optimizer.steps import graph_opt
-
-    def step(module_name: str) -> Producer:
-        import importlib
-
-        mod = importlib.import_module(f"slimserve.optimizer.steps.{module_name}")
-        return lambda s, d, c: mod.SPEC.run(s, d, c, None)
+    from slimserve.optimizer.recipes import registry
 
     v: dict[str, tuple[Producer, str]] = {
         "reference-fp32": (lambda s, d, c: d.write_bytes(s.read_bytes()), "optimum export, untouched"),
-        "fp32-basic": (lambda s, d, c: graph_opt.ort_optimize(s, d, "x", "basic"), "ORT basic level offline"),
-        "fp32 (step)": (step("graph_opt"), "ORT extended level offline"),
+        "fp32-basic": (recipe_step("fp32(level=basic)"), "ORT basic level offline"),
+        "fp32 (step)": (recipe_step("fp32"), "ORT extended level offline"),
     }
-    v.update(_extra_variants(step))
+    for name in ("fp16", "int8-dynamic", "int8-static", "int8-weight", "int4-weight", "int8"):
+        v[f"{name} (step)"] = (recipe_step(name), registry()[name].help)
+    v.update({name: (recipe_step(text), f"{text}: {what}") for name, (text, what) in VARIANTS.items()})
     return v
-
-
-def _extra_variants(step: Callable[[str], Producer]) -> dict[str, tuple[Producer, str]]:
-    """Variants of the quantization steps, registered by the step modules that exist."""
-    import importlib
-
-    out: dict[str, tuple[Producer, str]] = {}
-    for module_name in ("fp16", "int8_dynamic", "int8_static", "int8_weight", "int4_weight", "int8_auto"):
-        try:
-            mod = importlib.import_module(f"slimserve.optimizer.steps.{module_name}")
-        except ImportError:
-            continue
-        out[f"{mod.SPEC.name} (step)"] = (step(module_name), mod.SPEC.help)
-        for name, (fn, what) in getattr(mod, "SWEEP_VARIANTS", dict)().items():
-            out[name] = (fn, what)
-    return out
 
 
 def interleaved_latency(paths: dict[str, Path], rounds: int = 15) -> dict[str, tuple[float, float]]:

@@ -24,12 +24,13 @@ from slimserve.manifest import (
     sha256_tree,
     write_manifest,
 )
-from slimserve.optimizer import eval_inputs
+from slimserve.optimizer import eval_inputs, step_options
 from slimserve.optimizer.exported import Exported
 from slimserve.optimizer.fidelity import Fidelity, compare_outputs
 from slimserve.optimizer.onnx_io import describe_model, load_onnx, model_files, ort_message, ort_session
 from slimserve.optimizer.recipes import parse_recipe
 from slimserve.optimizer.sources import HfFolderSource, OnnxSource, Source
+from slimserve.optimizer.step_cache import StepCache, run_step
 from slimserve.optimizer.steps.base import StepContext
 from slimserve.progress import NULL_PROGRESS, Progress
 from slimserve.runtime.model_runtime import LoadedModel
@@ -52,6 +53,7 @@ class Prepared:
     reference_seconds: float
     source_sha256: str
     extra: dict[str, Any] = field(default_factory=dict)
+    cache: StepCache | None = None  # step results by content, shared by every recipe built from this
 
 
 def _onnx_source(source: OnnxSource) -> Exported:
@@ -141,7 +143,8 @@ def prepare(source: Source, work_dir: Path, eval_path: Path | None = None, progr
     return Prepared(source=source, exported=exported, work_dir=work_dir, feeds=feeds, calibration=calibration,
                     reference_primary=reference_primary, eval_source=eval_source, export_seconds=export_seconds,
                     reference_seconds=time.perf_counter() - start, source_sha256=source_sha,
-                    extra={"source_path": source_path})
+                    extra={"source_path": source_path},
+                    cache=StepCache.for_feeds(work_dir / "step-cache", calibration))
 
 
 def _output_kind(runtime: dict[str, Any]) -> str:
@@ -185,12 +188,13 @@ def run_recipe(prepared: Prepared, recipe: str, dst: Path, progress: Progress = 
         step_dir = scratch / f"{index}-{step.label}"
         step_dir.mkdir()
         out = step_dir / "model.onnx"
-        ctx = StepContext(work_dir=step_dir / "work", calibration=prepared.calibration, progress=progress)
+        ctx = StepContext(work_dir=step_dir / "work", calibration=prepared.calibration, progress=progress,
+                          cache=prepared.cache)
         ctx.work_dir.mkdir()
         started = time.perf_counter()
         with progress.stage(f"step {step.label}"):
             try:
-                result = step.spec.run(current, out, ctx, step.argument)
+                result = run_step(step.spec, step.options, current, out, ctx)
             except SlimserveError:
                 raise
             except Exception as exc:  # a step's library failed in a way it did not anticipate
@@ -199,7 +203,8 @@ def run_recipe(prepared: Prepared, recipe: str, dst: Path, progress: Progress = 
         seconds = time.perf_counter() - started
         total += seconds
         load_onnx(result.path)  # every step must leave a parseable model behind
-        records.append({"step": step.label, "seconds": round(seconds, 3), "bytes": result.path.stat().st_size,
+        records.append({"step": step.label, "options": step_options.as_dict(step.options),
+                        "seconds": round(seconds, 3), "bytes": result.path.stat().st_size,
                         "notes": list(result.notes), **({"details": dict(result.details)} if result.details else {})})
         current = result.path
     for path in model_files(current):

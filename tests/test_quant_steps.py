@@ -224,7 +224,7 @@ def _apply(spec: StepSpec, kind: str, tmp_path: Path, calibrate: bool = True) ->
     work = tmp_path / "work"
     work.mkdir()
     feeds = _feeds(kind)
-    result = spec.run(src, dst, StepContext(work_dir=work, calibration=feeds if calibrate else ()), None)
+    result = spec.run(src, dst, StepContext(work_dir=work, calibration=feeds if calibrate else ()), spec.options())
     assert result.path == dst and dst.exists()
     assert _sha(src) == before, "the step changed its input file"
     onnx.checker.check_model(str(dst))
@@ -349,11 +349,11 @@ def test_int8_static_writes_qdq(tmp_path: Path) -> None:
 def test_missing_and_garbage_inputs(spec: StepSpec, tmp_path: Path) -> None:
     ctx = StepContext(work_dir=tmp_path, calibration=_feeds("encoder"))
     with pytest.raises(SlimserveError):
-        spec.run(tmp_path / "absent.onnx", tmp_path / "o1.onnx", ctx, None)
+        spec.run(tmp_path / "absent.onnx", tmp_path / "o1.onnx", ctx, spec.options())
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"this is not protobuf")
     with pytest.raises(ToolError) as info:
-        spec.run(junk, tmp_path / "o2.onnx", ctx, None)
+        spec.run(junk, tmp_path / "o2.onnx", ctx, spec.options())
     assert "\n" not in info.value.message
 
 
@@ -373,7 +373,7 @@ def test_int8_chooses_the_more_faithful_method_on_this_model(tmp_path: Path) -> 
     src = BUILDERS["encoder"](tmp_path / "encoder.onnx")
     work = tmp_path / "work"
     work.mkdir()
-    result = int8_auto.SPEC.run(src, tmp_path / "out" / "model.onnx", StepContext(work_dir=work, calibration=_feeds("encoder")), None)
+    result = int8_auto.SPEC.run(src, tmp_path / "out" / "model.onnx", StepContext(work_dir=work, calibration=_feeds("encoder")), int8_auto.SPEC.options())
     scores = result.details["candidates"]
     assert set(scores) == {"int8-weight", "int8-dynamic"}
     order = ["int8-weight", "int8-dynamic"]  # ties go to the earlier candidate

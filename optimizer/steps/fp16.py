@@ -16,13 +16,13 @@ kernels, so Casts go around most ops); the step halves the file, not the latency
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slimserve.errors import ToolError, first_line
 from slimserve.optimizer.steps import graph_opt
-from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec
+from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec, option
 
 if TYPE_CHECKING:
     import onnx
@@ -43,6 +43,14 @@ PRECISION_BLOCK = (
 )
 MAX_ROUNDS = 8
 _NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\(")
+
+
+@dataclass(frozen=True)
+class Fp16Options:
+    precision_block: bool = option(
+        True, "keep fragile ops (LayerNorm, reductions, Pow/Sqrt, Softmax, Erf) float32; false: ORT's block list only")
+    weights_only: bool = option(
+        False, "store float16 weights only, cast back to float32 at load (float32 compute)")
 
 
 def _convert(model_path: Path, blocked: set[str]) -> onnx.ModelProto:
@@ -102,7 +110,7 @@ def convert(
 
 
 def weights_only(src: Path, dst: Path, ctx: StepContext) -> StepResult:
-    """Sweep alternative: float16 initializers cast back to float32 (ORT folds the Casts at load)."""
+    """float16 initializers cast back to float32 (ORT folds the Casts at load): float32 compute."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
@@ -128,21 +136,12 @@ def weights_only(src: Path, dst: Path, ctx: StepContext) -> StepResult:
     return StepResult(path=Path(dst), notes=notes)
 
 
-def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepResult:
+def run(src: Path, dst: Path, ctx: StepContext, options: Fp16Options) -> StepResult:
     """float16 with float32 inputs/outputs and fragile or unsupported ops kept float32."""
     with ctx.progress.stage(f"{STEP}: float16 conversion"):
-        return convert(Path(src), Path(dst), ctx)
-
-
-def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], object], str]]:
-    """Alternatives measured by benchmarks/quant_sweep.py."""
-    return {
-        "fp16-minimal-block": (
-            lambda s, d, c: convert(s, d, c, extra_block=()),
-            "float16 with only ORT's default block list",
-        ),
-        "fp16-weights-only": (weights_only, "float16 storage, Cast to float32 folded at load (fp32 compute)"),
-    }
+        if options.weights_only:
+            return weights_only(Path(src), Path(dst), ctx)
+        return convert(Path(src), Path(dst), ctx, PRECISION_BLOCK if options.precision_block else ())
 
 
 SPEC = StepSpec(
@@ -150,4 +149,5 @@ SPEC = StepSpec(
     help="float16 weights and compute with float32 inputs/outputs; ops without a CPU fp16 kernel stay "
     "float32. Halves the file; usually not faster on CPU.",
     run=run,
+    options=Fp16Options,
 )

@@ -18,11 +18,12 @@ onnx/onnxruntime failure into a one-line ToolError.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from slimserve.errors import SlimserveError, ToolError, first_line
-from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec
+from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec, option
 
 if TYPE_CHECKING:
     import onnx
@@ -32,6 +33,12 @@ PROTOBUF_LIMIT = 2**31 - 1
 # Portable offline levels, by name (see module docstring for why "all" is absent).
 LEVELS = ("basic", "extended")
 DEFAULT_LEVEL = "extended"
+
+
+@dataclass(frozen=True)
+class GraphOptOptions:
+    level: Literal["basic", "extended"] = option(
+        "extended", "ORT graph optimization level saved offline (both portable; 'all' is hardware-specific)")
 
 
 def load_model(src: Path, step: str, *, load_external: bool = True) -> onnx.ModelProto:
@@ -144,9 +151,9 @@ def _needs_external(src: Path) -> bool:
     return total > PROTOBUF_LIMIT
 
 
-def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepResult:
+def run(src: Path, dst: Path, ctx: StepContext, options: GraphOptOptions) -> StepResult:
     """Optimize the graph with ORT at the extended level (see the module docstring for why)."""
-    level = DEFAULT_LEVEL
+    level = options.level
     with ctx.progress.stage(f"fp32: onnxruntime {level} graph optimization"):
         ort_optimize(Path(src), Path(dst), "fp32", level)
         check_session(Path(dst), "fp32")
@@ -166,6 +173,7 @@ SPEC = StepSpec(
     name="fp32",
     help="ONNX Runtime graph optimization (portable extended level) saved offline; weights stay float32.",
     run=run,
+    options=GraphOptOptions,
 )
 
 

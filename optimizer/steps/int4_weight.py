@@ -9,12 +9,12 @@ What it writes (measured on all-MiniLM-L6-v2, benchmarks/results/quant_sweep.md)
 - the few MatMuls whose 4-bit error is largest on the calibration feeds (or, without calibration, by
   weight error) stay int8 in the folded int8-weight form, because they dominate the lost cosine.
 Block size, symmetry, accuracy_level and the number kept at int8 are the measured choice in
-`Int4Options`'s defaults; the alternatives are listed in SWEEP_VARIANTS.
+`Int4Options`'s defaults; benchmarks/quant_sweep.py measures the alternatives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +23,7 @@ import numpy as np
 
 from slimserve.errors import ToolError, first_line
 from slimserve.optimizer.steps import graph_opt, int8_dynamic, int8_weight
-from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec
+from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
 if TYPE_CHECKING:
     import onnx
@@ -35,16 +35,20 @@ STEP = "int4-weight"
 class Int4Options:
     """Knobs of the 4-bit recipe; defaults are the measured choice."""
 
-    block: int = 32
-    symmetric: bool = False
+    block: int = option(32, "MatMul weights per 4-bit block along K (a power of two >= 16)")
+    symmetric: bool = option(False, "symmetric blocks (no zero points)")
     # 0: activations stay float inside MatMulNBits. 4 (int8 activations) was faster on short inputs but
     # ~35% slower than float32 at 256 tokens on this CPU, and slightly less faithful.
-    accuracy_level: int = 0
-    search_clip: bool = True
-    embeddings: bool = True
-    emb_block: int = 32
-    keep_int8: int = 8  # most sensitive MatMuls kept at int8
-    activation_aware: bool = True  # weight the clip search by calibration input energy per feature
+    accuracy_level: int = option(0, "MatMulNBits accuracy_level: 0 float activations, 4 int8 activations")
+    search_clip: bool = option(True, "search each block's clipping range by least squared error")
+    embeddings: bool = option(True, "4-bit embedding tables (GatherBlockQuantized); false: int8 rows")
+    emb_block: int = option(32, "embedding values per 4-bit block")
+    keep_int8: int = option(8, "the N most sensitive MatMuls stay int8 (at most a quarter of them)")
+    activation_aware: bool = option(True, "weight the clip search by calibration input energy per feature")
+
+    def __post_init__(self) -> None:
+        if self.block < 16 or self.block & (self.block - 1):
+            raise ValueError(f"block size {self.block} is not a power of two >= 16 (MatMulNBits needs that)")
 
 
 def _gather_4bit(model: onnx.ModelProto, block: int, symmetric: bool, search_clip: bool) -> list[str]:
@@ -135,11 +139,7 @@ def most_sensitive(
 
 
 def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: str = STEP) -> StepResult:
-    """4-bit weight-only quantization of `src` into `dst`; shared by the step and the sweep."""
-    if opts.block < 16 or opts.block & (opts.block - 1):
-        raise ToolError(
-            f"{step}: block size {opts.block} is not a power of two >= 16 (MatMulNBits needs that)"
-        )
+    """4-bit weight-only quantization of `src` into `dst`."""
     prepared, notes = graph_opt.normalize_for_quant(Path(src), ctx.work_dir, step)
     inputs = calibration_inputs(prepared, ctx.calibration) if opts.activation_aware or opts.keep_int8 else {}
     keep = most_sensitive(prepared, inputs, opts, opts.keep_int8)
@@ -181,58 +181,10 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: st
     )
 
 
-def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepResult:
-    """4-bit weights with the measured defaults."""
+def run(src: Path, dst: Path, ctx: StepContext, options: Int4Options) -> StepResult:
+    """4-bit weights (the measured defaults unless the recipe sets options)."""
     with ctx.progress.stage(f"{STEP}: 4-bit block-quantized weights"):
-        return quantize(Path(src), Path(dst), ctx, Int4Options())
-
-
-def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], object], str]]:
-    """Alternatives measured by benchmarks/quant_sweep.py."""
-
-    def v(**kw: object) -> Callable[[Path, Path, StepContext], object]:
-        return lambda s, d, c: quantize(s, d, c, Int4Options(**kw))  # type: ignore[arg-type]
-
-    out = {}
-    for block in (16, 32, 64, 128):
-        out[f"w4-b{block}-asym-plain"] = (
-            v(block=block, emb_block=max(block, 32), search_clip=False, keep_int8=0, activation_aware=False),
-            f"MatMulNBits 4-bit block {block}, asym, min/max rounding, nothing kept int8",
-        )
-    out.update(
-        {
-            "w4-b32-sym-plain": (
-                v(symmetric=True, search_clip=False, keep_int8=0),
-                "block 32 symmetric, min/max",
-            ),
-            "w4-b32-asym-clip": (
-                v(keep_int8=0, activation_aware=False),
-                "block 32 asym, clip search (acc 0)",
-            ),
-            "w4-b32-asym-awclip": (v(keep_int8=0), "block 32 asym, activation-weighted clip search"),
-            "w4-b32-keep4": (v(keep_int8=4), "block 32 asym aw-clip, 4 most sensitive MatMuls int8"),
-            "w4-step-acc4": (
-                v(accuracy_level=4),
-                "the step's recipe with accuracy_level 4 (int8 activations)",
-            ),
-            "w4-b32-keep12": (v(keep_int8=12), "block 32 asym aw-clip, 12 most sensitive MatMuls int8"),
-            "w4-b64-keep8": (
-                v(block=64, keep_int8=8),
-                "block 64 asym aw-clip, 8 most sensitive MatMuls int8",
-            ),
-            "w4-b32-asym-clip-acc0": (
-                v(keep_int8=0, accuracy_level=0),
-                "block 32 asym, clip, float activations",
-            ),
-            "w4-b32-keep2": (v(keep_int8=2), "block 32 asym clip, 2 most sensitive MatMuls int8"),
-            "w4-b32-keep8": (v(keep_int8=8), "block 32 asym clip, 8 most sensitive MatMuls int8"),
-            "w4-b32-noemb": (
-                v(embeddings=False, keep_int8=0, activation_aware=False),
-                "4-bit MatMuls, int8 embeddings",
-            ),
-        }
-    )
-    return out
+        return quantize(Path(src), Path(dst), ctx, options)
 
 
 SPEC = StepSpec(
@@ -240,4 +192,5 @@ SPEC = StepSpec(
     help="4-bit block-quantized MatMul weights (MatMulNBits) and embeddings (GatherBlockQuantized); "
     "the most sensitive MatMuls stay int8.",
     run=run,
+    options=Int4Options,
 )

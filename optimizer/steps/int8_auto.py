@@ -29,8 +29,9 @@ import numpy as np
 
 from slimserve.errors import SlimserveError
 from slimserve.optimizer.onnx_io import model_files
+from slimserve.optimizer.step_cache import run_step
 from slimserve.optimizer.steps import int8_dynamic, int8_weight
-from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec
+from slimserve.optimizer.steps.base import Feed, NoOptions, StepContext, StepResult, StepSpec
 
 CANDIDATES = (int8_weight, int8_dynamic)
 MAX_FEEDS = 32  # enough to rank two methods whose gap is measured in thousandths; bounds the step's time
@@ -59,11 +60,12 @@ def _score(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[fl
     return float(cos.mean()), float(cos.min())
 
 
-def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepResult:
-    """Build each candidate beside `dst`, keep the most faithful on this model's calibration feeds."""
+def run(src: Path, dst: Path, ctx: StepContext, options: NoOptions) -> StepResult:
+    """Build each candidate beside `dst` (or take it from `ctx.cache`), keep the most faithful on this
+    model's calibration feeds."""
     feeds = list(ctx.calibration)[:MAX_FEEDS]
     if not feeds:
-        result = int8_weight.run(src, dst, ctx, argument)
+        result = run_step(int8_weight.SPEC, int8_weight.Int8WeightOptions(), src, dst, ctx)
         return StepResult(path=result.path, details={**result.details, "delegate": int8_weight.STEP},
                           notes=("int8 = int8-weight (no calibration inputs to compare methods on)", *result.notes))
     built: dict[str, StepResult] = {}
@@ -71,9 +73,9 @@ def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepRes
     for module in CANDIDATES:
         work = ctx.work_dir / module.STEP
         work.mkdir(parents=True, exist_ok=True)
-        sub = StepContext(work_dir=work, calibration=ctx.calibration, progress=ctx.progress)
+        sub = StepContext(work_dir=work, calibration=ctx.calibration, progress=ctx.progress, cache=ctx.cache)
         try:
-            built[module.STEP] = module.run(src, work / "model.onnx", sub, None)
+            built[module.STEP] = run_step(module.SPEC, module.SPEC.options(), src, work / "model.onnx", sub)
         except SlimserveError as exc:  # one method may not apply to this graph; the other may
             errors[module.STEP] = exc
     if not built:
@@ -102,4 +104,5 @@ SPEC = StepSpec(
     help="Recommended int8: builds int8-weight and int8-dynamic and keeps the more faithful on this model's "
     "calibration inputs (int8-weight on MiniLM).",
     run=run,
+    options=NoOptions,
 )

@@ -27,16 +27,16 @@ its subgraphs float; anything ORT's quantizer rejects becomes a one-line ToolErr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from slimserve.errors import ToolError, first_line
 from slimserve.optimizer.steps import graph_opt, int8_weight
-from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec
+from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
 if TYPE_CHECKING:
     import onnx
@@ -50,15 +50,17 @@ MAX_ROWS = 4096  # captured activation rows per tensor: enough for a stable erro
 class DynamicOptions:
     """Knobs of the dynamic recipe; defaults are the measured choice."""
 
-    per_channel: bool = True
-    reduce_range: bool | None = None  # None: only for models with LSTMs (see the module docstring)
-    weight_type: str = "uint8"  # "uint8": U8U8, exact on every x86-64; "int8": U8S8, saturates without VNNI
-    exclude: int | None = None  # None: GELU-fed MatMuls; N: the N worst by calibration error; 0: none
-    exclude_ranked: int = 0  # with exclude=None: also the N worst by calibration error (at most a sixth)
-    excluded_int8_weights: bool = True  # excluded MatMuls keep int8 storage (int8-weight's folded form)
-    int8_embeddings: bool = True
-    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Conv", "LSTM")
-    preprocess: bool = True
+    per_channel: bool = option(True, "one weight scale per output channel (false: per tensor, ORT's default)")
+    reduce_range: bool | None = option(None, "7-bit weights; none: only for models with LSTMs")
+    weight_type: Literal["uint8", "int8"] = option(
+        "uint8", "uint8: U8U8 kernels, exact on every x86-64; int8: U8S8, saturates on CPUs without VNNI")
+    exclude: int | None = option(
+        None, "MatMuls kept out of integer compute: none = the GELU-fed ones; N = the N worst by calibration error")
+    exclude_ranked: int = option(0, "with exclude=none, also the N worst by calibration error (at most a sixth)")
+    excluded_int8_weights: bool = option(True, "excluded MatMuls keep int8 storage (int8-weight's folded form)")
+    int8_embeddings: bool = option(True, "embedding tables int8 per row (int8-weight's form)")
+    op_types: tuple[str, ...] = option(("MatMul", "Gemm", "Conv", "LSTM"), "op types to quantize")
+    preprocess: bool = option(True, "constant folding and ORT's quantization pre-processing first")
 
 
 def constant_matmul_weights(model_path: Path) -> dict[str, tuple[str, np.ndarray]]:
@@ -254,7 +256,7 @@ def _has_op(model_path: Path, op_type: str) -> bool:
 
 
 def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step: str = STEP) -> StepResult:
-    """Dynamic int8 of `src` into `dst` with `opts`; shared by the step and the sweep variants."""
+    """Dynamic int8 of `src` into `dst` with `opts`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     work = Path(ctx.work_dir)
@@ -314,35 +316,10 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
     )
 
 
-def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepResult:
-    """Dynamic int8 with the measured defaults."""
+def run(src: Path, dst: Path, ctx: StepContext, options: DynamicOptions) -> StepResult:
+    """Dynamic int8 (the measured defaults unless the recipe sets options)."""
     with ctx.progress.stage(f"{STEP}: ONNX Runtime dynamic quantization"):
-        return quantize(Path(src), Path(dst), ctx, DynamicOptions())
-
-
-def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], object], str]]:
-    """Alternatives measured by benchmarks/quant_sweep.py."""
-
-    def v(**kw: object) -> Callable[[Path, Path, StepContext], object]:
-        return lambda s, d, c: quantize(s, d, c, DynamicOptions(**kw))  # type: ignore[arg-type]
-
-    return {
-        "dyn-ort-defaults": (
-            v(per_channel=False, exclude=0, int8_embeddings=False, op_types=(), preprocess=False),
-            "quantize_dynamic with ORT defaults (per-tensor, all op types incl. Gather)",
-        ),
-        "dyn-perchannel": (v(exclude=0), "per-channel symmetric weights, no exclusions"),
-        "dyn-perchannel-rr": (v(exclude=0, reduce_range=True), "per-channel + reduce_range (7-bit weights)"),
-        "dyn-pertensor-gelu": (v(per_channel=False), "per-tensor weights, GELU-fed MatMuls excluded"),
-        "dyn-excl-2": (v(exclude=2), "per-channel, 2 worst MatMuls float"),
-        "dyn-excl-12": (v(exclude=12), "per-channel, 12 worst MatMuls float"),
-        "dyn-gelu-rule-float": (
-            v(excluded_int8_weights=False),
-            "per-channel, GELU-fed MatMuls float32 weights",
-        ),
-        "dyn-gelu+6ranked": (v(exclude_ranked=6), "GELU-fed + 6 worst by calibration error excluded"),
-        "dyn-float-emb": (v(int8_embeddings=False), "GELU-fed excluded, embeddings left float"),
-    }
+        return quantize(Path(src), Path(dst), ctx, options)
 
 
 SPEC = StepSpec(
@@ -350,4 +327,5 @@ SPEC = StepSpec(
     help="Dynamic int8 (integer MatMul/Conv, per-channel weights) for CPU speed; the most error-prone "
     "MatMuls stay float.",
     run=run,
+    options=DynamicOptions,
 )

@@ -7,7 +7,7 @@ Recipe (measured on all-MiniLM-L6-v2, benchmarks/results/quant_sweep.md):
   `ctx.calibration`. Quantizing Add/Softmax/LayerNorm inputs
   too (ORT's default op list) costs fidelity for no speed on CPU, where the matmuls are the work.
 - Calibration method chosen by measurement among MinMax, Percentile (99.999) and Entropy: see
-  `DEFAULT_METHOD` and the sweep rows st-*.
+  `DEFAULT_METHOD` and the sweep rows st-* (benchmarks/quant_sweep.py).
 - Excluded from integer compute: the GELU-fed MatMuls (FFN down-projections, as in int8-dynamic) plus
   the 6 MatMuls with the largest error under int8-dynamic's calibration proxy (on MiniLM the FFN
   up-projections, whose LayerNorm-output inputs carry outlier channels that one fixed per-tensor range
@@ -19,18 +19,19 @@ Without calibration feeds the step refuses to guess ranges: it raises SlimserveE
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from slimserve.errors import SlimserveError, ToolError, first_line
 from slimserve.optimizer.steps import graph_opt, int8_dynamic, int8_weight
-from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec
+from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
 STEP = "int8-static"
-DEFAULT_METHOD = "MinMax"
+DEFAULT_METHOD: Literal["MinMax", "Percentile", "Entropy"] = "MinMax"
 MAX_FEEDS = 64
 
 
@@ -38,14 +39,14 @@ MAX_FEEDS = 64
 class StaticOptions:
     """Knobs of the static recipe; defaults are the measured choice."""
 
-    method: str = DEFAULT_METHOD  # MinMax | Percentile | Entropy
-    exclude_gelu: bool = True
-    exclude_ranked: int = (
-        6  # also exclude the N MatMuls with the largest calibration error (int8-dynamic's proxy)
-    )
-    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
-    activation_int8: bool = False  # False: QUInt8 activations; True: QInt8 (S8S8)
-    weight_type: str = "uint8"  # "uint8": U8U8 kernels, exact on every x86-64; "int8": U8S8, saturates on AVX2
+    method: Literal["MinMax", "Percentile", "Entropy"] = option(DEFAULT_METHOD, "activation range calibration")
+    exclude_gelu: bool = option(True, "keep the GELU-fed MatMuls (FFN down-projections) out of integer compute")
+    exclude_ranked: int = option(
+        6, "also exclude the N MatMuls with the largest calibration error (int8-dynamic's proxy; at most a sixth)")
+    op_types: tuple[str, ...] = option(("MatMul", "Gemm", "Conv"), "op types to quantize")
+    activation_int8: bool = option(False, "int8 activations (S8S8); false: uint8")
+    weight_type: Literal["uint8", "int8"] = option(
+        "uint8", "uint8: U8U8 kernels, exact on every x86-64; int8: U8S8, saturates on CPUs without VNNI")
 
 
 class _Feeds:
@@ -110,7 +111,7 @@ def _input_names(path: Path) -> set[str]:
 
 
 def quantize(src: Path, dst: Path, ctx: StepContext, opts: StaticOptions, step: str = STEP) -> StepResult:
-    """Static QDQ int8 of `src` into `dst`; shared by the step and the sweep variants."""
+    """Static QDQ int8 of `src` into `dst`."""
     if not ctx.calibration:
         raise SlimserveError(
             f"{step} needs calibration inputs to fix activation ranges, and none were given",
@@ -182,30 +183,15 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: StaticOptions, step: 
     )
 
 
-def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepResult:
-    """Calibrated QDQ int8 with the measured defaults."""
+def run(src: Path, dst: Path, ctx: StepContext, options: StaticOptions) -> StepResult:
+    """Calibrated QDQ int8 (the measured defaults unless the recipe sets options)."""
     with ctx.progress.stage(f"{STEP}: calibrated QDQ int8"):
-        return quantize(Path(src), Path(dst), ctx, StaticOptions())
-
-
-def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], object], str]]:
-    """Alternatives measured by benchmarks/quant_sweep.py."""
-
-    def v(**kw: object) -> Callable[[Path, Path, StepContext], object]:
-        return lambda s, d, c: quantize(s, d, c, StaticOptions(**kw))  # type: ignore[arg-type]
-
-    return {
-        "st-minmax": (v(method="MinMax"), "QDQ, MinMax calibration"),
-        "st-percentile": (v(method="Percentile"), "QDQ, Percentile 99.999 calibration"),
-        "st-entropy": (v(method="Entropy"), "QDQ, Entropy calibration"),
-        "st-minmax-noexcl": (v(exclude_gelu=False), "QDQ MinMax, nothing excluded"),
-        "st-minmax-gelu-only": (v(exclude_ranked=0), "QDQ MinMax, only the GELU-fed MatMuls excluded"),
-        "st-minmax-s8": (v(activation_int8=True), "QDQ MinMax, int8 activations (S8S8)"),
-    }
+        return quantize(Path(src), Path(dst), ctx, options)
 
 
 SPEC = StepSpec(
     name=STEP,
     help="Calibrated static int8 (QDQ, per-channel weights); needs calibration inputs.",
     run=run,
+    options=StaticOptions,
 )

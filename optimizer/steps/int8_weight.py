@@ -23,7 +23,6 @@ notices and carry most of the precision risk.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -32,7 +31,7 @@ import numpy as np
 
 from slimserve.errors import ToolError, first_line
 from slimserve.optimizer.steps import graph_opt
-from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec
+from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec, option
 
 if TYPE_CHECKING:
     import onnx
@@ -48,15 +47,17 @@ EmbeddingMode = Literal["gather-mul", "gbq", "dq", "none"]
 class Int8WeightOptions:
     """How each kind of weight is stored. Defaults are the measured choice (see module docstring)."""
 
-    # fold: int8 * fp16 block scales, folded to float at load; dq: DequantizeLinear per-axis;
-    # nbits: MatMulNBits bits=8; castmul: like fold with one scale per output channel
-    matmul: MatMulMode = "fold"
-    embeddings: EmbeddingMode = "gather-mul"  # gather-mul: int8 table + row scales; gbq: GatherBlockQuantized
-    conv: bool = True
-    min_elements: int = MIN_ELEMENTS
-    block: int = 32  # block along the reduction axis (fold and nbits modes)
-    accuracy_level: int = 0  # MatMulNBits: 0 keeps activations float; 4 lets ORT quantize them to int8
-    search_clip: bool = False
+    matmul: MatMulMode = option(  # noqa: RUF009 - option() is dataclasses.field with help
+        "fold", "MatMul/Gemm weights: fold (int8 x fp16 block scales, folded at load), dq (DequantizeLinear "
+        "per channel), nbits (MatMulNBits bits=8), castmul (one scale per channel), none (float)")
+    embeddings: EmbeddingMode = option(  # noqa: RUF009 - option() is dataclasses.field with help
+        "gather-mul", "embedding tables: gather-mul (int8 rows x row scales), gbq (GatherBlockQuantized), "
+        "dq (DequantizeLinear->Gather), none (float)")
+    conv: bool = option(True, "quantize Conv weights (one scale per output channel)")
+    min_elements: int = option(MIN_ELEMENTS, "tensors smaller than this stay float")
+    block: int = option(32, "inputs per scale along the reduction axis (fold and nbits)")
+    accuracy_level: int = option(0, "MatMulNBits only: 0 keeps activations float, 4 lets ORT make them int8")
+    search_clip: bool = option(False, "MatMulNBits only: search each block's clipping range")
 
 
 def symmetric_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -500,7 +501,7 @@ def replace_matmuls_nbits(
 
 
 def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int8WeightOptions, step: str = STEP) -> StepResult:
-    """Weight-only int8 of `src` into `dst` with `opts`; shared by the step and the sweep variants."""
+    """Weight-only int8 of `src` into `dst` with `opts`."""
     prepared, notes = graph_opt.normalize_for_quant(Path(src), ctx.work_dir, step)
     model = graph_opt.load_model(prepared, step)
     try:
@@ -542,35 +543,10 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int8WeightOptions, st
     )
 
 
-def run(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepResult:
-    """Weight-only int8 with the measured defaults."""
+def run(src: Path, dst: Path, ctx: StepContext, options: Int8WeightOptions) -> StepResult:
+    """Weight-only int8 (the measured defaults unless the recipe sets options)."""
     with ctx.progress.stage(f"{STEP}: int8 weights, float activations"):
-        return quantize(Path(src), Path(dst), ctx, Int8WeightOptions())
-
-
-def SWEEP_VARIANTS() -> dict[str, tuple[Callable[[Path, Path, StepContext], object], str]]:
-    """Alternatives measured by benchmarks/quant_sweep.py (not used by the step itself)."""
-
-    def v(**kw: object) -> Callable[[Path, Path, StepContext], object]:
-        return lambda s, d, c: quantize(s, d, c, Int8WeightOptions(**kw))  # type: ignore[arg-type]
-
-    return {
-        "w8-dq": (
-            v(matmul="dq"),
-            "DequantizeLinear per-channel MatMul weights (ORT fuses to MatMulNBits acc 4)",
-        ),
-        "w8-fold-noemb": (v(embeddings="none"), "fold MatMul weights, float embeddings"),
-        "w8-emb-only": (v(matmul="none"), "int8 embeddings (Gather+Cast+Mul) only"),
-        "w8-fold-gbq": (v(embeddings="gbq"), "fold MatMul + GatherBlockQuantized uint8 embeddings"),
-        "w8-fold-dqgather": (v(embeddings="dq"), "fold MatMul + DequantizeLinear->Gather embeddings"),
-        "w8-castmul": (v(matmul="castmul"), "Cast+Mul per-channel MatMul weights (folded to float at load)"),
-        "w8-fold-b64": (v(block=64), "Cast+Mul+Reshape, fp16 scales per 64 inputs (folded at load)"),
-        "w8-fold-b16": (v(block=16), "Cast+Mul+Reshape, fp16 scales per 16 inputs (folded at load)"),
-        "w8-nbits-b32-acc0": (v(matmul="nbits"), "MatMulNBits bits=8 block 32 accuracy_level 0"),
-        "w8-nbits-b32-acc4": (v(matmul="nbits", accuracy_level=4), "MatMulNBits bits=8 block 32 acc 4"),
-        "w8-nbits-b128-acc0": (v(matmul="nbits", block=128), "MatMulNBits bits=8 block 128 acc 0"),
-        "w8-nbits-b16-acc0": (v(matmul="nbits", block=16), "MatMulNBits bits=8 block 16 acc 0"),
-    }
+        return quantize(Path(src), Path(dst), ctx, options)
 
 
 SPEC = StepSpec(
@@ -578,4 +554,5 @@ SPEC = StepSpec(
     help="Weight-only int8: MatMul/Gemm weights int8 with a scale per 32 inputs (Conv per channel), embedding "
     "tables int8 per row; expanded to float32 at load, so compute stays float32.",
     run=run,
+    options=Int8WeightOptions,
 )

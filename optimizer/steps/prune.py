@@ -30,7 +30,7 @@ import numpy as np
 
 from slimserve.errors import SlimserveError, ToolError, first_line
 
-from .base import Feed, StepContext, StepResult, StepSpec
+from .base import Feed, StepContext, StepResult, StepSpec, option, required
 
 if TYPE_CHECKING:
     from onnx import ModelProto, NodeProto
@@ -700,19 +700,29 @@ def _keep(scores: np.ndarray, drop: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------- the steps
 
 
-def _percent(step: str, argument: str | None) -> int:
-    if argument is None or not argument.strip().isdigit():
-        raise SlimserveError(
-            f"{step}: the percentage must be a whole number, got {argument!r}",
-            hint=f"write e.g. {step}-25 to remove 25%",
-        )
-    value = int(argument)
+@dataclass(frozen=True)
+class PruneOptions:
+    percent: int = required("percent to remove, 1-99 (rounded per block)")
+    score: Score = option(  # noqa: RUF009 - option() is dataclasses.field with help
+        "auto", "importance: activation (needs calibration), magnitude, or auto (activation when there are "
+        "calibration feeds)")
+
+    def __post_init__(self) -> None:
+        _check_percent(self.percent)
+
+
+@dataclass(frozen=True)
+class SparsityOptions:
+    percent: int = required("percent of each weight matrix to zero, 1-99")
+
+    def __post_init__(self) -> None:
+        _check_percent(self.percent)
+
+
+def _check_percent(value: int) -> None:
     if not 0 < value < 100:
-        raise SlimserveError(
-            f"{step}: the percentage must be between 1 and 99, got {value}",
-            hint=f"{step}-0 would change nothing and {step}-100 would remove everything; try {step}-25",
-        )
-    return value
+        raise ValueError(f"the percentage must be between 1 and 99, got {value} "
+                         "(0 would change nothing and 100 would remove everything)")
 
 
 def _share(count: int, percent: int) -> int:
@@ -996,38 +1006,38 @@ def sparsify(src: Path, dst: Path, ctx: StepContext, percent: int) -> StepResult
     )
 
 
-def _run_ffn(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepResult:
-    return prune_ffn(src, dst, ctx, _percent("prune-ffn", argument))
+def _run_ffn(src: Path, dst: Path, ctx: StepContext, options: PruneOptions) -> StepResult:
+    return prune_ffn(src, dst, ctx, options.percent, options.score)
 
 
-def _run_heads(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepResult:
-    return prune_heads(src, dst, ctx, _percent("prune-heads", argument))
+def _run_heads(src: Path, dst: Path, ctx: StepContext, options: PruneOptions) -> StepResult:
+    return prune_heads(src, dst, ctx, options.percent, options.score)
 
 
-def _run_sparsity(src: Path, dst: Path, ctx: StepContext, argument: str | None) -> StepResult:
-    return sparsify(src, dst, ctx, _percent("sparsity", argument))
+def _run_sparsity(src: Path, dst: Path, ctx: StepContext, options: SparsityOptions) -> StepResult:
+    return sparsify(src, dst, ctx, options.percent)
 
 
-SPECS: tuple[StepSpec, ...] = (
+SPECS: tuple[StepSpec[Any], ...] = (
     StepSpec(
         name="prune-ffn",
         help="remove N% of the FFN intermediate units in every transformer layer (really smaller weights)",
         run=_run_ffn,
-        takes_argument=True,
-        argument_help="percent of units to remove, 1-99 (prune-ffn-25)",
+        options=PruneOptions,
+        argument="percent",
     ),
     StepSpec(
         name="prune-heads",
         help="remove N% of the attention heads in every layer, rounded to whole heads (smaller weights)",
         run=_run_heads,
-        takes_argument=True,
-        argument_help="percent of heads to remove, 1-99, rounded to whole heads (prune-heads-25)",
+        options=PruneOptions,
+        argument="percent",
     ),
     StepSpec(
         name="sparsity",
         help="zero the N% smallest weights: shrinks the zipped size only, not model bytes or latency",
         run=_run_sparsity,
-        takes_argument=True,
-        argument_help="percent of each weight matrix to zero, 1-99 (sparsity-50)",
+        options=SparsityOptions,
+        argument="percent",
     ),
 )

@@ -55,7 +55,8 @@ def render_optimize_table(manifest: dict[str, Any]) -> None:
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True,
               help="Output folder (written atomically: model.onnx, tokenizer files, slimserve.json).")
 @click.option("-r", "--recipe", default=DEFAULT_RECIPE, show_default=True,
-              help="Steps joined by '+', e.g. int8, int4-weight, prune-ffn-25+int8. See --list-recipes.")
+              help="Steps joined by '+', options in parentheses: int8, prune-ffn-25+int4-weight(block=64). "
+                   "See --list-recipes.")
 @click.option("--task", type=click.Choice(SUPPORTED_TASKS), help="Task of a Hugging Face folder (detected if omitted).")
 @click.option("--eval", "eval_path", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Evaluation inputs: JSON lines with 'text' (text models) or an .npz of named arrays.")
@@ -89,9 +90,7 @@ def command(model: str, output: Path, recipe: str, task: str | None, eval_path: 
 def _list(ctx: click.Context, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from slimserve.optimizer.recipes import registry
+    from slimserve.optimizer.recipes import describe_steps
 
-    for spec in registry().values():
-        name = f"{spec.name}-N" if spec.takes_argument else spec.name
-        click.echo(f"{name:<18} {spec.help}")
+    click.echo(describe_steps())
     ctx.exit(0)
