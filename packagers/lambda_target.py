@@ -10,18 +10,19 @@ same functions as `package_lambda`, in a temporary folder, and weighs them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slimserve.atomic import atomic_dir
 from slimserve.bundle import ModelBundle
 from slimserve.errors import SlimserveError
 from slimserve.manifest import MANIFEST_NAME, sha256_file
-from slimserve.measure import PackageSize
+from slimserve.measure import ColdStart, PackageSize
 from slimserve.packagers.closure import build_closure, closure_info
 from slimserve.packagers.model_check import check_model
 from slimserve.packagers.model_files import model_entries, shipped_manifest
@@ -30,6 +31,10 @@ from slimserve.packagers.reproducible import tree_entries
 from slimserve.packagers.target import Target
 from slimserve.progress import NULL_PROGRESS, Progress
 from slimserve.runtime import RUNTIME_DIR
+
+if TYPE_CHECKING:
+    from slimserve.profiles.rules import PlatformVerdict
+    from slimserve.report import Report
 
 HANDLER = "lambda_handler.handler"
 MODEL_SUBDIR = "model"
@@ -115,10 +120,11 @@ def lambda_package_size(bundle: ModelBundle, target: Target) -> PackageSize:
     )
 
 
-def choose_memory(memory_mb: int | None, check_results: dict[str, Any] | None) -> int:
-    if memory_mb is None and check_results:
-        platform = (check_results.get("platforms") or {}).get(PLATFORM) or {}
-        memory_mb = platform.get("recommended_memory_mb")
+def choose_memory(memory_mb: int | None, verdict: PlatformVerdict | None = None) -> int:
+    """The memory setting to deploy with: the one asked for, else the one `check` recommends, else the
+    default; refused when Lambda does not offer it. The caller (the pipeline) decides, the packager writes."""
+    if memory_mb is None and verdict is not None:
+        memory_mb = verdict.recommended_memory_mb
     memory = int(memory_mb) if memory_mb is not None else DEFAULT_MEMORY_MB
     allowed = _lambda_profile().memory
     if not allowed.allows(memory):
@@ -126,17 +132,11 @@ def choose_memory(memory_mb: int | None, check_results: dict[str, Any] | None) -
     return memory
 
 
-def _lambda_verdict(check_results: dict[str, Any] | None) -> dict[str, Any]:
-    platforms = (check_results or {}).get("platforms") or {}
-    verdict = platforms.get(PLATFORM) if isinstance(platforms, dict) else None
-    return verdict if isinstance(verdict, dict) else {}
-
-
-def choose_timeout(check_results: dict[str, Any] | None) -> int:
+def choose_timeout(verdict: PlatformVerdict | None = None) -> int:
     """The function timeout `check` derived from the worst accepted request at the chosen memory
     (profiles.rules.timeout_s), or DEFAULT_TIMEOUT_S when no check measured one."""
-    timeout = _lambda_verdict(check_results).get("recommended_timeout_s")
-    return int(timeout) if isinstance(timeout, (int, float)) and timeout >= 1 else DEFAULT_TIMEOUT_S
+    timeout = None if verdict is None else verdict.timeout_s
+    return int(timeout) if timeout is not None and timeout >= 1 else DEFAULT_TIMEOUT_S
 
 
 def request_limits(bundle: ModelBundle) -> dict[str, int]:
@@ -154,32 +154,46 @@ def request_limits(bundle: ModelBundle) -> dict[str, int]:
     return {key: limits[key] for key in relevant}
 
 
-def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: int | None = None,
-                   check_results: dict[str, Any] | None = None,
+def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: int = DEFAULT_MEMORY_MB,
+                   timeout_s: int = DEFAULT_TIMEOUT_S, check: Report | None = None,
                    progress: Progress = NULL_PROGRESS) -> LambdaArtifacts:
-    """Write layer.zip, function.zip, template.yaml, slimserve.json and DEPLOY.md to `out`, atomically."""
+    """Write layer.zip, function.zip, template.yaml, slimserve.json and DEPLOY.md to `out`, atomically.
+
+    `memory_mb` and `timeout_s` go into the template as given (see `choose_memory`/`choose_timeout`);
+    `check`, the report of the check the settings came from, is recorded in the manifest and DEPLOY.md.
+    """
     out = Path(out).absolute()
     check_model(bundle)  # refuse a model that cannot be served before building anything
-    memory = choose_memory(memory_mb, check_results)
-    timeout = choose_timeout(check_results)
+    memory = choose_memory(memory_mb)  # validated against Lambda's settings before anything is built
+    verdict = _lambda_verdict(check)
     with atomic_dir(out, inputs=[bundle.model_path]) as staging:
         layer, function, closure = build_zips(bundle, target, staging, progress)
-        (staging / "template.yaml").write_text(sam_template(target, memory, bundle.is_text, timeout),
+        (staging / "template.yaml").write_text(sam_template(target, memory, bundle.is_text, timeout_s),
                                                encoding="utf-8")
-        manifest = artifact_manifest(bundle, target, memory, layer, function, closure, check_results, timeout)
+        manifest = artifact_manifest(bundle, target, memory, layer, function, closure, check, timeout_s)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        notes = deploy_notes(target, layer, function, memory=memory, timeout_s=timeout,
-                             limits=request_limits(bundle), check_results=check_results)
+        notes = deploy_notes(target, layer, function, memory=memory, timeout_s=timeout_s,
+                             limits=request_limits(bundle), cold_start=None if check is None else check.cold_start,
+                             verdict=verdict)
         (staging / "DEPLOY.md").write_text(notes, encoding="utf-8")
     moved = {name: ZipArtifact(out / name, z.bytes, z.unzipped_bytes, z.sha256)
              for name, z in (("layer.zip", layer), ("function.zip", function))}
     return LambdaArtifacts(out=out, layer=moved["layer.zip"], function=moved["function.zip"],
                            template=out / "template.yaml", manifest=out / MANIFEST_NAME,
-                           deploy=out / "DEPLOY.md", memory_mb=memory, timeout_s=timeout)
+                           deploy=out / "DEPLOY.md", memory_mb=memory, timeout_s=timeout_s)
+
+
+def _lambda_verdict(check: Report | None) -> PlatformVerdict | None:
+    if check is None:
+        return None
+    try:
+        return check.verdict(PLATFORM)
+    except KeyError:
+        return None
 
 
 def artifact_manifest(bundle: ModelBundle, target: Target, memory: int, layer: ZipArtifact,
-                      function: ZipArtifact, closure: Path, check_results: dict[str, Any] | None,
+                      function: ZipArtifact, closure: Path, check: Report | None,
                       timeout_s: int = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """The model's manifest plus what packaging added: artifacts, handler, target, runtime closure, checks."""
     info = closure_info(closure)
@@ -191,18 +205,36 @@ def artifact_manifest(bundle: ModelBundle, target: Target, memory: int, layer: Z
     manifest["artifacts"] = {"layer.zip": layer.as_manifest(), "function.zip": function.as_manifest()}
     manifest["closure"] = {"pins": info["pins"], "wheels": info["wheels"], "bytecode": info["bytecode"],
                            "sources": info["sources"]}
-    if check_results is not None:
-        manifest["checks"] = _platform_checks(check_results)
+    verdict = _lambda_verdict(check)
+    if check is not None and verdict is not None:
+        manifest["checks"] = checks_record(verdict, check.package, check.cold_start)
     return manifest
 
 
-def _platform_checks(check_results: dict[str, Any]) -> dict[str, Any]:
-    """The `aws-lambda-zip` part of a check report (plus the shared measurements), or the report as given."""
-    platforms = check_results.get("platforms")
-    if not isinstance(platforms, dict) or PLATFORM not in platforms:
-        return check_results
-    keep = {k: check_results[k] for k in ("package", "cold_start", "peak_rss_mb") if k in check_results}
-    return {"platform": PLATFORM, **platforms[PLATFORM], **keep}
+def checks_record(verdict: PlatformVerdict, package: PackageSize, cold: ColdStart) -> dict[str, Any]:
+    """What the package was checked against: the platform's verdict and the measurements it judged."""
+    record: dict[str, Any] = {
+        "platform": verdict.name, "fits": verdict.fits, "checks": [dataclasses.asdict(f) for f in verdict.findings],
+        "recommended_memory_mb": verdict.recommended_memory_mb, "title": verdict.title,
+        "memory_mb": verdict.memory_mb, "memory_note": verdict.memory_note,
+        "projection": None if verdict.projection is None else {**dataclasses.asdict(verdict.projection),
+                                                               "estimate": True},
+        "sources": list(verdict.sources),
+    }
+    if verdict.timeout_s is not None:
+        record.update(worst_request_ms=verdict.worst_request_ms, recommended_timeout_s=verdict.timeout_s)
+    record["package"] = {"unzipped_bytes": package.unzipped_bytes, "zipped_bytes": package.zipped_bytes,
+                         "layers": package.layers, "parts": dict(sorted(package.parts.items())),
+                         "unzipped_parts": dict(sorted(package.unzipped_parts.items())),
+                         "image_bytes": package.image_bytes}
+    record["cold_start"] = {
+        "import_ms": cold.import_ms, "load_ms": cold.load_ms, "first_inference_ms": cold.first_inference_ms,
+        "total_ms": cold.total_ms, "runs": cold.runs, "warm_ms": cold.warm_ms, "python": cold.python,
+        "fallback": cold.fallback, "measured_here": True,
+        **({"worst_ms": cold.worst_ms, "worst_peak_rss_mb": cold.worst_peak_rss_mb,
+            "worst_request": cold.worst_request, "cpus": cold.cpus} if cold.worst_ms is not None else {})}
+    record["peak_rss_mb"] = cold.max_rss_mb
+    return record
 
 
 def sam_template(target: Target, memory: int, text: bool = True, timeout_s: int = DEFAULT_TIMEOUT_S) -> str:
@@ -248,8 +280,8 @@ Outputs:
 """
 
 
-def _limits_section(memory: int, timeout_s: int, limits: dict[str, int] | None,
-                    check_results: dict[str, Any] | None) -> str:
+def _limits_section(memory: int, timeout_s: int, limits: dict[str, int] | None, cold: ColdStart | None,
+                    verdict: PlatformVerdict | None) -> str:
     """DEPLOY.md's account of what one request may ask for and why memory and timeout are what they are."""
     limits = limits or {}
     rows = "\n".join(f"| `{key}` | {value:,} | `{env}` | {what} |" for key, env, what in (
@@ -258,14 +290,12 @@ def _limits_section(memory: int, timeout_s: int, limits: dict[str, int] | None,
         ("max_tokens", "SLIMSERVE_MAX_TOKENS", "texts × padded tokens after truncation, per request"),
         ("max_elements", "SLIMSERVE_MAX_ELEMENTS", "numbers per tensor request, all inputs together"),
     ) if key in limits for value in (limits[key],))
-    cold = (check_results or {}).get("cold_start") or {}
-    verdict = _lambda_verdict(check_results)
-    if cold.get("worst_ms") is not None and verdict.get("recommended_timeout_s") is not None:
-        measured = (f"`check` ran the largest request these limits accept ({cold.get('worst_request')}) in a fresh "
-                    f"{cold.get('python')} process on {cold.get('cpus', 1)} CPU: {cold['worst_ms']:,.0f} ms, peak RSS "
-                    f"{cold.get('worst_peak_rss_mb', 0):,.0f} MB. At {memory:,} MB Lambda gives "
+    if cold is not None and cold.worst_ms is not None and verdict is not None and verdict.timeout_s is not None:
+        measured = (f"`check` ran the largest request these limits accept ({cold.worst_request}) in a fresh "
+                    f"{cold.python} process on {cold.cpus} CPU: {cold.worst_ms:,.0f} ms, peak RSS "
+                    f"{cold.worst_peak_rss_mb or 0:,.0f} MB. At {memory:,} MB Lambda gives "
                     f"{memory / 1769:.2f} vCPU (1,769 MB ≈ 1 vCPU), so it is projected at "
-                    f"{verdict.get('worst_request_ms') or 0:,.0f} ms; `Timeout: {timeout_s}` is (projected init + "
+                    f"{verdict.worst_request_ms or 0:,.0f} ms; `Timeout: {timeout_s}` is (projected init + "
                     "that) × 3, at least 10 s. `MemorySize` holds that peak × 1.5 + 64 MB.")
     else:
         measured = (f"No `check` ran (`--no-check`): `MemorySize: {memory}` and `Timeout: {timeout_s}` are defaults, "
@@ -288,8 +318,8 @@ Routes over a function URL or API Gateway: `POST /`, `/predict`, `/invocations` 
 
 def deploy_notes(target: Target, layer: ZipArtifact, function: ZipArtifact, *, memory: int = DEFAULT_MEMORY_MB,
                  timeout_s: int = DEFAULT_TIMEOUT_S, limits: dict[str, int] | None = None,
-                 check_results: dict[str, Any] | None = None) -> str:
-    limits_md = _limits_section(memory, timeout_s, limits, check_results)
+                 cold_start: ColdStart | None = None, verdict: PlatformVerdict | None = None) -> str:
+    limits_md = _limits_section(memory, timeout_s, limits, cold_start, verdict)
     profile_limits = _lambda_profile().limits
     direct, unzipped = profile_limits.zipped_size, profile_limits.unzipped_size
     big = [z.path.name for z in (layer, function) if z.bytes > direct.base()]

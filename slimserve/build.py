@@ -15,23 +15,24 @@ When nothing meets the budgets, OUT still receives the comparison and the decisi
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from slimserve.atomic import atomic_dir
-from slimserve.compare import CompareOptions, Comparison, compare_into, comparison_dict, validate
+from slimserve.compare import CompareOptions, Comparison, candidate_row, compare_into, validate
 from slimserve.errors import LimitExceeded, SlimserveError
 from slimserve.profiles.schema import Profile
 from slimserve.progress import NULL_PROGRESS, Progress
 from slimserve.report import Report
+from slimserve.report.build_report import PACKAGE_DIR, BuildResult, Decision
 from slimserve.selection import Budgets, Row, choose, misses
+
+__all__ = ["PACKAGE_DIR", "BuildResult", "Decision"]
 
 TARGETS = ("lambda", "container")
 DEFAULT_PLATFORM = "aws-lambda-zip"
-PACKAGE_DIR = "package"
 
 
 @dataclass(frozen=True)
@@ -51,43 +52,6 @@ class BuildOptions:
     def budgets(self) -> Budgets:
         return Budgets(min_fidelity=self.min_fidelity, max_cold_start_ms=self.max_cold_start_ms,
                        platform=self.platform)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The winner (or None) and, for every measured candidate, the budgets it missed (empty: eligible)."""
-
-    winner: str | None
-    misses: Mapping[str, tuple[str, ...]]
-    budgets: Budgets
-    cold_start_basis: str
-
-    def as_dict(self) -> dict[str, Any]:
-        b = self.budgets
-        return {"chosen": self.winner,
-                "budgets": {"min_fidelity": b.min_fidelity, "max_cold_start_ms": b.max_cold_start_ms,
-                            "platform": b.platform},
-                "rule": "meets every budget and fits the platform; then smallest deployment (unzipped), "
-                        "fastest cold start, most faithful, recipe name",
-                "cold_start_basis": self.cold_start_basis,
-                "misses": {k: list(v) for k, v in self.misses.items()}}
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    out: Path
-    comparison: Comparison
-    decision: Decision
-    check: Report | None = None
-    artifacts: Mapping[str, Any] | None = None  # what package/ holds: names, sizes, digests
-
-    @property
-    def package_dir(self) -> Path | None:
-        return self.out / PACKAGE_DIR if self.artifacts is not None else None
-
-    @property
-    def fits(self) -> bool:
-        return self.check is not None and self.check.fits
 
 
 class BuildFailed(LimitExceeded):
@@ -134,7 +98,7 @@ def rows_for(comparison: Comparison, options: BuildOptions) -> tuple[list[Row], 
         if options.memory_mb is not None:
             verdict = c.verdict(options.platform)
             cold = verdict.projection.total_ms if verdict is not None and verdict.projection else None
-        rows.append(c.row(cold_start_ms=cold))
+        rows.append(candidate_row(c, cold_start_ms=cold))
     basis = (f"projected onto {options.platform} at {options.memory_mb} MB (estimate)" if options.memory_mb
              else "measured here (median of fresh processes); the packaged memory setting is raised until "
                   "the platform projection meets --max-cold-start")
@@ -187,8 +151,9 @@ def check_winner(comparison: Comparison, recipe: str, profile: Profile, options:
 
 
 def package_winner(folder: Path, out: Path, target_kind: str, profile: Profile, options: BuildOptions,
-                   pre_check: dict[str, Any], progress: Progress) -> tuple[dict[str, Any], Any]:
-    """Write the winner's artifacts to `out`; returns (their summary, PackageSize of what was written)."""
+                   pre_check: Report, progress: Progress) -> tuple[dict[str, Any], Any]:
+    """Write the winner's artifacts to `out`; returns (their summary, PackageSize of what was written).
+    The memory setting and timeout are decided here, from `pre_check`'s verdict, and handed to the packager."""
     from slimserve.bundle import load_bundle
     from slimserve.measure import PackageSize
     from slimserve.packagers.target import Target
@@ -196,9 +161,11 @@ def package_winner(folder: Path, out: Path, target_kind: str, profile: Profile, 
     bundle = load_bundle(folder)
     target = Target.parse(options.compare.python, options.compare.arch)
     if target_kind == "lambda":
-        from slimserve.packagers.lambda_target import package_lambda
+        from slimserve.packagers.lambda_target import choose_memory, choose_timeout, package_lambda
 
-        art = package_lambda(bundle, out, target, options.memory_mb, pre_check, progress)
+        verdict = pre_check.verdict(profile.name)
+        art = package_lambda(bundle, out, target, choose_memory(options.memory_mb, verdict), choose_timeout(verdict),
+                             pre_check, progress)
         written = PackageSize(unzipped_bytes=art.layer.unzipped_bytes + art.function.unzipped_bytes,
                               zipped_bytes=art.layer.bytes + art.function.bytes,
                               parts={"layer.zip": art.layer.bytes, "function.zip": art.function.bytes},
@@ -239,19 +206,17 @@ def run_build(model: str, out: Path, options: BuildOptions, recipes: Sequence[st
         comparison = compare_into(staging, model, recipes, [profile], options.compare, eval_path, progress,
                                   prepared=prepared, source=source)
         decision = decide(comparison, options)
-        result = BuildResult(out=Path(out).absolute(), comparison=comparison, decision=decision)
+        result = BuildResult(out=Path(out).absolute(), comparison=comparison, decision=decision, target=target_kind)
         if decision.winner is not None:
             folder = staging / comparison.candidate(decision.winner).folder
             shown = Path(out).absolute() / comparison.candidate(decision.winner).folder
-            from slimserve.report.json_ import report_dict
-
             pre = check_winner(comparison, decision.winner, profile, options, folder)
             with progress.stage(f"package {decision.winner} ({target_kind})"):
                 artifacts, written = package_winner(folder, staging / PACKAGE_DIR, target_kind, profile, options,
-                                                    report_dict(pre), progress)
+                                                    pre, progress)
             report = check_winner(comparison, decision.winner, profile, options, folder, written, shown)
             result = dataclasses.replace(result, check=report, artifacts=artifacts)
-        write_build(staging, result, target_kind)
+        write_build(staging, result)
     if decision.winner is None:
         raise BuildFailed(f"no candidate meets every budget for {options.platform}: {misses_line(decision)}",
                           result, hint=f"the comparison is in {out}/compare.md; loosen a budget or try other recipes")
@@ -262,60 +227,18 @@ def run_build(model: str, out: Path, options: BuildOptions, recipes: Sequence[st
     return result
 
 
-def write_build(folder: Path, result: BuildResult, target_kind: str) -> None:
-    from slimserve.report.json_ import report_dict
-    from slimserve.report.markdown import render as render_check_md
+def write_build(folder: Path, result: BuildResult) -> None:
+    """build.json and build.md, and the package's check.json and check.md, each from its renderer."""
+    from slimserve.report import renderer as check_renderer
+    from slimserve.report.build_report import renderer
 
-    data = build_dict(result, target_kind)
-    (folder / "build.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    def write(name: str, render: Callable[[TextIO], None]) -> None:
+        with open(folder / name, "w", encoding="utf-8", newline="\n") as fh:
+            render(fh)
+
+    write("build.json", lambda fh: renderer("json")(result, fh))
     if result.check is not None:
-        (folder / "check.json").write_text(json.dumps(report_dict(result.check), indent=2, ensure_ascii=False)
-                                           + "\n", encoding="utf-8")
-        with open(folder / "check.md", "w", encoding="utf-8", newline="\n") as fh:
-            render_check_md(result.check, fh)
-    (folder / "build.md").write_text(build_markdown(result, target_kind, folder), encoding="utf-8")
-
-
-def build_dict(result: BuildResult, target_kind: str) -> dict[str, Any]:
-    comparison = comparison_dict(result.comparison)
-    return {
-        "platform": result.decision.budgets.platform,
-        "target": target_kind,
-        "fits": result.fits,
-        **result.decision.as_dict(),
-        "package": None if result.artifacts is None else {"folder": PACKAGE_DIR, **result.artifacts},
-        "check": "check.json" if result.check is not None else None,
-        "comparison": "compare.json",
-        "frontier": comparison["frontier"],
-        "candidates": {c["recipe"]: {k: c[k] for k in ("bytes", "deploy", "fidelity", "cold_start", "peak_rss_mb",
-                                                        "platforms", "error")}
-                       for c in comparison["candidates"]},
-    }
-
-
-def build_markdown(result: BuildResult, target_kind: str, folder: Path) -> str:
-    d = result.decision
-    b = d.budgets
-    budgets = ", ".join(x for x in (
-        f"fidelity ≥ {b.min_fidelity}" if b.min_fidelity is not None else "",
-        f"cold start ≤ {b.max_cold_start_ms:,.0f} ms ({d.cold_start_basis})" if b.max_cold_start_ms is not None else "",
-        f"fits {b.platform}") if x)
-    if d.winner is None:
-        head = f"## slimserve build: ❌ no candidate meets the budgets\n\nBudgets: {budgets}.\n\n"
-    elif result.check is not None and not result.check.fits:
-        head = (f"## slimserve build: ❌ `{d.winner}` was packaged but fails its check\n\n"
-                f"Budgets: {budgets}.\n\n")
-    else:
-        head = (f"## slimserve build: ✅ `{d.winner}` for {b.platform} ({target_kind})\n\nBudgets: {budgets}. "
-                f"Chosen: the candidate meeting every budget with the smallest deployment, then the fastest "
-                f"cold start. Artifacts: `{PACKAGE_DIR}/`.\n\n")
-    lines = [head.rstrip("\n"), ""]
-    if any(d.misses.values()):
-        lines += ["| recipe | missed budgets |", "|---|---|"]
-        lines += [f"| `{r}` | {'; '.join(m).replace('|', '/')} |" for r, m in d.misses.items() if m]
-        lines.append("")
-    parts = ["\n".join(lines)]
-    if (folder / "check.md").is_file():
-        parts.append((folder / "check.md").read_text(encoding="utf-8"))
-    parts.append((folder / "compare.md").read_text(encoding="utf-8"))
-    return "\n".join(parts)
+        check = result.check
+        write("check.json", lambda fh: check_renderer("json")(check, fh))
+        write("check.md", lambda fh: check_renderer("markdown")(check, fh))
+    write("build.md", lambda fh: renderer("markdown")(result, fh))

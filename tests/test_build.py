@@ -10,7 +10,7 @@ import pytest
 
 from slimserve.build import BuildOptions, decide, default_target, resolve_target
 from slimserve.check import resolve_profiles
-from slimserve.compare import CandidateResult, CompareOptions, assemble, evaluate_candidate
+from slimserve.compare import CandidateResult, CompareOptions, Fidelity, assemble, evaluate_candidate
 from slimserve.errors import SlimserveError
 from slimserve.measure import ColdStart, PackageSize
 from tests.conftest import assert_clean_error, run_cli
@@ -27,9 +27,9 @@ def candidate(recipe: str, fidelity: float, model_mib: float, cold_ms: float, rs
                           unzipped_parts={"layer.zip": LAYER, "function.zip": model})
     cold = ColdStart(import_ms=cold_ms * 0.6, load_ms=cold_ms * 0.3, first_inference_ms=cold_ms * 0.1,
                      total_ms=cold_ms, warm_ms=5.0, peak_rss_mb=rss_mb, runs=3, python="3.12")
-    manifest = {"recipe": recipe, "model": {"bytes": model},
-                "fidelity": {"metric": "cosine", "mean": fidelity, "min": fidelity - 0.01, "samples": 100}}
-    return CandidateResult(recipe, f"candidates/{recipe}", manifest=manifest, package=package, cold_start=cold)
+    return CandidateResult(recipe, f"candidates/{recipe}", model_bytes=model,
+                           fidelity=Fidelity("cosine", fidelity, fidelity - 0.01, samples=100),
+                           package=package, cold_start=cold)
 
 
 def comparison(*cands: CandidateResult, platform: str = "aws-lambda-zip") -> Any:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from slimserve.check import resolve_profiles
-from slimserve.compare import CompareOptions, assemble, comparison_dict, evaluate_candidate, write_outputs
+from slimserve.compare import CompareOptions, assemble, evaluate_candidate, write_outputs
+from slimserve.report.compare_json import comparison_dict
 from slimserve.measure.latency import Latency
 from tests.conftest import assert_clean_error, run_cli
 from tests.test_build import FP32, INT4, INT8, candidate
@@ -59,7 +60,7 @@ def test_frontier_recommendation_and_files(tmp_path: Path) -> None:
     assert comp.frontier == ("fp32", "int8", "int4-weight")
     # No budgets: the default floor (0.99 mean cosine) rules out int4-weight; int8 is the smallest left.
     assert comp.recommendation == "int8"
-    data = write_outputs(tmp_path, comp)
+    data = comparison_dict(write_outputs(tmp_path, comp))
     on_disk = json.loads((tmp_path / "compare.json").read_text())
     assert on_disk == json.loads(json.dumps(data))
     rows = {c["recipe"]: c for c in on_disk["candidates"]}

@@ -23,6 +23,7 @@ from slimserve.compare import (
     CandidateResult,
     CompareOptions,
     Comparison,
+    Machine,
     assemble,
     evaluate_candidate,
     write_outputs,
@@ -32,7 +33,7 @@ from slimserve.profiles.rules import DeploymentFacts
 from tests.test_build import FP32, INT4, INT8, MIB, candidate
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-MACHINE = {"cpu": "Golden CPU @ 2.00GHz", "cpus": 2, "arch": "x86_64", "vnni": [], "avx512": False, "avx2": True}
+MACHINE = Machine(cpu="Golden CPU @ 2.00GHz", cpus=2, arch="x86_64", vnni=(), avx512=False, avx2=True)
 VERSIONS = {"onnx": "1.0.0", "onnxruntime": "1.0.0", "python": "3.12.0", "slimserve": "0.0.0"}
 LATENCY = {"fp32": (9.5, 61.0), "int8": (4.25, 22.5), "int8-dynamic": (0.75, 180.0), "int4-weight": (5.0, 30.0)}
 
@@ -56,7 +57,7 @@ def comparison_of(cands: list[CandidateResult], platforms: list[str], options: C
         evaluated.append(evaluate_candidate(c, profiles, options))
     comp = assemble("models/minilm", {"kind": "onnx", "path": "models/minilm/model.onnx", "sha256": "ab" * 32},
                     "built-in (64 sentences)", options, profiles, evaluated)
-    return dataclasses.replace(comp, machine=dict(MACHINE), versions=dict(VERSIONS))
+    return dataclasses.replace(comp, machine=MACHINE, versions=dict(VERSIONS))
 
 
 BROKEN = CandidateResult("int8-static", "candidates/int8-static", error="step int8-static failed: no calibration data",
@@ -86,7 +87,7 @@ def build_result(folder: Path, scenario: str) -> tuple[BuildResult, str]:
                "fails-check": BuildOptions(min_fidelity=0.99)}[scenario]
     comp = comparison_of([FP32, INT8, INT4, BROKEN], ["aws-lambda-zip"], budgets.compare)
     decision = decide(comp, budgets)
-    result = BuildResult(out=folder, comparison=comp, decision=decision)
+    result = BuildResult(out=folder, comparison=comp, decision=decision, target="lambda")
     if decision.winner is not None:
         c = comp.candidate(decision.winner)
         assert c.package is not None and c.cold_start is not None
@@ -102,7 +103,7 @@ def build_result(folder: Path, scenario: str) -> tuple[BuildResult, str]:
         result = dataclasses.replace(result, check=report, artifacts=lambda_artifacts(memory))
     folder.mkdir(parents=True, exist_ok=True)
     write_outputs(folder, comp)
-    write_build(folder, result, "lambda")
+    write_build(folder, result)
     return result, "lambda"
 
 
@@ -119,9 +120,11 @@ def test_compare_files_match_their_snapshots(comparison: Comparison, tmp_path: P
 
 
 def test_compare_stdout_text_matches_its_snapshot(comparison: Comparison, capsys: pytest.CaptureFixture[str]) -> None:
-    from slimserve.commands.compare import print_table
+    import sys
 
-    print_table(comparison)
+    from slimserve.report.comparison import renderer
+
+    renderer("text")(comparison, sys.stdout)
     assert_golden("compare.stdout.txt", capsys.readouterr().out)
 
 

@@ -150,15 +150,16 @@ def test_worst_accepted_minilm_request_fits_what_the_template_sets(minilm_int8: 
     from slimserve.bundle import load_bundle
     from slimserve.check import CheckOptions, run_check
     from slimserve.packagers.interpreters import find_python
-    from slimserve.packagers.lambda_target import package_lambda
+    from slimserve.packagers.lambda_target import choose_memory, choose_timeout, package_lambda
     from slimserve.packagers.target import Target
-    from slimserve.report.json_ import report_dict
 
     exe = find_python("3.12")
     assert exe is not None, "pyenv's python3.12 is part of this machine kind"
-    report = report_dict(run_check(minilm_int8, ["aws-lambda-zip"], CheckOptions(runs=1)))
+    report = run_check(minilm_int8, ["aws-lambda-zip"], CheckOptions(runs=1))
+    verdict = report.verdict("aws-lambda-zip")
     out = tmp_path / "out"
-    package_lambda(load_bundle(minilm_int8), out, Target("3.12"), check_results=report)
+    package_lambda(load_bundle(minilm_int8), out, Target("3.12"), choose_memory(None, verdict),
+                   choose_timeout(verdict), report)
     template = (out / "template.yaml").read_text()
     memory, timeout = _template_setting(template, "MemorySize"), _template_setting(template, "Timeout")
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import click
 
-from slimserve.commands.compare import compare_options, print_table, recipe_options
+from slimserve.commands.compare import compare_options, format_option, recipe_options
+from slimserve.report.build_report import FORMATS, BuildResult
 
 
 @click.command("build", context_settings={"max_content_width": 110})
@@ -31,6 +32,7 @@ from slimserve.commands.compare import compare_options, print_table, recipe_opti
                    "when --memory is given).")
 @click.option("--base", metavar="REF", help="Container target: base image (registry ref, oci:PATH or a layout).")
 @recipe_options
+@format_option(FORMATS)
 def command(model: str, out: Path, platform: str, target: str | None, min_fidelity: float | None,
             max_cold_start_ms: float | None, base: str | None, recipes: str | None, all_recipes: bool,
             eval_path: Path | None, task: str | None, jobs: int, python: str, arch: str, memory_mb: int | None,
@@ -66,26 +68,10 @@ def command(model: str, out: Path, platform: str, target: str | None, min_fideli
     return 0
 
 
-def _summary(result: Any, fmt: str) -> None:
-    if fmt == "json":
-        click.echo((result.out / "build.json").read_text(encoding="utf-8"), nl=False)
-        return
-    from rich.console import Console
+def _summary(result: BuildResult, fmt: str) -> None:
+    """The chosen renderer on stdout; the text one is followed by where the files went."""
+    from slimserve.report.build_report import renderer
 
-    print_table(result.comparison)
-    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 220, highlight=False, emoji=False)
-    decision = result.decision
-    for recipe, missed in decision.misses.items():
-        if missed:
-            console.print(f"  {recipe}: missed {'; '.join(missed)}", markup=False)
-    if decision.winner is not None and result.check is not None:
-        from slimserve.report import renderer
-
-        console.print(f"check of the package ({decision.winner}):", markup=False)
-        renderer("text")(result.check, sys.stdout)
-        verdict = "passes its check" if result.check.fits else "FAILS its check"
-        art = result.artifacts or {}
-        memory = f", {art['memory_mb']} MB" if "memory_mb" in art else ""
-        console.print(f"chosen: {decision.winner} → {result.package_dir} ({art.get('kind')}{memory}); "
-                      f"{verdict} for {decision.budgets.platform}", markup=False)
-    console.print(f"wrote {result.out} (build.md, build.json, check.*, compare.*)", markup=False)
+    renderer(fmt)(result, sys.stdout)
+    if fmt == "text":
+        click.echo(f"wrote {result.out} (build.md, build.json, check.*, compare.*)")

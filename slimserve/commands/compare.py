@@ -15,6 +15,7 @@ import click
 
 from slimserve.commands.options import arch_option, python_option
 from slimserve.optimizer.sources import SUPPORTED_TASKS
+from slimserve.report.comparison import FORMATS
 
 JOBS_HELP = ("Build up to N candidates at once (threads). Only building runs in parallel: measurements "
              "(size, cold start, latency) always run one candidate at a time so they do not disturb each other.")
@@ -38,8 +39,6 @@ def recipe_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Judge platforms at this memory setting (default: each one's recommended setting)."),
         click.option("--runs", type=click.IntRange(min=1, max=50), default=3, show_default=True,
                      help="Fresh processes per cold-start measurement (median reported)."),
-        click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-                     help="Summary on stdout (the files in OUT are written either way)."),
     ]
     return functools.reduce(lambda f, opt: opt(f), reversed(options), func)
 
@@ -67,29 +66,10 @@ def compare_options(python: str, arch: str, memory_mb: int | None, runs: int, jo
                           min_fidelity=min_fidelity)
 
 
-def print_table(comparison: Any) -> None:
-    """The comparison as a rich table (same cells as compare.md), recommendation first."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from slimserve.report.compare_markdown import FRONTIER_MARK, RECOMMENDED_MARK, table
-
-    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 220, highlight=False, emoji=False)
-    header, rows = table(comparison)
-    out = Table(title=f"slimserve compare: {comparison.model}", title_justify="left")
-    for i, name in enumerate(header):
-        out.add_column(name, justify="left" if i < 2 else "right")
-    for row in rows:
-        out.add_row(*row)
-    console.print(out)
-    for c in comparison.candidates:
-        if c.error:
-            console.print(f"[red]failed[/red] {c.recipe}: {c.error}", markup=True)
-    console.print(f"{FRONTIER_MARK} Pareto frontier   {RECOMMENDED_MARK} recommended")
-    if comparison.recommendation:
-        console.print(f"recommended: [bold]{comparison.recommendation}[/bold] ({comparison.recommendation_reason})")
-    else:
-        console.print(f"no recommendation: {comparison.recommendation_reason}")
+def format_option(formats: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--format`: which renderer writes stdout (the files in OUT are written either way)."""
+    return click.option("--format", "fmt", type=click.Choice(formats), default="text", show_default=True,
+                        help="Output on stdout (the files in OUT are written either way).")
 
 
 @click.command("compare", context_settings={"max_content_width": 110})
@@ -104,6 +84,7 @@ def print_table(comparison: Any) -> None:
 @click.option("--min-fidelity", type=click.FloatRange(min=0, max=1, min_open=True), metavar="X",
               help="Fidelity floor for the recommendation (mean cosine). Default: 0.99.")
 @recipe_options
+@format_option(FORMATS)
 def command(model: str, out: Path, platforms: tuple[str, ...], profile_files: tuple[Path, ...],
             min_fidelity: float | None, recipes: str | None, all_recipes: bool, eval_path: Path | None,
             task: str | None, jobs: int, python: str, arch: str, memory_mb: int | None, runs: int, fmt: str) -> int:
@@ -124,9 +105,9 @@ def command(model: str, out: Path, platforms: tuple[str, ...], profile_files: tu
     with progress_for(sys.stderr) as progress:
         comparison = run_compare(model, names, out, eval_path, platforms, jobs, options, progress,
                                  profile_files=profile_files, source=source)
-    if fmt == "json":
-        click.echo((out / "compare.json").read_text(encoding="utf-8"), nl=False)
-    else:
-        print_table(comparison)
+    from slimserve.report.comparison import renderer
+
+    renderer(fmt)(comparison, sys.stdout)
+    if fmt == "text":
         click.echo(f"wrote {out}/compare.json, compare.md, compare.png and candidates/")
     return 0

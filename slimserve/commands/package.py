@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from slimserve.commands.options import arch_option, python_option
+
+if TYPE_CHECKING:
+    from slimserve.progress import Progress
+    from slimserve.report import Report
 
 
 @click.command("package", context_settings={"max_content_width": 110})
@@ -59,11 +63,13 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
             options = {"base_ref": base_ref, "platform": platform, "push_ref": push_ref,
                        "insecure_registries": insecure, "engine": engine}
             return _container(bundle, out, target, progress, fmt, options)
-        checks = None if no_check else _check(path, python, arch, memory_mb, progress)
-        from slimserve.packagers.lambda_target import package_lambda
+        report = None if no_check else _check(path, python, arch, memory_mb, progress)
+        from slimserve.packagers.lambda_target import PLATFORM, choose_memory, choose_timeout, package_lambda
 
-        artifacts = package_lambda(bundle, out, target, memory_mb, checks, progress)
-    fits = None if checks is None else bool(checks["platforms"]["aws-lambda-zip"]["fits"])
+        verdict = None if report is None else report.verdict(PLATFORM)
+        artifacts = package_lambda(bundle, out, target, choose_memory(memory_mb, verdict), choose_timeout(verdict),
+                                   report, progress)
+    fits = None if verdict is None else verdict.fits
     rows = [(z.path.name, z.bytes, z.unzipped_bytes, z.sha256) for z in (artifacts.layer, artifacts.function)]
     summary = {"target": "lambda", "out": str(artifacts.out), "runtime": target.lambda_runtime, "arch": arch,
                "memory_mb": artifacts.memory_mb, "handler": "lambda_handler.handler", "fits": fits,
@@ -72,7 +78,7 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
     if fmt == "json":
         click.echo(json.dumps(summary, indent=2))
     else:
-        _table(rows, summary, checks)
+        _table(rows, summary, report)
     return 1 if fits is False else 0
 
 
@@ -97,13 +103,11 @@ def _check_references(*refs: str | None) -> None:
             Reference.parse(ref)
 
 
-def _check(path: Path, python: str, arch: str, memory_mb: int | None, progress: Any) -> dict[str, Any]:
+def _check(path: Path, python: str, arch: str, memory_mb: int | None, progress: Progress) -> Report:
     from slimserve.check import CheckOptions, run_check
-    from slimserve.report.json_ import report_dict
+    from slimserve.packagers.lambda_target import PLATFORM
 
-    report = run_check(path, ["aws-lambda-zip"], CheckOptions(memory_mb=memory_mb, python=python, arch=arch),
-                       progress)
-    return report_dict(report)
+    return run_check(path, [PLATFORM], CheckOptions(memory_mb=memory_mb, python=python, arch=arch), progress)
 
 
 def _container(bundle: Any, out: Path, target: Any, progress: Any, fmt: str, options: dict[str, Any]) -> int:
@@ -126,9 +130,11 @@ def _container(bundle: Any, out: Path, target: Any, progress: Any, fmt: str, opt
     return 0
 
 
-def _table(rows: list[tuple[str, int, int, str]], summary: dict[str, Any], checks: dict[str, Any] | None) -> None:
+def _table(rows: list[tuple[str, int, int, str]], summary: dict[str, Any], report: Report | None) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from slimserve.packagers.lambda_target import PLATFORM
 
     table = Table(title=f"Lambda artifacts ({summary['runtime']}, {summary['arch']}, {summary['memory_mb']} MB)")
     for col, justify in (("artifact", "left"), ("zipped", "right"), ("unzipped", "right"), ("sha256", "left")):
@@ -137,13 +143,13 @@ def _table(rows: list[tuple[str, int, int, str]], summary: dict[str, Any], check
         table.add_row(name, f"{zipped / 1e6:.1f} MB", f"{unzipped / 1e6:.1f} MB", sha[:16])
     console = Console(file=sys.stdout)
     console.print(table)
-    if checks is not None:
-        lam = checks["platforms"]["aws-lambda-zip"]
-        cold = checks["cold_start"]
-        verdict = "fits" if lam["fits"] else "DOES NOT FIT"
-        console.print(f"aws-lambda-zip: {verdict}; cold start {cold['total_ms']:.0f} ms measured here "
-                      f"(python {cold['python']}), peak RSS {checks['peak_rss_mb']:.0f} MB")
-        for finding in lam["checks"]:
-            if finding.get("status") != "pass":
-                console.print(f"  {finding.get('status')}: {finding.get('reason')}")
+    if report is not None:
+        lam = report.verdict(PLATFORM)
+        cold = report.cold_start
+        verdict = "fits" if lam.fits else "DOES NOT FIT"
+        console.print(f"{lam.name}: {verdict}; cold start {cold.total_ms:.0f} ms measured here "
+                      f"(python {cold.python}), peak RSS {report.peak_rss_mb:.0f} MB")
+        for finding in lam.findings:
+            if finding.status != "pass":
+                console.print(f"  {finding.status}: {finding.reason}")
     console.print(f"written to {summary['out']} (template.yaml, slimserve.json, DEPLOY.md)")

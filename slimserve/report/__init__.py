@@ -1,5 +1,8 @@
 """One report value for `slimserve check`, and one renderer per output format.
 
+(compare's and build's report values live beside it, in `comparison.py` and `build_report.py`, each with
+its own table of renderers; the number formatting below is shared by all three.)
+
 `Report` holds what was measured once (package size, cold start, peak RSS) and every platform's verdict,
 sorted deterministically (platforms by name, findings by rule order). Each format is its own module with
 the same `render(report, out)` signature, chosen from `RENDERERS`; renderers never decide the exit code.
@@ -63,11 +66,15 @@ def make_report(*, path: str, python: str, arch: str, package: PackageSize, cold
                   platforms=platforms, model=dict(model or {}), host_vcpus=host_vcpus)
 
 
-def renderer(fmt: str) -> Callable[[Report, TextIO], None]:
-    if fmt not in RENDERERS:
+def load_renderer(table: Mapping[str, str], fmt: str) -> Any:
+    """The `render` function of the module `table[fmt]` names (check's, compare's and build's tables)."""
+    if fmt not in table:
         raise ValueError(f"unknown report format {fmt!r}")
-    module = importlib.import_module(f"slimserve.report.{RENDERERS[fmt]}")
-    render: Callable[[Report, TextIO], None] = module.render
+    return importlib.import_module(f"slimserve.report.{table[fmt]}").render
+
+
+def renderer(fmt: str) -> Callable[[Report, TextIO], None]:
+    render: Callable[[Report, TextIO], None] = load_renderer(RENDERERS, fmt)
     return render
 
 

@@ -8,10 +8,9 @@ the matplotlib artists, so compare.json records the plotted points and tests can
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from slimserve.compare import CandidateResult, Comparison
+from slimserve.report.comparison import CandidateResult, Comparison
 
 MIB = 1024**2
 OFF_CHART = 4.0  # platform size limits beyond 4× the largest deployment are listed, not drawn
@@ -62,7 +61,7 @@ def render_png(comparison: Comparison, path: Path, dpi: int = 110) -> dict[str, 
         ("cold_start", ax_cold, "cold start measured here (ms, median of fresh processes)"),
     ):
         points: list[dict[str, Any]] = [
-            {"recipe": c.recipe, "x": round(_x(c, key), 3), "y": round(float(c.fidelity["mean"]), 6),
+            {"recipe": c.recipe, "x": round(_x(c, key), 3), "y": round(c.fidelity.mean if c.fidelity else 0.0, 6),
              "frontier": c.recipe in frontier} for c in rows]
         on = [p for p in points if p["frontier"]]
         off = [p for p in points if not p["frontier"]]
