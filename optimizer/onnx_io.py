@@ -1,4 +1,9 @@
-"""Reading ONNX files safely: a clear error for empty, truncated or non-ONNX input, never a traceback."""
+"""Reading and writing ONNX files: the one home of load, save and the 2 GB rule.
+
+User input is read with `load_onnx` (a clear error for empty, truncated or non-ONNX input, never a
+traceback); a recipe step reads its input with `read_model` and writes with `save_model`, which switches
+to ONNX external data (one `<name>.data` file beside the model) only past protobuf's 2 GiB limit.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from slimserve.errors import SlimserveError
+from slimserve.errors import SlimserveError, ToolError, first_line
 
-TWO_GB = 2 * 1024**3
+# Protobuf cannot serialise a message of 2 GiB or more: past this, tensors go to ONNX external data.
+PROTOBUF_LIMIT = 2**31 - 1
 
 _ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
                10: "float16", 11: "float64", 16: "bfloat16"}
@@ -153,21 +159,50 @@ def _check_constant_shapes(path: Path, model: Any) -> None:
                                  hint="the graph would exhaust memory at run time; fix or re-export the model")
 
 
-def save_model(model: Any, path: Path) -> list[Path]:
-    """Save, switching to one external data file only when the protobuf would exceed 2 GB.
+def needs_external_data(model: Any) -> bool:
+    """True when `model` cannot be written as one protobuf (ByteSize itself raises past 2 GB on some builds)."""
+    try:
+        return bool(model.ByteSize() > PROTOBUF_LIMIT)
+    except Exception:  # noqa: BLE001 - protobuf's overflow error type differs between implementations
+        return True
 
-    Returns the files written (the model and, if any, its data file).
+
+def require_file(path: Path, step: str) -> None:
+    """SlimserveError (user-fixable) when a step's input model is missing."""
+    if not Path(path).is_file():
+        raise SlimserveError(f"{step}: input model {path} does not exist", hint="check the model path")
+
+
+def read_model(path: Path, step: str, *, with_data: bool = True) -> Any:
+    """A step's input model (with its external data): SlimserveError if missing, ToolError if unreadable."""
+    import onnx
+
+    require_file(path, step)
+    try:
+        return onnx.load(str(path), load_external_data=with_data)
+    except Exception as exc:  # DecodeError, OSError, ValueError...: all mean "unreadable"
+        raise ToolError(f"{step}: onnx cannot read {path}: {first_line(exc)}",
+                        hint="is this a valid ONNX file?") from exc
+
+
+def save_model(model: Any, path: Path, step: str = "onnx") -> Path:
+    """Write `model` to `path`; its tensors go to one `<name>.data` file beside it only past 2 GB.
+
+    `model_files(path)` lists what was written. Failures are a one-line ToolError naming `step`.
     """
     import onnx
 
     path = Path(path)
-    if model.ByteSize() < TWO_GB - 64 * 1024**2:
-        onnx.save_model(model, str(path))
-        return [path]
-    data_name = path.name + ".data"
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data_name, size_threshold=1024)
-    return [path, path.parent / data_name]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if needs_external_data(model):
+            onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=path.name + ".data", size_threshold=1024)
+        else:
+            onnx.save_model(model, str(path))
+    except Exception as exc:
+        raise ToolError(f"{step}: onnx cannot write {path}: {first_line(exc)}") from exc
+    return path
 
 
 def model_files(path: Path) -> list[Path]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slimserve.errors import ToolError, first_line
+from slimserve.optimizer import onnx_io
 from slimserve.optimizer.steps import graph_opt
 from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec, option
 
@@ -93,7 +94,7 @@ def convert(
             model = _convert(prepared, blocked)
         except Exception as exc:  # the converter asserts and raises ValueError on odd graphs
             raise ToolError(f"{STEP}: float16 conversion failed: {first_line(exc)}") from exc
-        graph_opt.save_model(model, Path(dst), STEP)
+        onnx_io.save_model(model, Path(dst), STEP)
         missing = _missing_kernel(Path(dst))
         if missing is None:
             break
@@ -116,7 +117,7 @@ def weights_only(src: Path, dst: Path, ctx: StepContext) -> StepResult:
     from onnx import helper, numpy_helper
 
     prepared, notes = graph_opt.normalize_for_quant(Path(src), ctx.work_dir, STEP)
-    model = graph_opt.load_model(prepared, STEP)
+    model = onnx_io.read_model(prepared, STEP)
     casts, keep = [], []
     for init in model.graph.initializer:
         if init.data_type == onnx.TensorProto.FLOAT and int(np.prod(init.dims)) >= 4096:
@@ -131,7 +132,7 @@ def weights_only(src: Path, dst: Path, ctx: StepContext) -> StepResult:
     model.graph.initializer.extend(keep)
     for k, node in enumerate(casts):
         model.graph.node.insert(k, node)
-    graph_opt.save_model(model, Path(dst), STEP)
+    onnx_io.save_model(model, Path(dst), STEP)
     graph_opt.check_session(Path(dst), STEP)
     return StepResult(path=Path(dst), notes=notes)
 

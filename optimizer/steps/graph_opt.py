@@ -10,9 +10,8 @@ Why not the others:
   hardware-specific when saved offline: a file made on an AVX-512 build host can be wrong or slow on a
   Graviton. We never save that level.
 
-The module also holds the small load/save/check helpers every quantization step shares, so that there is
-one way to read a model, one way to write it (external data only above 2 GB) and one way to turn an
-onnx/onnxruntime failure into a one-line ToolError.
+The module also holds the small helpers every quantization step shares (the session check, the
+normalisation before quantizing, a topological sort); reading and writing models is `onnx_io`'s job.
 """
 
 from __future__ import annotations
@@ -23,13 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.optimizer import onnx_io
 from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec, option
 
 if TYPE_CHECKING:
     import onnx
 
-# Protobuf cannot serialise a message above 2 GiB; past this we write ONNX external data.
-PROTOBUF_LIMIT = 2**31 - 1
 # Portable offline levels, by name (see module docstring for why "all" is absent).
 LEVELS = ("basic", "extended")
 DEFAULT_LEVEL = "extended"
@@ -39,58 +37,6 @@ DEFAULT_LEVEL = "extended"
 class GraphOptOptions:
     level: Literal["basic", "extended"] = option(
         "extended", "ORT graph optimization level saved offline (both portable; 'all' is hardware-specific)")
-
-
-def load_model(src: Path, step: str, *, load_external: bool = True) -> onnx.ModelProto:
-    """Read an ONNX file (with its external data), or fail with a one-line ToolError naming the step."""
-    import onnx
-
-    require_file(src, step)
-    try:
-        return onnx.load(str(src), load_external_data=load_external)
-    except Exception as exc:  # DecodeError, OSError, ValueError...: all mean "unreadable"
-        raise ToolError(
-            f"{step}: onnx cannot read {src}: {first_line(exc)}", hint="is this a valid ONNX file?"
-        ) from exc
-
-
-def require_file(src: Path, step: str) -> None:
-    """SlimserveError (user-fixable) when the input model is missing."""
-    if not Path(src).is_file():
-        raise SlimserveError(f"{step}: input model {src} does not exist", hint="check the model path")
-
-
-def save_model(model: onnx.ModelProto, dst: Path, step: str) -> Path:
-    """Write `model` to `dst`; tensors go to `<dst>.data` only when the whole model exceeds 2 GB."""
-    import onnx
-
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    large = model.ByteSize() > PROTOBUF_LIMIT if _byte_size_ok(model) else True
-    try:
-        if large:
-            onnx.save_model(
-                model,
-                str(dst),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=dst.name + ".data",
-                size_threshold=1024,
-            )
-        else:
-            onnx.save_model(model, str(dst))
-    except Exception as exc:
-        raise ToolError(f"{step}: onnx cannot write {dst}: {first_line(exc)}") from exc
-    return dst
-
-
-def _byte_size_ok(model: onnx.ModelProto) -> bool:
-    """ByteSize() itself raises on some protobuf builds past 2 GB; treat that as 'large'."""
-    try:
-        model.ByteSize()
-    except Exception:  # noqa: BLE001 - protobuf's own overflow error type differs between implementations
-        return False
-    return True
 
 
 def check_session(path: Path, step: str) -> None:
@@ -119,7 +65,7 @@ def ort_optimize(src: Path, dst: Path, step: str, level: str = DEFAULT_LEVEL) ->
     }
     if level not in levels:
         raise SlimserveError(f"{step}: unknown optimization level {level!r}", hint=f"use one of {LEVELS}")
-    require_file(src, step)
+    onnx_io.require_file(src, step)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = levels[level]
     opts.optimized_model_filepath = str(dst)
@@ -148,7 +94,7 @@ def _needs_external(src: Path) -> bool:
     for sibling in src.parent.iterdir():
         if sibling != src and sibling.suffix in {".data", ".bin"} and sibling.name.startswith(src.stem):
             total += sibling.stat().st_size
-    return total > PROTOBUF_LIMIT
+    return total > onnx_io.PROTOBUF_LIMIT
 
 
 def run(src: Path, dst: Path, ctx: StepContext, options: GraphOptOptions) -> StepResult:
@@ -200,14 +146,14 @@ def normalize_for_quant(src: Path, work_dir: Path, step: str) -> tuple[Path, tup
     basic level (constant folding, ONNX ops only, so still portable) turns all of those into initializers.
     When ORT cannot optimize the model we fall back to the detached model as it is, and say so.
     """
-    model = load_model(src, step)
+    model = onnx_io.read_model(src, step)
     notes: list[str] = []
     removed = detach_initializer_inputs(model)
     if removed:
         notes.append(f"{removed} graph inputs that shadowed initializers were made constants")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    detached = save_model(model, work_dir / f"{step}-detached.onnx", step)
+    detached = onnx_io.save_model(model, work_dir / f"{step}-detached.onnx", step)
     folded = work_dir / f"{step}-folded.onnx"
     try:
         ort_optimize(detached, folded, step, "basic")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from slimserve.errors import ToolError, first_line
+from slimserve.optimizer import onnx_io
 from slimserve.optimizer.steps import graph_opt, int8_dynamic, int8_weight
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
@@ -146,7 +147,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: st
     # Never keep more than a quarter at int8, or small models would get no 4-bit MatMul at all.
     keep = keep[: len(int8_dynamic.constant_matmul_weights(prepared)) // 4]
     importance = {n: (x**2).mean(axis=0) for n, x in inputs.items()} if opts.activation_aware else None
-    model = graph_opt.load_model(prepared, step)
+    model = onnx_io.read_model(prepared, step)
     try:
         emb = _gather_4bit(model, opts.emb_block, opts.symmetric, opts.search_clip) if opts.embeddings else []
         q4 = int8_weight.replace_matmuls_nbits(
@@ -166,7 +167,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: st
         raise ToolError(f"{step}: cannot rewrite the weights of {Path(src).name}: {first_line(exc)}") from exc
     if not q4 and not emb:
         notes += ("no MatMul with a constant 2-D weight and no embedding table: nothing became 4-bit",)
-    graph_opt.save_model(model, Path(dst), step)
+    onnx_io.save_model(model, Path(dst), step)
     graph_opt.check_session(Path(dst), step)
     notes += (
         (

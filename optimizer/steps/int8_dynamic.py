@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from slimserve.errors import ToolError, first_line
+from slimserve.optimizer import onnx_io
 from slimserve.optimizer.steps import graph_opt, int8_weight
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
@@ -278,7 +279,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
         )
     except Exception as exc:  # ORT's quantizer raises anything from AssertionError to KeyError
         raise quantizer_error(step, prepared, exc) from exc
-    model = graph_opt.load_model(quantized, step)
+    model = onnx_io.read_model(quantized, step)
     n_emb = n_fold = 0
     try:
         if opts.int8_embeddings:
@@ -288,7 +289,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
             n_fold = int8_weight.quantize_linear_weights(model, int8_weight.Int8WeightOptions())
     except (ValueError, KeyError, IndexError) as exc:
         raise ToolError(f"{step}: cannot quantize the remaining float weights: {first_line(exc)}") from exc
-    graph_opt.save_model(model, Path(dst), step)
+    onnx_io.save_model(model, Path(dst), step)
     graph_opt.check_session(Path(dst), step)
     integer_ops = sum(
         n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger", "DynamicQuantizeLSTM")

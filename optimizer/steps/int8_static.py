@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.optimizer import onnx_io
 from slimserve.optimizer.steps import graph_opt, int8_dynamic, int8_weight
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
@@ -161,13 +162,13 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: StaticOptions, step: 
         )
     except Exception as exc:  # ORT's calibrator and quantizer raise many exception types
         raise int8_dynamic.quantizer_error(step, prepared, exc) from exc
-    model = graph_opt.load_model(quantized, step)
+    model = onnx_io.read_model(quantized, step)
     try:
         n_emb = int8_weight.quantize_embeddings(model, "gather-mul", int8_weight.MIN_ELEMENTS)
         n_fold = int8_weight.quantize_linear_weights(model, int8_weight.Int8WeightOptions())
     except (ValueError, KeyError, IndexError) as exc:
         raise ToolError(f"{step}: cannot quantize the remaining float weights: {first_line(exc)}") from exc
-    graph_opt.save_model(model, Path(dst), step)
+    onnx_io.save_model(model, Path(dst), step)
     graph_opt.check_session(Path(dst), step)
     notes += (
         (

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from slimserve.errors import ToolError, first_line
+from slimserve.optimizer import onnx_io
 from slimserve.optimizer.steps import graph_opt
 from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec, option
 
@@ -503,7 +504,7 @@ def replace_matmuls_nbits(
 def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int8WeightOptions, step: str = STEP) -> StepResult:
     """Weight-only int8 of `src` into `dst` with `opts`."""
     prepared, notes = graph_opt.normalize_for_quant(Path(src), ctx.work_dir, step)
-    model = graph_opt.load_model(prepared, step)
+    model = onnx_io.read_model(prepared, step)
     try:
         n_emb = (
             0 if opts.embeddings == "none" else quantize_embeddings(model, opts.embeddings, opts.min_elements)
@@ -529,7 +530,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int8WeightOptions, st
         raise ToolError(f"{step}: cannot rewrite the weights of {Path(src).name}: {first_line(exc)}") from exc
     if n_emb + n_lin == 0:
         notes += ("no float MatMul/Gemm/Conv weight or embedding table was large enough to quantize",)
-    graph_opt.save_model(model, Path(dst), step)
+    onnx_io.save_model(model, Path(dst), step)
     graph_opt.check_session(Path(dst), step)
     return StepResult(
         path=Path(dst),

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.optimizer import onnx_io
 
 from .base import Feed, StepContext, StepResult, StepSpec, option, required
 
@@ -74,9 +75,6 @@ _PROJ_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Cast", "Identity"})
 _HEAD_PASS = frozenset({"Transpose", "Mul", "Div", "Cast", "Identity"})
 # Ops allowed between the raw attention scores and the Softmax (scale, mask, casts).
 _SCORE_PASS = frozenset({"Add", "Sub", "Mul", "Div", "Where", "Cast", "Identity"})
-
-_LIMIT_2GB = 2**31 - 1
-
 
 # --------------------------------------------------------------------------------------------- graph
 
@@ -740,30 +738,17 @@ def _method(ctx: StepContext, score: Score) -> str:
     return score
 
 
-def _load(src: Path) -> ModelProto:
-    import onnx
-
-    if not Path(src).is_file():
-        raise SlimserveError(f"{src} does not exist or is not a file", hint="check the model path")
-    try:
-        return onnx.load(str(src))
-    except Exception as exc:  # protobuf raises DecodeError, onnx raises others
-        raise ToolError(f"cannot read {src} as ONNX: {first_line(exc)}") from exc
-
-
 def _save(model: ModelProto, dst: Path) -> None:
+    """Save through onnx_io, proving the pruned graph passes onnx.checker (before writing, when it fits)."""
     import onnx
 
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    large = model.ByteSize() > _LIMIT_2GB
+    large = onnx_io.needs_external_data(model)
     try:
-        if large:
-            onnx.save_model(model, str(dst), save_as_external_data=True, location=f"{dst.name}.data")
-            onnx.checker.check_model(str(dst))
-        else:
+        if not large:
             onnx.checker.check_model(model)
-            onnx.save_model(model, str(dst))
+        onnx_io.save_model(model, dst, "prune")
+        if large:
+            onnx.checker.check_model(str(dst))
     except onnx.checker.ValidationError as exc:
         raise ToolError(f"prune: the pruned graph fails onnx.checker: {first_line(exc)}") from exc
 
@@ -813,7 +798,7 @@ def _infer_lengths(model: ModelProto) -> dict[str, int]:
     """Static lengths of 1-D tensors (shape pieces) from onnx shape inference, where it knows them."""
     import onnx
 
-    if model.ByteSize() > _LIMIT_2GB:
+    if onnx_io.needs_external_data(model):
         return {}
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
@@ -830,7 +815,7 @@ def _infer_lengths(model: ModelProto) -> dict[str, int]:
 def prune_ffn(src: Path, dst: Path, ctx: StepContext, percent: int, score: Score = "auto") -> StepResult:
     """Remove `percent`% of the intermediate units of every FFN block; see the module docstring."""
     method = _method(ctx, score)
-    model = _load(src)
+    model = onnx_io.read_model(src, "prune")
     original = model.SerializeToString()
     g = _Graph(model)
     with ctx.progress.stage("prune-ffn: find blocks"):
@@ -879,7 +864,7 @@ def prune_ffn(src: Path, dst: Path, ctx: StepContext, percent: int, score: Score
 def prune_heads(src: Path, dst: Path, ctx: StepContext, percent: int, score: Score = "auto") -> StepResult:
     """Remove `percent`% of the heads (whole heads) of every attention block; see the module docstring."""
     method = _method(ctx, score)
-    model = _load(src)
+    model = onnx_io.read_model(src, "prune")
     original = model.SerializeToString()
     g = _Graph(model)
     with ctx.progress.stage("prune-heads: find blocks"):
@@ -965,7 +950,7 @@ def _finish(g: _Graph, original: bytes, model: ModelProto, ctx: StepContext, dst
 
 def sparsify(src: Path, dst: Path, ctx: StepContext, percent: int) -> StepResult:
     """Zero the `percent`% smallest-magnitude entries of every constant MatMul/Gemm weight (per tensor)."""
-    model = _load(src)
+    model = onnx_io.read_model(src, "prune")
     original = model.SerializeToString()
     g = _Graph(model)
     targets: list[tuple[NodeProto, int]] = []
