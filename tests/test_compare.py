@@ -10,8 +10,8 @@ import pytest
 
 from slimserve.check import resolve_profiles
 from slimserve.compare import CompareOptions, assemble, evaluate_candidate, write_outputs
-from slimserve.report.compare_json import comparison_dict
 from slimserve.measure.latency import Latency
+from slimserve.report.compare_json import comparison_dict
 from tests.conftest import assert_clean_error, run_cli
 from tests.test_build import FP32, INT4, INT8, candidate
 

@@ -11,7 +11,9 @@ Regenerate after an intended change with: SLIMSERVE_UPDATE_GOLDEN=1 pytest tests
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,12 @@ from slimserve.compare import (
 )
 from slimserve.measure.latency import Latency
 from slimserve.profiles.rules import DeploymentFacts
+from slimserve.report.build_report import FORMATS as BUILD_FORMATS
+from slimserve.report.comparison import FORMATS as COMPARE_FORMATS
 from tests.test_build import FP32, INT4, INT8, MIB, candidate
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
+EXT = {"junit": "xml", "github": "txt"}
 MACHINE = Machine(cpu="Golden CPU @ 2.00GHz", cpus=2, arch="x86_64", vnni=(), avx512=False, avx2=True)
 VERSIONS = {"onnx": "1.0.0", "onnxruntime": "1.0.0", "python": "3.12.0", "slimserve": "0.0.0"}
 LATENCY = {"fp32": (9.5, 61.0), "int8": (4.25, 22.5), "int8-dynamic": (0.75, 180.0), "int4-weight": (5.0, 30.0)}
@@ -151,3 +156,80 @@ def test_build_scenarios_are_what_they_say(tmp_path: Path) -> None:
     assert nothing.decision.winner is None and nothing.check is None
     failing, _ = build_result(tmp_path / "c", "fails-check")
     assert failing.decision.winner == "int8" and failing.check is not None and not failing.fits
+
+
+# --- every format of the one report value -------------------------------------------------------------
+
+def rendered(render: Any, value: Any) -> str:
+    out = io.StringIO()
+    render(value, out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", COMPARE_FORMATS)
+def test_every_compare_renderer_matches_its_snapshot(comparison: Comparison, fmt: str, tmp_path: Path) -> None:
+    from slimserve.report.comparison import renderer
+
+    drawn = write_outputs(tmp_path, comparison)  # the report as compare returns it: with what the plot drew
+    text = rendered(renderer(fmt), drawn)
+    assert text == rendered(renderer(fmt), drawn)  # same report, same bytes
+    if fmt == "json":
+        assert text == (tmp_path / "compare.json").read_text(encoding="utf-8")  # stdout is the file
+    elif fmt == "markdown":
+        assert text == (tmp_path / "compare.md").read_text(encoding="utf-8")
+    else:
+        assert_golden("compare.stdout.txt", text)
+
+
+@pytest.mark.parametrize("fmt", BUILD_FORMATS)
+@pytest.mark.parametrize("scenario", ["packaged", "no-winner", "fails-check"])
+def test_every_build_renderer_matches_its_snapshot(scenario: str, fmt: str, tmp_path: Path) -> None:
+    from slimserve.report.build_report import renderer
+
+    result, _ = build_result(tmp_path, scenario)
+    text = rendered(renderer(fmt), result)
+    assert text == rendered(renderer(fmt), result)
+    files = {"json": "build.json", "markdown": "build.md"}
+    if fmt in files:
+        assert text == (tmp_path / files[fmt]).read_text(encoding="utf-8")  # stdout is the file
+    elif fmt == "text":  # the command adds where the files went
+        assert_golden(f"build.{scenario}.stdout.txt",
+                      masked(text, tmp_path) + "wrote OUT (build.md, build.json, check.*, compare.*)\n")
+    else:
+        assert_golden(f"build.{scenario}.{fmt}.{EXT[fmt]}", masked(text, tmp_path))
+
+
+@pytest.mark.parametrize("scenario", ["packaged", "no-winner", "fails-check"])
+def test_build_junit_fails_exactly_when_the_build_fails(scenario: str, tmp_path: Path) -> None:
+    from slimserve.report.build_report import renderer
+
+    result, _ = build_result(tmp_path, scenario)
+    root = ET.fromstring(rendered(renderer("junit"), result))
+    cases = root.findall("./testsuite/testcase")
+    failures = root.findall("./testsuite/testcase/failure")
+    assert int(root.get("tests", "0")) == len(cases) >= 1
+    assert int(root.get("failures", "0")) == len(failures)
+    assert (len(failures) > 0) == (not result.fits)  # build exits 1 exactly when it does not fit
+    (choice,) = root.findall("./testsuite[@name='choice']/testcase")
+    assert (choice.find("failure") is not None) == (result.decision.winner is None)
+    if result.check is not None:  # the package's check: one case per rule, as check writes them
+        assert len(cases) == 1 + sum(len(v.findings) for v in result.check.platforms)
+    for suite in root.findall("testsuite"):
+        assert int(suite.get("tests", "0")) == len(suite.findall("testcase"))
+        assert int(suite.get("failures", "0")) == len(suite.findall("testcase/failure"))
+
+
+@pytest.mark.parametrize("scenario", ["packaged", "no-winner", "fails-check"])
+def test_build_github_annotations_are_one_line_each(scenario: str, tmp_path: Path) -> None:
+    from slimserve.report.build_report import renderer
+
+    result, _ = build_result(tmp_path, scenario)
+    lines = rendered(renderer("github"), result).splitlines()
+    assert lines and all(line.startswith(("::error ", "::warning ", "::notice ")) for line in lines)
+    assert lines[0] == ("::warning title=slimserve build%3A int8-static failed::step int8-static failed: "
+                        "no calibration data")
+    last = lines[-1]
+    assert last.startswith("::notice title=slimserve build aws-lambda-zip::" if result.fits
+                           else "::error title=slimserve build aws-lambda-zip::")
+    if result.decision.winner is None:  # every candidate's misses, one per (escaped) line
+        assert "%0Aint8: fidelity 0.9995 < 0.9999" in last and "\n" not in last
