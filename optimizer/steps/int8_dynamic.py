@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from slimserve.errors import ToolError, first_line
-from slimserve.optimizer import onnx_io
+from slimserve.optimizer import activations, onnx_io
 from slimserve.optimizer.steps import graph_opt, int8_weight
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
@@ -91,33 +91,15 @@ def capture_inputs(
 ) -> dict[str, np.ndarray]:
     """Run the model on `feeds` and return the first input of each named node as [rows, K] float32."""
     import onnx
-    import onnxruntime as ort
 
     model = onnx.load(str(model_path))
-    wanted = {n.input[0] for n in model.graph.node if n.name in set(node_names)}
-    present = {o.name for o in model.graph.output}
     graph_inputs = {i.name for i in model.graph.input}
-    for name in sorted(wanted - present - graph_inputs):
-        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs() if o.name in wanted]
-    input_names = {i.name for i in sess.get_inputs()}
-    rows: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for feed in feeds:
-        values = sess.run(names, {k: v for k, v in feed.items() if k in input_names})
-        for n, v in zip(names, values):
+    wanted = sorted({n.input[0] for n in model.graph.node if n.name in set(node_names)} - graph_inputs)
+    rows: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
+    for _, values in activations.capture(model, wanted, feeds, STEP):
+        for n, v in zip(wanted, values):
             rows[n].append(np.asarray(v, dtype=np.float32).reshape(-1, v.shape[-1]))
-    out = {}
-    for n, parts in rows.items():
-        x = np.concatenate(parts)
-        if len(x) > MAX_ROWS:
-            x = x[np.linspace(0, len(x) - 1, MAX_ROWS).astype(int)]
-        out[n] = x
-    return out
+    return {n: activations.subsample(np.concatenate(parts), MAX_ROWS) for n, parts in rows.items() if parts}
 
 
 def dynamic_error(x: np.ndarray, w: np.ndarray, per_channel: bool, reduce_range: bool) -> float:

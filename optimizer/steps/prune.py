@@ -19,7 +19,6 @@ The result is a plain fp32 graph with the same opset, inputs and outputs, ready 
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from slimserve.errors import SlimserveError, ToolError, first_line
-from slimserve.optimizer import onnx_io
+from slimserve.optimizer import activations, onnx_io
 
 from .base import Feed, StepContext, StepResult, StepSpec, option, required
 
@@ -535,43 +534,6 @@ def _rewrite_shape_entry(g: _Graph, node: NodeProto, index: int, pos: int, old: 
 # ------------------------------------------------------------------------------------------- scoring
 
 
-def _capture(
-    model_bytes: bytes, names: Sequence[str], feeds: Sequence[Feed]
-) -> Iterator[tuple[Feed, list[np.ndarray]]]:
-    """Run the model on each calibration feed and yield the values of the named intermediate tensors."""
-    import onnx
-    import onnxruntime as ort
-
-    model = onnx.load_from_string(model_bytes)
-    existing = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in existing:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = min(2, os.cpu_count() or 1)
-    options.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise ToolError(
-            f"prune: onnxruntime cannot load the model for calibration: {first_line(exc)}"
-        ) from exc
-    wanted = {i.name for i in session.get_inputs()}
-    for feed in feeds:
-        inputs = {k: np.asarray(v) for k, v in feed.items() if k in wanted}
-        missing = wanted - set(inputs)
-        if missing:
-            raise SlimserveError(
-                f"prune: calibration feed lacks input(s) {', '.join(sorted(missing))}",
-                hint="calibration feeds must name every model input",
-            )
-        try:
-            values = session.run(list(names), inputs)
-        except Exception as exc:
-            raise ToolError(f"prune: onnxruntime failed on a calibration feed: {first_line(exc)}") from exc
-        yield feed, [np.asarray(v) for v in values]
-
-
 _MAX_TOKENS = 4096  # calibration tokens kept per block (memory: tokens x width float32)
 _RIDGE = 0.1  # ridge strength relative to the mean Gram diagonal (0.001..3 tried on MiniLM; 0.1 was best)
 
@@ -579,7 +541,7 @@ _RIDGE = 0.1  # ridge strength relative to the mean Gram diagonal (0.001..3 trie
 def _collect(g: _Graph, names: Sequence[str], feeds: Sequence[Feed]) -> list[np.ndarray]:
     """Activations [tokens, channels] of each named tensor over the calibration feeds, padding dropped."""
     chunks: list[list[np.ndarray]] = [[] for _ in names]
-    for feed, values in _capture(g.model.SerializeToString(), names, feeds):
+    for feed, values in activations.capture(g.model, names, feeds, "prune"):
         for i, value in enumerate(values):
             rows = value.reshape(-1, value.shape[-1]).astype(np.float32)
             mask = feed.get("attention_mask")
@@ -588,10 +550,7 @@ def _collect(g: _Graph, names: Sequence[str], feeds: Sequence[Feed]) -> list[np.
             chunks[i].append(rows)
     out = []
     for parts in chunks:
-        acts = np.concatenate(parts)
-        if len(acts) > _MAX_TOKENS:  # evenly spaced, deterministic subsample
-            acts = acts[np.linspace(0, len(acts) - 1, _MAX_TOKENS).astype(np.int64)]
-        out.append(acts)
+        out.append(activations.subsample(np.concatenate(parts), _MAX_TOKENS))
     return out
 
 
