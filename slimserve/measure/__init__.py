@@ -3,7 +3,8 @@
 - size of a deployment: `packagers` build the real artifacts; `PackageSize` holds what they weigh.
 - cold start, peak memory and the worst accepted request: `coldstart.measure_cold_start` runs the real
   handler in fresh interpreters.
-- fidelity: `slimserve.optimizer.fidelity`; latency of a model file: `latency.measure_latency`.
+- fidelity: `slimserve.optimizer.fidelity`; latency of a model file: `latency.measure_latency`; the warm
+  timing both use: `warm.warm_median_ms`.
 """
 
 from __future__ import annotations

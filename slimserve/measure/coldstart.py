@@ -34,7 +34,8 @@ from typing import Any
 from slimserve.errors import SlimserveError, ToolError
 from slimserve.measure import ColdStart
 
-_PROBE = r"""
+# The probe runs `warm.py`'s own source first, so warm latency has one implementation in both processes.
+_PROBE = (Path(__file__).with_name("warm.py").read_text(encoding="utf-8") + r"""
 import json, os, resource, sys, time
 sys.path[:0] = json.loads(sys.argv[1])
 sample = json.loads(sys.argv[2])
@@ -64,12 +65,7 @@ import lambda_handler
 t2 = time.perf_counter()
 first = lambda_handler.handler(sample, None)
 t3 = time.perf_counter()
-warm = []
-for _ in range(warm_runs):
-    s = time.perf_counter()
-    lambda_handler.handler(sample, None)
-    warm.append((time.perf_counter() - s) * 1000)
-warm.sort()
+warm_ms = warm_median_ms(lambda: lambda_handler.handler(sample, None), warm_runs, warmup=0)
 error = first.get("error") if isinstance(first, dict) else None
 peak = peak_rss_mb()
 worst_ms = worst_peak = worst_error = None
@@ -83,10 +79,10 @@ if worst_file and not error:
     worst_error = answer.get("error") if isinstance(answer, dict) else None
 print(json.dumps({"import_ms": (t1 - t0) * 1000, "load_ms": (t2 - t1) * 1000,
                   "first_inference_ms": (t3 - t2) * 1000,
-                  "warm_ms": warm[len(warm) // 2] if warm else float("nan"),
+                  "warm_ms": warm_ms,
                   "peak_rss_mb": peak, "worst_ms": worst_ms, "worst_peak_rss_mb": worst_peak,
                   "error": error, "worst_error": worst_error}))
-"""
+""")
 
 
 def resolve_python(version: str) -> tuple[Path, str, str | None]:

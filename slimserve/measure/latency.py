@@ -1,18 +1,21 @@
-"""Warm latency and session load time of one model folder: the only place they are measured.
+"""Warm latency and session load time of one model folder, in this process.
 
 Measured in this process with the shipped runtime (`LoadedModel`), so pre- and post-processing count
-as they will in production. Cold start (a fresh process) is `coldstart.py`'s job, not this one's.
+as they will in production. The timing itself is `warm.warm_median_ms`, which the cold-start probe
+(`coldstart.py`, a fresh process) runs too.
 """
 
 from __future__ import annotations
 
-import statistics
+import functools
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from slimserve.measure.warm import warm_median_ms
 
 SAMPLE_TEXTS = (
     "Serverless inference bills per request and scales to zero.",
@@ -79,15 +82,7 @@ def measure_latency(folder: Path, runs: int = 20, threads: int = 1) -> Latency:
             model.predict_tensors(requests[batch])
 
     requests = {} if model.kind == "text" else {b: _tensor_request(model, b) for b in batches}
-    medians: dict[int, float] = {}
-    for batch in batches:
-        call(batch)
-        samples = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            call(batch)
-            samples.append((time.perf_counter() - started) * 1000)
-        medians[batch] = statistics.median(samples)
+    medians = {batch: warm_median_ms(functools.partial(call, batch), runs) for batch in batches}
     b8 = medians.get(8)
     return Latency(load_ms=round(load_ms, 2), batch1_ms=round(medians[batches[0]], 3),
                    batch8_ms=None if b8 is None else round(b8, 3), runs=runs, threads=threads,
