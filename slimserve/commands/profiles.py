@@ -9,15 +9,21 @@ import click
 
 
 @click.group("profiles", invoke_without_command=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: a table; json: every shipped profile as parsed (a list, by name), for scripts.")
 @click.pass_context
-def command(ctx: click.Context) -> None:
+def command(ctx: click.Context, fmt: str) -> None:
     """List platform profiles, or show one with every limit and the page it comes from."""
     if ctx.invoked_subcommand is not None:
         return
+    from slimserve.profiles.loader import list_profiles, load_profile
+
+    if fmt == "json":  # the same shape as `profiles show NAME --json`, one per profile
+        profiles = [load_profile(name).model_dump(mode="json") for name in list_profiles()]
+        click.echo(json.dumps(profiles, indent=2, ensure_ascii=False))
+        return
     from rich.console import Console
     from rich.table import Table
-
-    from slimserve.profiles.loader import list_profiles, load_profile
 
     table = Table(title="platform profiles (slimserve profiles show NAME)", title_justify="left")
     for column in ("name", "package", "memory", "python", "arch", "title"):
