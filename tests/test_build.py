@@ -160,6 +160,18 @@ def test_build_fails_cleanly_when_nothing_meets_the_budgets(tiny_onnx: Path, tmp
     assert "no candidate meets the budgets" in (out / "build.md").read_text()
 
 
+def test_build_junit_on_stdout_fails_with_the_exit_code(tiny_onnx: Path, tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    result = run_cli("build", str(tiny_onnx), "-o", str(tmp_path / "out"), "--recipes", "fp32",
+                     "--max-cold-start", "1", "--runs", "1", "--format", "junit")
+    assert_clean_error(result, code=1, contains="no candidate meets every budget")
+    root = ET.fromstring(result.stdout)  # stdout is the report alone; progress and the error go to stderr
+    (failure,) = root.findall("./testsuite/testcase/failure")
+    assert failure.get("message") == "no candidate meets every budget for aws-lambda-zip"
+    assert (failure.text or "").startswith("fp32: cold start ")
+
+
 def test_build_bad_input_is_one_line_and_leaves_no_output(tiny_onnx: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert_clean_error(run_cli("build", str(tiny_onnx), "-o", str(out), "--platform", "aws-lambda-zp"),
@@ -187,3 +199,15 @@ def test_build_for_a_container_platform_checks_the_real_image(tiny_onnx: Path, t
     image = next(c for c in check["platforms"]["aws-lambda-container"]["checks"] if c["id"] == "image-size")
     assert image["status"] == "pass" and image["estimate"] is False  # the built image, not the estimate
     assert check["package"]["image_bytes"] == build["package"]["image_bytes"]
+
+
+def test_formats_come_from_the_renderer_tables() -> None:
+    from slimserve.report.build_report import FORMATS as BUILD_FORMATS
+    from slimserve.report.comparison import FORMATS as COMPARE_FORMATS
+
+    assert BUILD_FORMATS == ("text", "json", "markdown", "junit", "github")
+    assert COMPARE_FORMATS == ("text", "json", "markdown")
+    build_help = " ".join(run_cli("build", "--help").stdout.split())
+    compare_help = " ".join(run_cli("compare", "--help").stdout.split())
+    assert "[text|json|markdown|junit|github]" in build_help
+    assert "[text|json|markdown]" in compare_help
