@@ -17,6 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from slimserve.errors import SlimserveError, ToolError
+from slimserve.optimizer import nbits
 from slimserve.optimizer.steps import (
     fp16,
     graph_opt,
@@ -280,11 +281,11 @@ def test_int4_embeddings_gather_block_quantized(tmp_path: Path) -> None:
     model = onnx.load(str(encoder_model(tmp_path / "e.onnx")))
     table = _w(VOCAB, DIM)
     opts = int4_weight.Int4Options()
-    assert int4_weight._gather_4bit(model, 32, opts.symmetric, True) == []  # below the vocabulary threshold
+    assert nbits.replace_gathers_4bit(model, 32, opts.symmetric, True) == []  # below the vocabulary threshold
     big = _w(8192, DIM)
     model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == "emb"))
     model.graph.initializer.append(numpy_helper.from_array(big, "emb"))
-    assert int4_weight._gather_4bit(model, 32, opts.symmetric, True) == ["emb"]
+    assert nbits.replace_gathers_4bit(model, 32, opts.symmetric, True) == ["emb"]
     path = tmp_path / "q.onnx"
     onnx.save(model, str(path))
     assert "GatherBlockQuantized" in _ops(path)
@@ -361,11 +362,11 @@ def test_block_quantize_roundtrip() -> None:
     w = _w(128, 48)
     for bits, tol in ((8, 0.01), (4, 0.15)):
         for sym in (True, False):
-            q, scale, zp = int8_weight.block_quantize(w, bits, 32, sym, search_clip=True)
+            q, scale, zp = nbits.block_quantize(w, bits, 32, sym, search_clip=True)
             zpf = np.full(scale.shape, 2.0 ** (bits - 1)) if zp is None else zp.astype(np.float32)
             deq = ((q.astype(np.float32) - zpf[..., None]) * scale[..., None]).reshape(48, 128).T
             assert np.linalg.norm(deq - w) / np.linalg.norm(w) < tol
-    assert int8_weight.pack_bits(np.array([[1, 2, 15, 0]], np.uint8), 4).tolist() == [[0x21, 0x0F]]
+    assert nbits.pack_bits(np.array([[1, 2, 15, 0]], np.uint8), 4).tolist() == [[0x21, 0x0F]]
 
 
 def test_int8_chooses_the_more_faithful_method_on_this_model(tmp_path: Path) -> None:

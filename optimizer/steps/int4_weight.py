@@ -17,17 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from slimserve.errors import ToolError, first_line
-from slimserve.optimizer import onnx_io
-from slimserve.optimizer.steps import graph_opt, int8_dynamic, int8_weight
+from slimserve.optimizer import int8_rewrites, nbits, onnx_io
+from slimserve.optimizer.steps import graph_opt, int8_dynamic
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
-
-if TYPE_CHECKING:
-    import onnx
 
 STEP = "int4-weight"
 
@@ -52,57 +48,10 @@ class Int4Options:
             raise ValueError(f"block size {self.block} is not a power of two >= 16 (MatMulNBits needs that)")
 
 
-def _gather_4bit(model: onnx.ModelProto, block: int, symmetric: bool, search_clip: bool) -> list[str]:
-    """Gather(float table [V, D], ids) -> GatherBlockQuantized(uint8 packed 4-bit, blocks along D)."""
-    from onnx import helper, numpy_helper
-
-    g = int8_weight.WeightGraph(model.graph)
-    done = []
-    for node in list(model.graph.node):
-        if node.op_type != "Gather" or any(a.name == "axis" and a.i != 0 for a in node.attribute):
-            continue
-        name = node.input[0]
-        if len(g.consumers.get(name, [])) != 1:
-            continue
-        w = g.float_weight(name, 1 << 18)  # only real vocabularies; small tables cost little as float
-        if w is None or w.ndim != 2 or w.shape[1] % block:
-            continue
-        # block_quantize works on [K, N] with blocks along K: pass the table transposed (K = D, N = V).
-        q, scale, zp = int8_weight.block_quantize(w.T, 4, block, symmetric, search_clip)
-        packed = int8_weight.pack_bits(q.reshape(w.shape[0], -1), 4)
-        q_name, s_name = g.fresh(name + "_q4"), g.fresh(name + "_scales")
-        g.graph.initializer.extend(
-            [numpy_helper.from_array(packed, q_name), numpy_helper.from_array(scale, s_name)]
-        )
-        inputs = [q_name, node.input[1], s_name]
-        if zp is not None:
-            zp_name = g.fresh(name + "_zp")
-            g.graph.initializer.append(numpy_helper.from_array(int8_weight.pack_bits(zp, 4), zp_name))
-            inputs.append(zp_name)
-        new = helper.make_node(
-            "GatherBlockQuantized",
-            inputs,
-            list(node.output),
-            name=g.fresh(node.name + "_q4"),
-            domain="com.microsoft",
-            bits=4,
-            block_size=block,
-            gather_axis=0,
-            quantize_axis=1,
-        )
-        pos = list(model.graph.node).index(node)
-        model.graph.node.remove(node)
-        model.graph.node.insert(pos, new)
-        done.append(name)
-    int8_weight.drop_initializers(model.graph, done)
-    if done:
-        int8_weight.ensure_ms_domain(model)
-    return done
-
 
 def _dequantized_4bit(w: np.ndarray, opts: Int4Options, importance: np.ndarray | None) -> np.ndarray:
     """What MatMulNBits will compute with instead of `w` ([K, N])."""
-    q, scale, zp = int8_weight.block_quantize(w, 4, opts.block, opts.symmetric, opts.search_clip, importance)
+    q, scale, zp = nbits.block_quantize(w, 4, opts.block, opts.symmetric, opts.search_clip, importance)
     zpf = np.full(scale.shape, 8.0) if zp is None else zp.astype(np.float32)
     deq = ((q.astype(np.float32) - zpf[..., None]) * scale[..., None]).reshape(w.shape[1], -1)
     return np.asarray(deq[:, : w.shape[0]].T)
@@ -149,8 +98,8 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: st
     importance = {n: (x**2).mean(axis=0) for n, x in inputs.items()} if opts.activation_aware else None
     model = onnx_io.read_model(prepared, step)
     try:
-        emb = _gather_4bit(model, opts.emb_block, opts.symmetric, opts.search_clip) if opts.embeddings else []
-        q4 = int8_weight.replace_matmuls_nbits(
+        emb = nbits.replace_gathers_4bit(model, opts.emb_block, opts.symmetric, opts.search_clip) if opts.embeddings else []
+        q4 = nbits.replace_matmuls_nbits(
             model,
             4,
             opts.block,
@@ -161,8 +110,8 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: st
             importance=importance,
         )
         # What 4 bits skipped (sensitive MatMuls, Gemm, Conv, small tables) gets the int8-weight treatment.
-        n8 = int8_weight.quantize_linear_weights(model, int8_weight.Int8WeightOptions())
-        n8 += int8_weight.quantize_embeddings(model, "gather-mul", int8_weight.MIN_ELEMENTS)
+        n8 = int8_rewrites.quantize_linear_weights(model)
+        n8 += int8_rewrites.quantize_embeddings(model, "gather-mul")
     except (ValueError, KeyError, IndexError) as exc:
         raise ToolError(f"{step}: cannot rewrite the weights of {Path(src).name}: {first_line(exc)}") from exc
     if not q4 and not emb:

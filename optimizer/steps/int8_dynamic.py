@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from slimserve.errors import ToolError, first_line
-from slimserve.optimizer import activations, onnx_io
-from slimserve.optimizer.steps import graph_opt, int8_weight
+from slimserve.optimizer import activations, int8_rewrites, onnx_io
+from slimserve.optimizer.steps import graph_opt
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
 if TYPE_CHECKING:
@@ -265,10 +265,10 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
     n_emb = n_fold = 0
     try:
         if opts.int8_embeddings:
-            n_emb = int8_weight.quantize_embeddings(model, "gather-mul", int8_weight.MIN_ELEMENTS)
+            n_emb = int8_rewrites.quantize_embeddings(model, "gather-mul")
         if opts.excluded_int8_weights and excluded:
             # Excluded MatMuls compute in float32 but need not ship float32 weights.
-            n_fold = int8_weight.quantize_linear_weights(model, int8_weight.Int8WeightOptions())
+            n_fold = int8_rewrites.quantize_linear_weights(model)
     except (ValueError, KeyError, IndexError) as exc:
         raise ToolError(f"{step}: cannot quantize the remaining float weights: {first_line(exc)}") from exc
     onnx_io.save_model(model, Path(dst), step)

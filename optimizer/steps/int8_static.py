@@ -27,8 +27,8 @@ from typing import Literal
 import numpy as np
 
 from slimserve.errors import SlimserveError, ToolError, first_line
-from slimserve.optimizer import onnx_io
-from slimserve.optimizer.steps import graph_opt, int8_dynamic, int8_weight
+from slimserve.optimizer import int8_rewrites, onnx_io
+from slimserve.optimizer.steps import graph_opt, int8_dynamic
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
 STEP = "int8-static"
@@ -164,8 +164,8 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: StaticOptions, step: 
         raise int8_dynamic.quantizer_error(step, prepared, exc) from exc
     model = onnx_io.read_model(quantized, step)
     try:
-        n_emb = int8_weight.quantize_embeddings(model, "gather-mul", int8_weight.MIN_ELEMENTS)
-        n_fold = int8_weight.quantize_linear_weights(model, int8_weight.Int8WeightOptions())
+        n_emb = int8_rewrites.quantize_embeddings(model, "gather-mul")
+        n_fold = int8_rewrites.quantize_linear_weights(model)
     except (ValueError, KeyError, IndexError) as exc:
         raise ToolError(f"{step}: cannot quantize the remaining float weights: {first_line(exc)}") from exc
     onnx_io.save_model(model, Path(dst), step)
