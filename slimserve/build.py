@@ -6,7 +6,9 @@
 
 OUT (written atomically): compare.json/.md/.png and candidates/ (the comparison), package/ (the winner's
 artifacts), check.json/.md (the package against the platform, budgets included), build.json and build.md
-(the decision, each candidate's misses, and the tables a CI step summary shows).
+(the decision, each candidate's misses, and the tables a CI step summary shows). Each .json and .md is rendered
+from the one report value, `BuildResult` (slimserve.report.build_report), by the same renderers the CLI's
+`--format` picks; packaging gets typed values from the decision and the check, never a rendered report.
 
 When nothing meets the budgets, OUT still receives the comparison and the decision, then `BuildFailed`
 (a `LimitExceeded`, exit 1) says which budget each candidate missed and by how much.
