@@ -7,7 +7,8 @@ the cache it takes them from there (and they from it). The cache lives in the pr
 goes with it.
 
 Entries are written to a temporary folder and renamed into place, so a reader never sees half an entry;
-two threads building the same entry at once both succeed and one rename wins.
+two threads building the same entry at once both succeed and one rename wins. Files are hard-linked
+where the file system allows (steps never write a file in place), so the cache costs little disk.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class StepCache:
         dst = Path(dst)
         dst.parent.mkdir(parents=True, exist_ok=True)
         for name in record["files"]:
-            shutil.copyfile(entry / name, dst if name == record["model"] else dst.parent / name)
+            _link_or_copy(entry / name, dst if name == record["model"] else dst.parent / name)
         return StepResult(path=dst, notes=tuple(record["notes"]), details=record["details"])
 
     def put(self, key: str, result: StepResult) -> None:
@@ -88,13 +89,20 @@ class StepCache:
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
         try:
             for path in files:
-                shutil.copyfile(path, tmp / path.name)
+                _link_or_copy(path, tmp / path.name)
             record = {"model": result.path.name, "files": [p.name for p in files], "notes": list(result.notes),
                       "details": dict(result.details)}
             (tmp / _RESULT).write_text(json.dumps(record), encoding="utf-8")
             os.rename(tmp, self.root / key)
         except OSError:  # another thread stored the same entry first: theirs is as good
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed: a copy is as good
+        shutil.copyfile(src, dst)
 
 
 def run_step(spec: StepSpec[Any], options: Any, src: Path, dst: Path, ctx: StepContext) -> StepResult:
