@@ -56,10 +56,9 @@ class Fp16Options:
 
 def _convert(model_path: Path, blocked: set[str]) -> onnx.ModelProto:
     """One float16 conversion of the (already constant-folded) model with `blocked` op types kept fp32."""
-    import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    model = onnx.load(str(model_path))
+    model = onnx_io.read_model(model_path, STEP)
     model = convert_float_to_float16(
         model,
         keep_io_types=True,

@@ -69,7 +69,7 @@ def constant_matmul_weights(model_path: Path) -> dict[str, tuple[str, np.ndarray
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(model_path))
+    model = onnx_io.read_model(model_path, STEP)
     inits = {t.name: t for t in model.graph.initializer}
     out = {}
     for node in model.graph.node:
@@ -90,9 +90,8 @@ def capture_inputs(
     model_path: Path, node_names: Sequence[str], feeds: Sequence[Feed]
 ) -> dict[str, np.ndarray]:
     """Run the model on `feeds` and return the first input of each named node as [rows, K] float32."""
-    import onnx
 
-    model = onnx.load(str(model_path))
+    model = onnx_io.read_model(model_path, STEP)
     graph_inputs = {i.name for i in model.graph.input}
     wanted = sorted({n.input[0] for n in model.graph.node if n.name in set(node_names)} - graph_inputs)
     rows: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
@@ -123,9 +122,8 @@ def dynamic_error(x: np.ndarray, w: np.ndarray, per_channel: bool, reduce_range:
 
 def gelu_fed_matmuls(model_path: Path) -> list[str]:
     """MatMuls whose input is a GELU output (fused op, or the Erf form x*0.5*(1+erf(x/sqrt2)))."""
-    import onnx
 
-    model = onnx.load(str(model_path), load_external_data=False)
+    model = onnx_io.read_model(model_path, STEP, with_data=False)
     producer = {o: n for n in model.graph.node for o in n.output}
 
     def is_gelu(value: str, depth: int = 0) -> bool:
@@ -210,12 +208,11 @@ def preprocess(src: Path, work: Path, step: str) -> tuple[Path, tuple[str, ...]]
 
 def quantizer_error(step: str, model_path: Path, exc: BaseException) -> ToolError:
     """One-line ToolError naming the node (and its op) the quantizer choked on, when we can tell."""
-    import onnx
 
     text = str(exc)
     culprit = ""
     try:
-        model = onnx.load(str(model_path), load_external_data=False)
+        model = onnx_io.read_model(model_path, STEP, with_data=False)
         for node in model.graph.node:
             if node.name and node.name in text:
                 culprit = f" node {node.name} (op {node.op_type})"
@@ -232,9 +229,8 @@ def quantizer_error(step: str, model_path: Path, exc: BaseException) -> ToolErro
 
 
 def _has_op(model_path: Path, op_type: str) -> bool:
-    import onnx
 
-    model = onnx.load(str(model_path), load_external_data=False)
+    model = onnx_io.read_model(model_path, STEP, with_data=False)
     return any(node.op_type == op_type for node in model.graph.node)
 
 

@@ -104,9 +104,8 @@ def uniform_feeds(feeds: Sequence[Feed]) -> list[Feed]:
 
 
 def _input_names(path: Path) -> set[str]:
-    import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = onnx_io.read_model(path, STEP, with_data=False)
     inits = {t.name for t in model.graph.initializer}
     return {i.name for i in model.graph.input if i.name not in inits}
 
