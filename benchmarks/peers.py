@@ -97,7 +97,7 @@ def _load() -> str:
 def machine() -> dict[str, Any]:
     from slimserve.compare import machine_info
 
-    info = machine_info()
+    info = machine_info().as_dict()
     info["kernel"] = platform.platform()
     info["load_before"] = _load()
     return info

@@ -65,7 +65,7 @@ def comparison_dict(comparison: Comparison) -> dict[str, Any]:
             "measuring": "one candidate at a time; --jobs parallelises only building candidates",
         },
         "plot": dict(comparison.plot),
-        "machine": {**asdict(comparison.machine), "vnni": list(comparison.machine.vnni)},
+        "machine": comparison.machine.as_dict(),
         "versions": dict(comparison.versions),
     }
 

@@ -75,6 +75,11 @@ class Machine:
     avx512: bool = False
     avx2: bool = False
 
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape compare.json and the benchmarks record."""
+        return {"cpu": self.cpu, "cpus": self.cpus, "arch": self.arch, "vnni": list(self.vnni),
+                "avx512": self.avx512, "avx2": self.avx2}
+
 
 @dataclass(frozen=True)
 class CandidateResult:
