@@ -140,6 +140,12 @@ def parse_step(part: str) -> RecipeStep:
     return RecipeStep(spec, step_options.build(spec.name, spec.options, given, hint=hint))
 
 
+def split_recipe_list(text: str) -> list[str]:
+    """Recipes from a comma-separated list (`compare --recipes`), commas inside options kept:
+    `int8,int4-weight(block=64,keep_int8=4)` is two recipes."""
+    return [r.strip() for r in _split(text, ",") if r.strip()]
+
+
 def parse_recipe(recipe: str) -> list[RecipeStep]:
     parts = [p.strip() for p in _split(recipe, "+")]
     if not recipe.strip() or any(not p for p in parts):

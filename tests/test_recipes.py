@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from slimserve.errors import SlimserveError
-from slimserve.optimizer.recipes import describe_steps, make_registry, parse_recipe, registry
+from slimserve.optimizer.recipes import describe_steps, make_registry, parse_recipe, registry, split_recipe_list
 from slimserve.optimizer.step_cache import StepCache, run_step
 from slimserve.optimizer.steps import int8_auto, int8_weight
 from slimserve.optimizer.steps.base import NoOptions, StepContext, StepResult, StepSpec, option
@@ -34,6 +34,11 @@ def test_grammar_and_shortest_labels(recipe: str, labels: list[str]) -> None:
     steps = parse_recipe(recipe)
     assert [s.label for s in steps] == labels
     assert [s.label for s in parse_recipe("+".join(labels))] == labels  # a label parses back to itself
+
+
+def test_a_recipe_list_keeps_commas_inside_options() -> None:
+    assert split_recipe_list("int8, int4-weight(block=64,keep_int8=4),prune-ffn-25+int8,") == [
+        "int8", "int4-weight(block=64,keep_int8=4)", "prune-ffn-25+int8"]
 
 
 def test_options_are_typed_values() -> None:
