@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from slimserve.errors import SlimserveError
-from slimserve.optimizer.recipes import describe_steps, make_registry, parse_recipe, registry, split_recipe_list
+from slimserve.optimizer.recipes import (
+    describe_steps,
+    make_registry,
+    parse_recipe,
+    registry,
+    split_recipe_list,
+)
 from slimserve.optimizer.step_cache import StepCache, run_step
 from slimserve.optimizer.steps import int8_auto, int8_weight
 from slimserve.optimizer.steps.base import NoOptions, StepContext, StepResult, StepSpec, option
