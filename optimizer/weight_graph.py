@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from slimserve.optimizer.steps import graph_opt
+from slimserve.optimizer import graph_tools
 
 if TYPE_CHECKING:
     import onnx
@@ -41,7 +41,7 @@ class WeightGraph:
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in graph.node:
             # Subgraph reads count: a weight an If/Loop body also uses must not be rewritten away.
-            for name in dict.fromkeys(graph_opt.node_inputs(node)):
+            for name in dict.fromkeys(graph_tools.node_inputs(node)):
                 self.consumers.setdefault(name, []).append(node)
         self.graph_outputs = {o.name for o in graph.output}
         self._used: set[str] = {n for n in self.inits} | {o for n in graph.node for o in n.output}

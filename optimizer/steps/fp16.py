@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slimserve.errors import ToolError, first_line
-from slimserve.optimizer import onnx_io
-from slimserve.optimizer.steps import graph_opt
+from slimserve.optimizer import graph_tools, onnx_io
 from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec, option
 
 if TYPE_CHECKING:
@@ -64,7 +63,7 @@ def _convert(model_path: Path, blocked: set[str]) -> onnx.ModelProto:
         keep_io_types=True,
         op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | blocked),
     )
-    graph_opt.toposort(model.graph)  # the converter appends its Casts at the end of the node list
+    graph_tools.toposort(model.graph)  # the converter appends its Casts at the end of the node list
     converted: onnx.ModelProto = model
     return converted
 
@@ -72,7 +71,7 @@ def _convert(model_path: Path, blocked: set[str]) -> onnx.ModelProto:
 def _missing_kernel(path: Path) -> str | None:
     """The op type ORT CPU has no kernel for in `path`, or None if the model loads."""
     try:
-        graph_opt.check_session(path, STEP)
+        graph_tools.check_session(path, STEP)
     except ToolError as exc:
         match = _NO_KERNEL.search(str(exc.__cause__ or exc))
         if match:
@@ -85,7 +84,7 @@ def convert(
     src: Path, dst: Path, ctx: StepContext, extra_block: tuple[str, ...] = PRECISION_BLOCK
 ) -> StepResult:
     """Convert to float16, growing the block list until ORT CPU accepts every node."""
-    prepared, notes = graph_opt.normalize_for_quant(Path(src), ctx.work_dir, STEP)
+    prepared, notes = graph_tools.normalize_for_quant(Path(src), ctx.work_dir, STEP)
     blocked = set(extra_block)
     added: list[str] = []
     for _ in range(MAX_ROUNDS):
@@ -115,7 +114,7 @@ def weights_only(src: Path, dst: Path, ctx: StepContext) -> StepResult:
     import onnx
     from onnx import helper, numpy_helper
 
-    prepared, notes = graph_opt.normalize_for_quant(Path(src), ctx.work_dir, STEP)
+    prepared, notes = graph_tools.normalize_for_quant(Path(src), ctx.work_dir, STEP)
     model = onnx_io.read_model(prepared, STEP)
     casts, keep = [], []
     for init in model.graph.initializer:
@@ -132,7 +131,7 @@ def weights_only(src: Path, dst: Path, ctx: StepContext) -> StepResult:
     for k, node in enumerate(casts):
         model.graph.node.insert(k, node)
     onnx_io.save_model(model, Path(dst), STEP)
-    graph_opt.check_session(Path(dst), STEP)
+    graph_tools.check_session(Path(dst), STEP)
     return StepResult(path=Path(dst), notes=notes)
 
 

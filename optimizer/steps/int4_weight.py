@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from slimserve.errors import ToolError, first_line
-from slimserve.optimizer import int8_rewrites, nbits, onnx_io
-from slimserve.optimizer.steps import graph_opt, int8_dynamic
+from slimserve.optimizer import graph_tools, int8_rewrites, nbits, onnx_io
+from slimserve.optimizer.steps import int8_dynamic
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
 STEP = "int4-weight"
@@ -90,7 +90,7 @@ def most_sensitive(
 
 def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: str = STEP) -> StepResult:
     """4-bit weight-only quantization of `src` into `dst`."""
-    prepared, notes = graph_opt.normalize_for_quant(Path(src), ctx.work_dir, step)
+    prepared, notes = graph_tools.normalize_for_quant(Path(src), ctx.work_dir, step)
     inputs = calibration_inputs(prepared, ctx.calibration) if opts.activation_aware or opts.keep_int8 else {}
     keep = most_sensitive(prepared, inputs, opts, opts.keep_int8)
     # Never keep more than a quarter at int8, or small models would get no 4-bit MatMul at all.
@@ -117,7 +117,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: st
     if not q4 and not emb:
         notes += ("no MatMul with a constant 2-D weight and no embedding table: nothing became 4-bit",)
     onnx_io.save_model(model, Path(dst), step)
-    graph_opt.check_session(Path(dst), step)
+    graph_tools.check_session(Path(dst), step)
     notes += (
         (
             f"4-bit MatMulNBits block {opts.block} ({'symmetric' if opts.symmetric else 'asymmetric'}, "

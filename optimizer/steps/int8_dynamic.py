@@ -35,8 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from slimserve.errors import ToolError, first_line
-from slimserve.optimizer import activations, int8_rewrites, onnx_io
-from slimserve.optimizer.steps import graph_opt
+from slimserve.optimizer import activations, graph_tools, int8_rewrites, onnx_io
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
 if TYPE_CHECKING:
@@ -192,7 +191,7 @@ def preprocess(src: Path, work: Path, step: str) -> tuple[Path, tuple[str, ...]]
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    prepared, notes = graph_opt.normalize_for_quant(src, work, step)
+    prepared, notes = graph_tools.normalize_for_quant(src, work, step)
     out = work / f"{step}-pre.onnx"
     try:
         quant_pre_process(str(prepared), str(out), skip_optimization=True, auto_merge=True)
@@ -268,7 +267,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
     except (ValueError, KeyError, IndexError) as exc:
         raise ToolError(f"{step}: cannot quantize the remaining float weights: {first_line(exc)}") from exc
     onnx_io.save_model(model, Path(dst), step)
-    graph_opt.check_session(Path(dst), step)
+    graph_tools.check_session(Path(dst), step)
     integer_ops = sum(
         n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger", "DynamicQuantizeLSTM")
         for n in model.graph.node

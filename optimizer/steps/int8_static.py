@@ -27,8 +27,8 @@ from typing import Literal
 import numpy as np
 
 from slimserve.errors import SlimserveError, ToolError, first_line
-from slimserve.optimizer import int8_rewrites, onnx_io
-from slimserve.optimizer.steps import graph_opt, int8_dynamic
+from slimserve.optimizer import graph_tools, int8_rewrites, onnx_io
+from slimserve.optimizer.steps import int8_dynamic
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
 STEP = "int8-static"
@@ -168,7 +168,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: StaticOptions, step: 
     except (ValueError, KeyError, IndexError) as exc:
         raise ToolError(f"{step}: cannot quantize the remaining float weights: {first_line(exc)}") from exc
     onnx_io.save_model(model, Path(dst), step)
-    graph_opt.check_session(Path(dst), step)
+    graph_tools.check_session(Path(dst), step)
     notes += (
         (
             f"static QDQ int8, {opts.method} calibration on {min(len(ctx.calibration), MAX_FEEDS)} feeds; "

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slimserve.errors import ToolError, first_line
-from slimserve.optimizer import onnx_io
+from slimserve.optimizer import graph_tools, onnx_io
 from slimserve.optimizer.int8_rewrites import (
     EmbeddingMode,
     MatMulMode,
@@ -35,7 +35,6 @@ from slimserve.optimizer.int8_rewrites import (
     quantize_linear_weights,
 )
 from slimserve.optimizer.nbits import replace_matmuls_nbits
-from slimserve.optimizer.steps import graph_opt
 from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec, option
 from slimserve.optimizer.weight_graph import MIN_ELEMENTS
 
@@ -61,7 +60,7 @@ class Int8WeightOptions:
 
 def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int8WeightOptions, step: str = STEP) -> StepResult:
     """Weight-only int8 of `src` into `dst` with `opts`."""
-    prepared, notes = graph_opt.normalize_for_quant(Path(src), ctx.work_dir, step)
+    prepared, notes = graph_tools.normalize_for_quant(Path(src), ctx.work_dir, step)
     model = onnx_io.read_model(prepared, step)
     try:
         n_emb = (
@@ -91,7 +90,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int8WeightOptions, st
     if n_emb + n_lin == 0:
         notes += ("no float MatMul/Gemm/Conv weight or embedding table was large enough to quantize",)
     onnx_io.save_model(model, Path(dst), step)
-    graph_opt.check_session(Path(dst), step)
+    graph_tools.check_session(Path(dst), step)
     return StepResult(
         path=Path(dst),
         notes=notes + ("weights int8 (per-channel / per-row symmetric); activations and compute stay float",),

@@ -1,0 +1,160 @@
+"""onnxruntime graph tools the steps share: offline graph optimization at a portable level, the check
+that a written model loads on stock onnxruntime CPU, the normalisation every quantizer needs (weights as
+plain initializers), and a topological sort. Reading and writing models is `onnx_io`'s job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.optimizer import onnx_io
+
+if TYPE_CHECKING:
+    import onnx
+
+# Portable offline levels, by name (see module docstring for why "all" is absent).
+LEVELS = ("basic", "extended")
+DEFAULT_LEVEL = "extended"
+
+
+def check_session(path: Path, step: str) -> None:
+    """Prove the written model loads in a stock onnxruntime CPU session; ToolError (one line) otherwise."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ToolError(
+            f"{step}: the written model does not load in onnxruntime: {first_line(exc)}",
+            hint="report this model to the slimserve maintainers; try another recipe step meanwhile",
+        ) from exc
+
+
+def ort_optimize(src: Path, dst: Path, step: str, level: str = DEFAULT_LEVEL) -> Path:
+    """Run ORT's graph optimizer at a portable `level` and save the result to `dst` (offline mode)."""
+    import onnxruntime as ort
+
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }
+    if level not in levels:
+        raise SlimserveError(f"{step}: unknown optimization level {level!r}", hint=f"use one of {LEVELS}")
+    onnx_io.require_file(src, step)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = levels[level]
+    opts.optimized_model_filepath = str(dst)
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    if _needs_external(src):
+        # ORT writes initializers beside the model when asked; required past the protobuf limit.
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", Path(dst).name + ".data"
+        )
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+        )
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ToolError(f"{step}: onnxruntime cannot optimize {Path(src).name}: {first_line(exc)}") from exc
+    return Path(dst)
+
+
+def _needs_external(src: Path) -> bool:
+    """True when the source model with its data is near the protobuf limit."""
+    src = Path(src)
+    total = src.stat().st_size
+    for sibling in src.parent.iterdir():
+        if sibling != src and sibling.suffix in {".data", ".bin"} and sibling.name.startswith(src.stem):
+            total += sibling.stat().st_size
+    return total > onnx_io.PROTOBUF_LIMIT
+
+
+def detach_initializer_inputs(model: onnx.ModelProto) -> int:
+    """Drop graph inputs that merely shadow an initializer (old exporters' keep_initializers_as_inputs).
+
+    Such weights are overridable at run time, so no optimizer may fold or quantize them. No serving code
+    feeds weights, so we make them plain constants. Returns how many inputs were removed.
+    """
+    names = {init.name for init in model.graph.initializer}
+    keep = [inp for inp in model.graph.input if inp.name not in names]
+    removed = len(model.graph.input) - len(keep)
+    if removed:
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+    return removed
+
+
+def normalize_for_quant(src: Path, work_dir: Path, step: str) -> tuple[Path, tuple[str, ...]]:
+    """A copy of `src` whose weights are plain initializers, ready for the quantizers.
+
+    Weights can arrive through Constant nodes, Identity/Transpose of initializers or graph inputs with
+    initializers; quantizers only look at initializers. Detaching the shadowing inputs and running ORT's
+    basic level (constant folding, ONNX ops only, so still portable) turns all of those into initializers.
+    When ORT cannot optimize the model we fall back to the detached model as it is, and say so.
+    """
+    model = onnx_io.read_model(src, step)
+    notes: list[str] = []
+    removed = detach_initializer_inputs(model)
+    if removed:
+        notes.append(f"{removed} graph inputs that shadowed initializers were made constants")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    detached = onnx_io.save_model(model, work_dir / f"{step}-detached.onnx", step)
+    folded = work_dir / f"{step}-folded.onnx"
+    try:
+        ort_optimize(detached, folded, step, "basic")
+    except ToolError as exc:
+        notes.append(f"constant folding skipped ({exc.message})")
+        return detached, tuple(notes)
+    return folded, tuple(notes)
+
+
+def toposort(graph: onnx.GraphProto) -> None:
+    """Reorder `graph.node` topologically in place (stable), as onnx.checker requires.
+
+    Some converters (onnxruntime's float16 tool) append the Casts they insert at the end of the list;
+    ORT accepts that, onnx.checker and other runtimes do not. Inputs no node produces (graph inputs,
+    initializers, outer-scope values) count as available.
+    """
+    produced = {o for n in graph.node for o in n.output if o}
+    ready: set[str] = set()
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            needs = [i for i in node_inputs(node) if i and i in produced]
+            if all(i in ready for i in needs):
+                ordered.append(node)
+                ready.update(o for o in node.output if o)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):  # a cycle or a dangling input: leave the rest in their order
+            ordered.extend(rest)
+            break
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for dst, src in zip(copies, ordered):
+        dst.CopyFrom(src)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """A node's inputs plus the outer-scope values its subgraphs read."""
+    names = list(node.input)
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            inner = {o for n in sub.node for o in n.output} | {i.name for i in sub.input}
+            inner |= {t.name for t in sub.initializer}
+            for n in sub.node:
+                names += [i for i in node_inputs(n) if i not in inner]
+    return names
