@@ -1,6 +1,7 @@
 """onnxruntime graph tools the steps share: offline graph optimization at a portable level, the check
 that a written model loads on stock onnxruntime CPU, the normalisation every quantizer needs (weights as
-plain initializers), and a topological sort. Reading and writing models is `onnx_io`'s job.
+plain initializers) with onnxruntime's quantization pre-processing after it, a one-line error for a
+quantizer failure, and a topological sort. Reading and writing models is `onnx_io`'s job.
 """
 
 from __future__ import annotations
@@ -158,3 +159,48 @@ def node_inputs(node: onnx.NodeProto) -> list[str]:
             for n in sub.node:
                 names += [i for i in node_inputs(n) if i not in inner]
     return names
+
+
+def preprocess(src: Path, work: Path, step: str) -> tuple[Path, tuple[str, ...]]:
+    """Constant folding (ours), then ORT's quant pre-processing (shape inference) where it works.
+
+    Symbolic shape inference fails on many exported graphs (on MiniLM's export it raises a TypeError in
+    its broadcasting rule); ONNX shape inference alone then still annotates most tensors. If both fail we
+    quantize the folded model as it is and say so in the notes.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared, notes = normalize_for_quant(src, work, step)
+    out = work / f"{step}-pre.onnx"
+    try:
+        quant_pre_process(str(prepared), str(out), skip_optimization=True, auto_merge=True)
+        return out, notes
+    except Exception as exc:  # noqa: BLE001 - optional step; we fall back below and note why
+        symbolic_error = first_line(exc)
+    try:
+        quant_pre_process(str(prepared), str(out), skip_optimization=True, skip_symbolic_shape=True)
+    except Exception as exc:  # noqa: BLE001 - optional step; quantizing without it still works
+        return prepared, (*notes, f"quantization pre-processing skipped ({first_line(exc)})")
+    return out, (*notes, f"symbolic shape inference failed ({symbolic_error}); used ONNX shape inference")
+
+
+def quantizer_error(step: str, model_path: Path, exc: BaseException) -> ToolError:
+    """One-line ToolError naming the node (and its op) the quantizer choked on, when we can tell."""
+
+    text = str(exc)
+    culprit = ""
+    try:
+        model = onnx_io.read_model(model_path, step, with_data=False)
+        for node in model.graph.node:
+            if node.name and node.name in text:
+                culprit = f" node {node.name} (op {node.op_type})"
+                break
+        if not culprit:
+            flow = sorted({n.op_type for n in model.graph.node if n.op_type in ("Loop", "If", "Scan")})
+            culprit = f" a model with {'/'.join(flow)} control flow" if flow else ""
+    except Exception:  # noqa: BLE001 - naming the node is a courtesy; the original failure is what matters
+        culprit = ""
+    return ToolError(
+        f"{step}: onnxruntime's quantizer cannot handle{culprit or ' this model'}: {first_line(exc)}",
+        hint="try int8-weight, which only rewrites constant weights",
+    )

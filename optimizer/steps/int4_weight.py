@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from slimserve.errors import ToolError, first_line
-from slimserve.optimizer import graph_tools, int8_rewrites, nbits, onnx_io
-from slimserve.optimizer.steps import int8_dynamic
+from slimserve.optimizer import graph_tools, int8_rewrites, matmul_analysis, nbits, onnx_io
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
 STEP = "int4-weight"
@@ -59,10 +58,10 @@ def _dequantized_4bit(w: np.ndarray, opts: Int4Options, importance: np.ndarray |
 
 def calibration_inputs(model_path: Path, feeds: Sequence[Feed]) -> dict[str, np.ndarray]:
     """Each constant-weight MatMul's input rows on (up to 8) calibration feeds, by node name."""
-    weights = int8_dynamic.constant_matmul_weights(model_path)
+    weights = matmul_analysis.constant_matmul_weights(model_path)
     if not weights or not feeds:
         return {}
-    xs = int8_dynamic.capture_inputs(model_path, list(weights), feeds[:8])
+    xs = matmul_analysis.capture_inputs(model_path, list(weights), feeds[:8])
     return {name: xs[x] for name, (x, _) in weights.items() if x in xs}
 
 
@@ -76,7 +75,7 @@ def most_sensitive(
     if count <= 0:
         return []
     scores = {}
-    for name, (_, w) in int8_dynamic.constant_matmul_weights(model_path).items():
+    for name, (_, w) in matmul_analysis.constant_matmul_weights(model_path).items():
         xs = inputs.get(name)
         imp = None if xs is None else (xs**2).mean(axis=0)
         deq = _dequantized_4bit(w, opts, imp)
@@ -94,7 +93,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: st
     inputs = calibration_inputs(prepared, ctx.calibration) if opts.activation_aware or opts.keep_int8 else {}
     keep = most_sensitive(prepared, inputs, opts, opts.keep_int8)
     # Never keep more than a quarter at int8, or small models would get no 4-bit MatMul at all.
-    keep = keep[: len(int8_dynamic.constant_matmul_weights(prepared)) // 4]
+    keep = keep[: len(matmul_analysis.constant_matmul_weights(prepared)) // 4]
     importance = {n: (x**2).mean(axis=0) for n, x in inputs.items()} if opts.activation_aware else None
     model = onnx_io.read_model(prepared, step)
     try:

@@ -30,20 +30,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
-
-import numpy as np
+from typing import Literal
 
 from slimserve.errors import ToolError, first_line
-from slimserve.optimizer import activations, graph_tools, int8_rewrites, onnx_io
+from slimserve.optimizer import graph_tools, int8_rewrites, matmul_analysis, onnx_io
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
-if TYPE_CHECKING:
-    import onnx
-
 STEP = "int8-dynamic"
-GELU_OPS = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
-MAX_ROWS = 4096  # captured activation rows per tensor: enough for a stable error estimate
 
 
 @dataclass(frozen=True)
@@ -63,88 +56,6 @@ class DynamicOptions:
     preprocess: bool = option(True, "constant folding and ORT's quantization pre-processing first")
 
 
-def constant_matmul_weights(model_path: Path) -> dict[str, tuple[str, np.ndarray]]:
-    """MatMul/Gemm nodes of the main graph with a constant 2-D float weight: name -> (input A, W as [K, N])."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx_io.read_model(model_path, STEP)
-    inits = {t.name: t for t in model.graph.initializer}
-    out = {}
-    for node in model.graph.node:
-        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        init = inits[node.input[1]]
-        if init.data_type != onnx.TensorProto.FLOAT or len(init.dims) != 2:
-            continue
-        attrs = {a.name: a.i for a in node.attribute}
-        if attrs.get("transA", 0):
-            continue
-        w = numpy_helper.to_array(init)
-        out[node.name] = (node.input[0], w.T if attrs.get("transB", 0) else w)
-    return out
-
-
-def capture_inputs(
-    model_path: Path, node_names: Sequence[str], feeds: Sequence[Feed]
-) -> dict[str, np.ndarray]:
-    """Run the model on `feeds` and return the first input of each named node as [rows, K] float32."""
-
-    model = onnx_io.read_model(model_path, STEP)
-    graph_inputs = {i.name for i in model.graph.input}
-    wanted = sorted({n.input[0] for n in model.graph.node if n.name in set(node_names)} - graph_inputs)
-    rows: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
-    for _, values in activations.capture(model, wanted, feeds, STEP):
-        for n, v in zip(wanted, values):
-            rows[n].append(np.asarray(v, dtype=np.float32).reshape(-1, v.shape[-1]))
-    return {n: activations.subsample(np.concatenate(parts), MAX_ROWS) for n, parts in rows.items() if parts}
-
-
-def dynamic_error(x: np.ndarray, w: np.ndarray, per_channel: bool, reduce_range: bool) -> float:
-    """Relative output error of one MatMul under ORT-style dynamic quantization.
-
-    Activations: uint8, asymmetric, one range per tensor (what DynamicQuantizeLinear does per call; we use
-    the range over the captured rows, a slight overestimate). Weights: symmetric int8 per channel or per
-    tensor, 7-bit when `reduce_range`.
-    """
-    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    sx = (hi - lo) / 255.0 or 1.0
-    zx = np.rint(-lo / sx)
-    xq = (np.clip(np.rint(x / sx) + zx, 0, 255) - zx) * sx
-    qmax = 63.0 if reduce_range else 127.0
-    amax = np.abs(w).max(axis=0) if per_channel else np.abs(w).max()
-    sw = np.where(amax > 0, amax / qmax, 1.0)
-    wq = np.clip(np.rint(w / sw), -qmax, qmax) * sw
-    ref = x @ w
-    return float(np.linalg.norm(xq @ wq - ref)) / max(float(np.linalg.norm(ref)), 1e-12)
-
-
-def gelu_fed_matmuls(model_path: Path) -> list[str]:
-    """MatMuls whose input is a GELU output (fused op, or the Erf form x*0.5*(1+erf(x/sqrt2)))."""
-
-    model = onnx_io.read_model(model_path, STEP, with_data=False)
-    producer = {o: n for n in model.graph.node for o in n.output}
-
-    def is_gelu(value: str, depth: int = 0) -> bool:
-        node = producer.get(value)
-        if node is None or depth > 3:
-            return False
-        if node.op_type in GELU_OPS:
-            return True
-        if node.op_type == "Mul":  # the Erf form ends with Mul(...); look a few nodes up for the Erf
-            return any(_has_erf(producer, i, 3) for i in node.input)
-        return False
-
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and is_gelu(n.input[0])]
-
-
-def _has_erf(producer: dict[str, onnx.NodeProto], value: str, depth: int) -> bool:
-    node = producer.get(value)
-    if node is None or depth < 0:
-        return False
-    return node.op_type == "Erf" or any(_has_erf(producer, i, depth - 1) for i in node.input)
-
-
 def sensitive_nodes(model_path: Path, feeds: Sequence[Feed], opts: DynamicOptions) -> tuple[list[str], str]:
     """The MatMuls to keep out of integer compute, and how they were chosen (for the step's notes).
 
@@ -156,8 +67,8 @@ def sensitive_nodes(model_path: Path, feeds: Sequence[Feed], opts: DynamicOption
     if opts.exclude == 0:
         return [], "no exclusions"
     if opts.exclude is None:
-        rule = gelu_fed_matmuls(model_path)
-        budget = min(opts.exclude_ranked, len(constant_matmul_weights(model_path)) // 6)
+        rule = matmul_analysis.gelu_fed_matmuls(model_path)
+        budget = min(opts.exclude_ranked, len(matmul_analysis.constant_matmul_weights(model_path)) // 6)
         if not budget or not feeds:
             return rule, "MatMuls fed by GELU (FFN down-projections)"
         ranked, _ = sensitive_nodes(
@@ -169,62 +80,10 @@ def sensitive_nodes(model_path: Path, feeds: Sequence[Feed], opts: DynamicOption
         )
         extra = [n for n in ranked if n not in rule][:budget]
         return rule + extra, f"GELU-fed MatMuls and the {len(extra)} worst by calibration error"
-    weights = constant_matmul_weights(model_path)
-    if not weights or not feeds:
+    ranked = matmul_analysis.rank_by_dynamic_error(model_path, feeds, opts.per_channel, bool(opts.reduce_range))
+    if not ranked:
         return [], "no calibration feeds to rank MatMuls"
-    xs = capture_inputs(model_path, list(weights), feeds[:16])
-    scores = {
-        name: dynamic_error(xs[x], w, opts.per_channel, bool(opts.reduce_range))
-        for name, (x, w) in weights.items()
-        if x in xs
-    }
-    ranked = sorted(scores, key=scores.get, reverse=True)  # type: ignore[arg-type]
     return ranked[: opts.exclude], f"the {opts.exclude} MatMuls with the largest calibration error"
-
-
-def preprocess(src: Path, work: Path, step: str) -> tuple[Path, tuple[str, ...]]:
-    """Constant folding (ours), then ORT's quant pre-processing (shape inference) where it works.
-
-    Symbolic shape inference fails on many exported graphs (on MiniLM's export it raises a TypeError in
-    its broadcasting rule); ONNX shape inference alone then still annotates most tensors. If both fail we
-    quantize the folded model as it is and say so in the notes.
-    """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared, notes = graph_tools.normalize_for_quant(src, work, step)
-    out = work / f"{step}-pre.onnx"
-    try:
-        quant_pre_process(str(prepared), str(out), skip_optimization=True, auto_merge=True)
-        return out, notes
-    except Exception as exc:  # noqa: BLE001 - optional step; we fall back below and note why
-        symbolic_error = first_line(exc)
-    try:
-        quant_pre_process(str(prepared), str(out), skip_optimization=True, skip_symbolic_shape=True)
-    except Exception as exc:  # noqa: BLE001 - optional step; quantizing without it still works
-        return prepared, (*notes, f"quantization pre-processing skipped ({first_line(exc)})")
-    return out, (*notes, f"symbolic shape inference failed ({symbolic_error}); used ONNX shape inference")
-
-
-def quantizer_error(step: str, model_path: Path, exc: BaseException) -> ToolError:
-    """One-line ToolError naming the node (and its op) the quantizer choked on, when we can tell."""
-
-    text = str(exc)
-    culprit = ""
-    try:
-        model = onnx_io.read_model(model_path, STEP, with_data=False)
-        for node in model.graph.node:
-            if node.name and node.name in text:
-                culprit = f" node {node.name} (op {node.op_type})"
-                break
-        if not culprit:
-            flow = sorted({n.op_type for n in model.graph.node if n.op_type in ("Loop", "If", "Scan")})
-            culprit = f" a model with {'/'.join(flow)} control flow" if flow else ""
-    except Exception:  # noqa: BLE001 - naming the node is a courtesy; the original failure is what matters
-        culprit = ""
-    return ToolError(
-        f"{step}: onnxruntime's quantizer cannot handle{culprit or ' this model'}: {first_line(exc)}",
-        hint="try int8-weight, which only rewrites constant weights",
-    )
 
 
 def _has_op(model_path: Path, op_type: str) -> bool:
@@ -238,7 +97,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     work = Path(ctx.work_dir)
-    prepared, notes = preprocess(Path(src), work, step) if opts.preprocess else (Path(src), ())
+    prepared, notes = graph_tools.preprocess(Path(src), work, step) if opts.preprocess else (Path(src), ())
     if opts.reduce_range is None:
         opts = replace(opts, reduce_range="LSTM" in opts.op_types and _has_op(prepared, "LSTM"))
     excluded, why = sensitive_nodes(prepared, ctx.calibration, opts)
@@ -255,7 +114,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
             extra_options={"WeightSymmetric": True, "MatMulConstBOnly": True},
         )
     except Exception as exc:  # ORT's quantizer raises anything from AssertionError to KeyError
-        raise quantizer_error(step, prepared, exc) from exc
+        raise graph_tools.quantizer_error(step, prepared, exc) from exc
     model = onnx_io.read_model(quantized, step)
     n_emb = n_fold = 0
     try:

@@ -27,8 +27,7 @@ from typing import Literal
 import numpy as np
 
 from slimserve.errors import SlimserveError, ToolError, first_line
-from slimserve.optimizer import graph_tools, int8_rewrites, onnx_io
-from slimserve.optimizer.steps import int8_dynamic
+from slimserve.optimizer import graph_tools, int8_rewrites, matmul_analysis, onnx_io
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
 STEP = "int8-static"
@@ -125,14 +124,12 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: StaticOptions, step: 
             f"{step}: unknown calibration method {opts.method}", hint=f"use one of {sorted(methods)}"
         )
     work = Path(ctx.work_dir)
-    prepared, notes = int8_dynamic.preprocess(Path(src), work, step)
-    excluded = int8_dynamic.gelu_fed_matmuls(prepared) if opts.exclude_gelu else []
+    prepared, notes = graph_tools.preprocess(Path(src), work, step)
+    excluded = matmul_analysis.gelu_fed_matmuls(prepared) if opts.exclude_gelu else []
     # At most a sixth of the MatMuls by ranking (6 of MiniLM's 36), so small models still get quantized.
-    budget = min(opts.exclude_ranked, len(int8_dynamic.constant_matmul_weights(prepared)) // 6)
+    budget = min(opts.exclude_ranked, len(matmul_analysis.constant_matmul_weights(prepared)) // 6)
     if budget:
-        ranked, _ = int8_dynamic.sensitive_nodes(
-            prepared, ctx.calibration, int8_dynamic.DynamicOptions(exclude=budget + len(excluded))
-        )
+        ranked = matmul_analysis.rank_by_dynamic_error(prepared, ctx.calibration)[: budget + len(excluded)]
         excluded += [n for n in ranked if n not in excluded][:budget]
     feeds = list(ctx.calibration[:MAX_FEEDS])
     reader = _Feeds(uniform_feeds(feeds) if opts.method != "MinMax" else feeds, _input_names(prepared))
@@ -160,7 +157,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: StaticOptions, step: 
             extra_options=extra,
         )
     except Exception as exc:  # ORT's calibrator and quantizer raise many exception types
-        raise int8_dynamic.quantizer_error(step, prepared, exc) from exc
+        raise graph_tools.quantizer_error(step, prepared, exc) from exc
     model = onnx_io.read_model(quantized, step)
     try:
         n_emb = int8_rewrites.quantize_embeddings(model, "gather-mul")
