@@ -49,7 +49,7 @@ class BuildResult:
     out: Path
     comparison: Comparison
     decision: Decision
-    target: str = "lambda"  # the artifact kind: lambda (layer + function zips) or container (OCI image)
+    target: str  # the artifact kind: lambda (layer + function zips) or container (OCI image)
     check: Report | None = None
     artifacts: Mapping[str, Any] | None = None  # what package/ holds: names, sizes, digests
 
