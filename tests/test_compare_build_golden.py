@@ -233,3 +233,11 @@ def test_build_github_annotations_are_one_line_each(scenario: str, tmp_path: Pat
                            else "::error title=slimserve build aws-lambda-zip::")
     if result.decision.winner is None:  # every candidate's misses, one per (escaped) line
         assert "%0Aint8: fidelity 0.9995 < 0.9999" in last and "\n" not in last
+
+
+def test_text_shows_errors_with_brackets_verbatim(comparison: Comparison) -> None:
+    from slimserve.report.comparison import renderer
+
+    broken = dataclasses.replace(BROKEN, error="step failed: shape [/1, 384] [bold]")
+    odd = dataclasses.replace(comparison, candidates=(*comparison.candidates[:-1], broken))
+    assert "failed int8-static: step failed: shape [/1, 384] [bold]\n" in rendered(renderer("text"), odd)

@@ -11,6 +11,7 @@ from slimserve.report.comparison import Comparison
 
 def render(comparison: Comparison, out: TextIO) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     # A fixed width off a terminal keeps files, pipes and golden snapshots byte-stable (and wide enough
@@ -25,9 +26,10 @@ def render(comparison: Comparison, out: TextIO) -> None:
     console.print(grid)
     for c in comparison.candidates:
         if c.error:
-            console.print(f"[red]failed[/red] {c.recipe}: {c.error}", markup=True)
+            console.print(f"[red]failed[/red] {escape(c.recipe)}: {escape(c.error)}")  # an error may hold [..]
     console.print(f"{FRONTIER_MARK} Pareto frontier   {RECOMMENDED_MARK} recommended")
     if comparison.recommendation:
-        console.print(f"recommended: [bold]{comparison.recommendation}[/bold] ({comparison.recommendation_reason})")
+        console.print(f"recommended: [bold]{escape(comparison.recommendation)}[/bold] "
+                      f"({escape(comparison.recommendation_reason)})")
     else:
-        console.print(f"no recommendation: {comparison.recommendation_reason}")
+        console.print(f"no recommendation: {comparison.recommendation_reason}", markup=False)
