@@ -118,7 +118,7 @@ def main() -> None:
                 rows.append((label, worst.description, "1" if one_cpu else "all", m))
     vcpus = memory / 1769
     factor = max(1.0, 1 / vcpus)
-    cold = (manifest.get("checks") or {}).get("cold_start") or {}
+    cold = ((manifest.get("package") or {}).get("checks") or {}).get("cold_start") or {}
     print(f"# Worst accepted request, packaged {Path(args.model or 'MiniLM int8').name} "
           f"(python{args.python}, {platform.machine()})\n")
     print(f"Command: `python benchmarks/worst_request.py{' --model ' + str(args.model) if args.model else ''} "

@@ -34,7 +34,16 @@ from slimserve import __version__
 from slimserve.atomic import atomic_dir
 from slimserve.bundle import ModelBundle
 from slimserve.errors import SlimserveError, ToolError, first_line
-from slimserve.manifest import MANIFEST_NAME, sha256_file, write_manifest
+from slimserve.manifest import (
+    MANIFEST_NAME,
+    Artifact,
+    BaseImage,
+    ImageFacts,
+    PackageSection,
+    PushRecord,
+    sha256_file,
+    write_manifest,
+)
 from slimserve.measure import PackageSize
 from slimserve.packagers.model_check import check_model
 from slimserve.packagers.model_files import model_entries, shipped_manifest
@@ -450,24 +459,21 @@ def package_container(
                 pushed = client.push(image, push_to, chunk_size=chunk_size, mount_from=mount,
                                      on_blob=lambda d, s: handle.advance())
         facts = _image_facts(image, base_layers)
-        manifest = shipped_manifest(bundle.manifest)
-        package: dict[str, Any] = {
-            "target": "container", "platform": spec.name, "python": target.python, "arch": target.arch,
-            "engine": engine,
-            "base": {"ref": recorded_base(base_ref),
-                     "manifest_digest": str(base.manifest_digest) if base else None,
-                     "index_digest": str(base.index_digest) if base and base.index_digest else None,
-                     "layers": base_layers},
-            "image": facts,
-            "push": None if pushed is None else {
-                "ref": str(pushed.reference), "digest": str(pushed.digest), "uploaded": len(pushed.uploaded),
-                "mounted": len(pushed.mounted), "skipped": len(pushed.skipped)},
-            "artifacts": [{"path": p, "bytes": (stage / p).stat().st_size, "sha256": sha256_file(stage / p)}
-                          for p in ("Dockerfile",)],
-        }
-        if spec.handler:
-            manifest["handler"] = spec.handler
-        manifest["package"] = package
+        package = PackageSection(
+            target="container", platform=spec.name, python=target.python, arch=target.arch,
+            artifacts=[Artifact(path=p, bytes=(stage / p).stat().st_size, sha256=sha256_file(stage / p))
+                       for p in ("Dockerfile",)],
+            model_dir=f"{spec.app_dir}/model", engine=engine,
+            base=BaseImage(ref=recorded_base(base_ref),
+                           manifest_digest=str(base.manifest_digest) if base else None,
+                           index_digest=str(base.index_digest) if base and base.index_digest else None,
+                           layers=base_layers),
+            image=ImageFacts.model_validate(facts),
+            push=None if pushed is None else PushRecord(
+                ref=str(pushed.reference), digest=str(pushed.digest), uploaded=len(pushed.uploaded),
+                mounted=len(pushed.mounted), skipped=len(pushed.skipped)),
+        )
+        manifest = shipped_manifest(bundle.manifest).packaged(package, handler=spec.handler)
         write_manifest(stage, manifest)
     out = Path(out).absolute()
     image = layout.located(image, out / "image")

@@ -11,7 +11,6 @@ same functions as `package_lambda`, in a temporary folder, and weighs them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import tempfile
 from dataclasses import dataclass
@@ -21,7 +20,16 @@ from typing import TYPE_CHECKING, Any
 from slimserve.atomic import atomic_dir
 from slimserve.bundle import ModelBundle
 from slimserve.errors import SlimserveError
-from slimserve.manifest import MANIFEST_NAME, sha256_file
+from slimserve.manifest import (
+    MANIFEST_NAME,
+    Artifact,
+    CheckRecord,
+    Closure,
+    Manifest,
+    PackageSection,
+    sha256_file,
+    write_manifest,
+)
 from slimserve.measure import ColdStart, PackageSize
 from slimserve.packagers.closure import build_closure, closure_info
 from slimserve.packagers.model_check import check_model
@@ -65,6 +73,9 @@ class ZipArtifact:
 
     def as_manifest(self) -> dict[str, Any]:
         return {"bytes": self.bytes, "unzipped_bytes": self.unzipped_bytes, "sha256": self.sha256}
+
+    def as_artifact(self) -> Artifact:
+        return Artifact(path=self.path.name, bytes=self.bytes, sha256=self.sha256, unzipped_bytes=self.unzipped_bytes)
 
 
 @dataclass(frozen=True)
@@ -143,14 +154,14 @@ def request_limits(bundle: ModelBundle) -> dict[str, int]:
     """The request limits the shipped handler enforces for this model (its manifest, or the defaults)."""
     from slimserve.runtime.model_runtime import RequestLimits
 
-    runtime = bundle.manifest["runtime"]
+    runtime = bundle.manifest.runtime
     row = None
-    if runtime.get("kind") != "text":
-        shapes = [spec.get("shape") or [] for spec in bundle.manifest.get("model", {}).get("inputs", [])]
+    if runtime.kind != "text":
+        shapes = [spec.shape for spec in bundle.manifest.model.inputs]
         if all(isinstance(d, int) and d > 0 for shape in shapes for d in shape[1:]):
-            row = sum(math.prod(shape[1:]) for shape in shapes)
-    limits = RequestLimits.from_spec(runtime, environ={}, row_elements=row).as_dict()
-    relevant = ("max_batch", "max_chars", "max_tokens") if runtime.get("kind") == "text" else ("max_batch", "max_elements")
+            row = sum(math.prod(d for d in shape[1:] if isinstance(d, int)) for shape in shapes)
+    limits = RequestLimits.from_spec(runtime.spec(), environ={}, row_elements=row).as_dict()
+    relevant = ("max_batch", "max_chars", "max_tokens") if runtime.kind == "text" else ("max_batch", "max_elements")
     return {key: limits[key] for key in relevant}
 
 
@@ -171,7 +182,7 @@ def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: in
         (staging / "template.yaml").write_text(sam_template(target, memory, bundle.is_text, timeout_s),
                                                encoding="utf-8")
         manifest = artifact_manifest(bundle, target, memory, layer, function, closure, check, timeout_s)
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        write_manifest(staging, manifest)
         notes = deploy_notes(target, layer, function, memory=memory, timeout_s=timeout_s,
                              limits=request_limits(bundle), cold_start=None if check is None else check.cold_start,
                              verdict=verdict)
@@ -194,21 +205,20 @@ def _lambda_verdict(check: Report | None) -> PlatformVerdict | None:
 
 def artifact_manifest(bundle: ModelBundle, target: Target, memory: int, layer: ZipArtifact,
                       function: ZipArtifact, closure: Path, check: Report | None,
-                      timeout_s: int = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
-    """The model's manifest plus what packaging added: artifacts, handler, target, runtime closure, checks."""
+                      timeout_s: int = DEFAULT_TIMEOUT_S) -> Manifest:
+    """The model's manifest plus what packaging added: the handler and the `package` section (target,
+    artifacts, runtime closure, and the check the settings came from)."""
     info = closure_info(closure)
-    manifest: dict[str, Any] = shipped_manifest(bundle.manifest)
-    manifest["handler"] = HANDLER
-    manifest["target"] = {"platform": PLATFORM, "runtime": target.lambda_runtime, "python": target.python,
-                          "arch": target.arch, "memory_mb": memory, "timeout_s": timeout_s,
-                          "model_dir": MODEL_SUBDIR}
-    manifest["artifacts"] = {"layer.zip": layer.as_manifest(), "function.zip": function.as_manifest()}
-    manifest["closure"] = {"pins": info["pins"], "wheels": info["wheels"], "bytecode": info["bytecode"],
-                           "sources": info["sources"]}
     verdict = _lambda_verdict(check)
-    if check is not None and verdict is not None:
-        manifest["checks"] = checks_record(verdict, check.package, check.cold_start)
-    return manifest
+    package = PackageSection(
+        target="lambda", platform=PLATFORM, python=target.python, arch=target.arch,
+        artifacts=[layer.as_artifact(), function.as_artifact()], model_dir=MODEL_SUBDIR,
+        runtime=target.lambda_runtime, memory_mb=memory, timeout_s=timeout_s,
+        closure=Closure(pins=info["pins"], wheels=info["wheels"], bytecode=info["bytecode"], sources=info["sources"]))
+    if check is not None and verdict is not None:  # absent, not null, when no check ran (--no-check)
+        record = CheckRecord.model_validate(checks_record(verdict, check.package, check.cold_start))
+        package = package.model_copy(update={"checks": record})
+    return shipped_manifest(bundle.manifest).packaged(package, handler=HANDLER)
 
 
 def checks_record(verdict: PlatformVerdict, package: PackageSize, cold: ColdStart) -> dict[str, Any]:

@@ -10,16 +10,14 @@ and outputs are unchanged; only where the bytes live differs. Models that alread
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import json
 import re
 import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from slimserve.bundle import ModelBundle, contained_name
-from slimserve.manifest import MANIFEST_NAME
+from slimserve.manifest import MANIFEST_NAME, DeployedModel, FileEntry, Manifest, parse_manifest
 from slimserve.packagers.model_check import check_model
 
 Source = Path | bytes
@@ -59,20 +57,20 @@ def model_entries(bundle: ModelBundle) -> dict[str, Source]:
     # Checked again here, not only in load_bundle: a ModelBundle can be built by hand, and this is the gate.
     entries: dict[str, Source] = {rel: bundle.root / contained_name(bundle.root, rel, "the file to ship")
                                   for rel in bundle.files}
-    if not manifest["model"].get("external_data"):
+    if not manifest.model.external_data:
         graph, data = split_weights(bundle.model_path)
         if data:
             data_rel = model_rel + DATA_SUFFIX
             entries[model_rel] = graph
             entries[data_rel] = data
-            manifest["model"]["external_data"] = [Path(data_rel).name]
-            # `bytes`/`sha256` above describe the optimized model.onnx; these are the files shipped for it.
-            manifest["model"]["deployed"] = {
-                "layout": "weights in external data, memory-mapped by onnxruntime at load",
-                "files": [{"path": name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
-                          for name, blob in ((model_rel, graph), (data_rel, data))],
-            }
-    entries[MANIFEST_NAME] = (json.dumps(manifest, indent=2) + "\n").encode()
+            # `bytes`/`sha256` describe the optimized model.onnx; `deployed` lists the files shipped for it.
+            deployed = DeployedModel(
+                layout="weights in external data, memory-mapped by onnxruntime at load",
+                files=[FileEntry(path=name, bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+                       for name, blob in ((model_rel, graph), (data_rel, data))])
+            model = manifest.model.model_copy(update={"external_data": [Path(data_rel).name], "deployed": deployed})
+            manifest = manifest.model_copy(update={"model": model})
+    entries[MANIFEST_NAME] = manifest.to_json().encode()
     return entries
 
 
@@ -81,21 +79,20 @@ _HOST_PATH_FIELDS = (("source", "path"), ("fidelity", "eval_source"))
 _ABSOLUTE = re.compile(r"^(/|[A-Za-z]:[\\/]|\\\\)")
 
 
-def shipped_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of a bundle's manifest with no path of the build machine in it.
+def shipped_manifest(manifest: Manifest) -> Manifest:
+    """A bundle's manifest with no path of the build machine in it.
 
     The source is identified by its sha256 and basename (`source.path` keeps only the file or folder
     name); any other value that is an absolute path (a bare .onnx's folder, an --eval file) becomes its
     basename too. Packagers extend the result with in-image paths (/var/task, /opt/python): those are
     added after this and are the artifact's own, not the host's.
     """
-    clean = copy.deepcopy(manifest)
+    clean = manifest.to_dict()
     for section, key in _HOST_PATH_FIELDS:
         value = (clean.get(section) or {}).get(key) if isinstance(clean.get(section), dict) else None
         if isinstance(value, str) and ("/" in value or "\\" in value):  # a torch factory `mod:fn` has neither
             clean[section][key] = _basename(value)
-    scrubbed: dict[str, Any] = _scrub(clean)
-    return scrubbed
+    return parse_manifest(_scrub(clean), origin="the shipped manifest")
 
 
 def _basename(value: str) -> str:

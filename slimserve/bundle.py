@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from slimserve.errors import SlimserveError
-from slimserve.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from slimserve.manifest import MANIFEST_NAME, Manifest, parse_manifest, read_manifest, sha256_file
 
 _HINT = "a model folder may only name regular files inside itself; copy the file into the folder (cp -L)"
 
@@ -35,16 +35,16 @@ class ModelBundle:
 
     root: Path
     model_path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     files: tuple[str, ...]
 
     @property
     def is_text(self) -> bool:
-        return bool(self.manifest["runtime"]["kind"] == "text")
+        return self.manifest.runtime.kind == "text"
 
     @property
     def task(self) -> str:
-        return str(self.manifest["runtime"]["task"])
+        return self.manifest.runtime.task
 
 
 def load_bundle(path: Path) -> ModelBundle:
@@ -53,11 +53,8 @@ def load_bundle(path: Path) -> ModelBundle:
         raise SlimserveError(f"{path} does not exist", hint="pass an optimize output folder or a .onnx file")
     if path.is_file():
         return _bare_onnx_bundle(path)
-    manifest = read_manifest(path)
-    model_rel = manifest["model"].get("path")
-    if not isinstance(model_rel, str):
-        raise SlimserveError(f"{path / MANIFEST_NAME} names no model path", hint="rerun `slimserve optimize`")
-    model_rel = contained_name(path, model_rel, "its model")
+    manifest = read_manifest(path)  # validated: model.path is a string
+    model_rel = contained_name(path, manifest.model.path, "its model")
     model_path = path / model_rel
     if not model_path.is_file():
         raise SlimserveError(f"{path} has a manifest but its model {model_rel} is missing")
@@ -93,26 +90,22 @@ def _has_drive(name: str) -> bool:
     return len(name) > 1 and name[1] == ":" and name[0].isalpha()
 
 
-def _listed_files(root: Path, manifest: dict[str, Any]) -> tuple[str, ...]:
+def _listed_files(root: Path, manifest: Manifest) -> tuple[str, ...]:
     """The files optimize wrote (its manifest lists them): a stray file in the folder is never deployed."""
-    listed = manifest.get("files")
-    if not isinstance(listed, list) or not listed:
+    if not manifest.files:
         return _folder_files(root)
     names = []
-    for entry in listed:
-        rel = entry.get("path") if isinstance(entry, dict) else None
-        if not isinstance(rel, str) or rel == MANIFEST_NAME:
+    for entry in manifest.files:
+        if entry.path == MANIFEST_NAME:
             continue
-        rel = contained_name(root, rel, f"the file listed in {MANIFEST_NAME}")
+        rel = contained_name(root, entry.path, f"the file listed in {MANIFEST_NAME}")
         if not (root / rel).is_file():
             raise SlimserveError(f"{root} is incomplete: {rel}, listed in its {MANIFEST_NAME}, is missing",
                                  hint="rerun `slimserve optimize` to rebuild the folder")
         names.append(rel)
     # A deployed model folder keeps its weights beside model.onnx (see packagers/model_files.py).
-    model_dir = PurePosixPath(str(manifest["model"]["path"])).parent
-    for data in manifest.get("model", {}).get("external_data") or []:
-        if not isinstance(data, str):
-            raise SlimserveError(f"{root}: external data {data!r} in {MANIFEST_NAME} is not a file name")
+    model_dir = PurePosixPath(manifest.model.path).parent
+    for data in manifest.model.external_data:
         rel = contained_name(root, (model_dir / data).as_posix() if not data.startswith("/") else data,
                              "the external data file")
         if rel not in names and (root / rel).is_file():
@@ -200,11 +193,11 @@ def _bare_onnx_bundle(path: Path) -> ModelBundle:
         raise SlimserveError(f"{path} is not a .onnx file or an optimize output folder")
     files = [path.name] + _referenced_data(path.parent, path.name)
     info = describe_model(path)
-    manifest: dict[str, Any] = {
+    manifest = parse_manifest({
         "model": {"path": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path),
                   "inputs": info["inputs"], "outputs": info["outputs"]},
         "runtime": {"kind": "tensor", "task": "tensor", "max_batch": 64},
         # A basename and the hash: the build machine's folder layout is nobody's business downstream.
         "source": {"kind": "onnx", "path": path.name, "sha256": sha256_file(path)},
-    }
+    }, origin=str(path))
     return ModelBundle(root=path.parent, model_path=path, manifest=manifest, files=tuple(sorted(set(files))))

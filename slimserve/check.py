@@ -9,7 +9,6 @@ whatever the number of platforms.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 from slimserve.bundle import ModelBundle, load_bundle
 from slimserve.errors import SlimserveError
+from slimserve.manifest import MANIFEST_NAME, read_manifest
 from slimserve.measure import ColdStart, PackageSize
 from slimserve.packagers.target import ARCHES, DEFAULT_PYTHON
 from slimserve.profiles.loader import ALL, list_profiles, load_profile
@@ -119,17 +119,17 @@ def measure_image(bundle: ModelBundle, target: Any, profile: Profile, base: str)
 
 def model_summary(bundle: ModelBundle) -> dict[str, Any]:
     manifest = bundle.manifest
-    model = manifest.get("model", {})
-    return {"path": str(bundle.model_path), "bytes": model.get("bytes"), "recipe": manifest.get("recipe"),
-            "fidelity": manifest.get("fidelity")}
+    return {"path": str(bundle.model_path), "bytes": manifest.model.bytes, "recipe": manifest.recipe,
+            "fidelity": None if manifest.fidelity is None else manifest.fidelity.to_dict()}
 
 
 def facts_for(bundle: ModelBundle, options: CheckOptions, package: PackageSize, cold_start: ColdStart) -> DeploymentFacts:
-    fidelity = bundle.manifest.get("fidelity") or {}
-    mean, worst = fidelity.get("mean"), fidelity.get("min")
+    fidelity = bundle.manifest.fidelity
+    mean = None if fidelity is None else fidelity.mean
+    worst = None if fidelity is None else fidelity.min
     return DeploymentFacts(package=package, cold_start=cold_start, python=options.python, arch=options.arch,
-                           fidelity_mean=float(mean) if isinstance(mean, (int, float)) else None,
-                           fidelity_min=float(worst) if isinstance(worst, (int, float)) else None,
+                           fidelity_mean=None if mean is None else float(mean),
+                           fidelity_min=None if worst is None else float(worst),
                            host_vcpus=options.host_vcpus)
 
 
@@ -157,19 +157,13 @@ def container_package(path: Path) -> tuple[Path, tuple[str, int] | None]:
 
     Any other path comes back unchanged with no image, so optimize outputs and bare .onnx files check as usual.
     """
-    manifest_file = path / "slimserve.json"
-    if not path.is_dir() or not manifest_file.is_file():
+    if not path.is_dir() or not (path / MANIFEST_NAME).is_file():
         return path, None
-    try:
-        package = json.loads(manifest_file.read_text(encoding="utf-8")).get("package") or {}
-    except (OSError, ValueError):
+    package = read_manifest(path).package
+    if package is None or package.target != "container":
         return path, None
-    if not isinstance(package, dict) or package.get("target") != "container":
-        return path, None
-    image = package.get("image") or {}
-    size = image.get("uncompressed_bytes")
-    platform = package.get("platform")
-    return path / "context" / "model", (str(platform), int(size)) if isinstance(size, int) and platform else None
+    size = None if package.image is None else package.image.uncompressed_bytes
+    return path / "context" / "model", (package.platform, size) if size is not None else None
 
 
 def run_check(path: Path | str, platforms: Sequence[str | Profile], options: CheckOptions | None = None,

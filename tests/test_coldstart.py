@@ -31,12 +31,12 @@ def test_sample_event_follows_the_manifest(bundle) -> None:  # type: ignore[no-u
 def test_worst_event_is_the_largest_request_the_limits_accept(tmp_path: Path) -> None:
     tensor = worst_event(load_bundle(tensor_model_dir(tmp_path / "t", max_batch=8)).manifest)
     assert len(tensor.event["inputs"]["x"]) == 8 and len(tensor.event["inputs"]["x"][0]) == 16
-    manifest = load_bundle(text_model_dir(tmp_path / "s", max_batch=4, max_chars=200)).manifest
+    manifest = load_bundle(text_model_dir(tmp_path / "s", max_batch=4, max_chars=200)).manifest.to_dict()
     text = worst_event(manifest)
     assert [len(t) for t in text.event["inputs"]] == [200] * 4  # budget 4,096 tokens ≫ 4 × 16
     manifest["runtime"]["max_tokens"] = 40  # 2 texts at the full 16 tokens
     assert len(worst_event(manifest).event["inputs"]) == 2
-    tensor_manifest = {**load_bundle(tmp_path / "t").manifest}
+    tensor_manifest = load_bundle(tmp_path / "t").manifest.to_dict()
     tensor_manifest["runtime"] = {**tensor_manifest["runtime"], "max_elements": 50}
     assert len(worst_event(tensor_manifest).event["inputs"]["x"]) == 3  # 3 rows × 16 ≤ 50
 

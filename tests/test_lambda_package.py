@@ -47,13 +47,17 @@ def test_output_folder_holds_every_artifact_and_the_manifest_describes_them(tens
         ".slimserve-output", "DEPLOY.md", "function.zip", "layer.zip", "slimserve.json", "template.yaml"]
     manifest = json.loads((tensor_out / "slimserve.json").read_text())
     assert manifest["handler"] == "lambda_handler.handler"
-    assert manifest["target"]["runtime"] == "python3.12" and manifest["target"]["arch"] == "x86_64"
-    for name in ("layer.zip", "function.zip"):
-        entry = manifest["artifacts"][name]
-        data = (tensor_out / name).read_bytes()
+    package = manifest["package"]
+    assert package["target"] == "lambda" and package["platform"] == "aws-lambda-zip"
+    assert package["runtime"] == "python3.12" and package["arch"] == "x86_64" and package["memory_mb"] == 512
+    assert [a["path"] for a in package["artifacts"]] == ["layer.zip", "function.zip"]
+    for entry in package["artifacts"]:
+        data = (tensor_out / entry["path"]).read_bytes()
         assert entry["bytes"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
-        assert entry["unzipped_bytes"] > entry["bytes"] or name == "function.zip"
-    assert manifest["runtime"]["kind"] == "tensor" and "checks" not in manifest
+        assert entry["unzipped_bytes"] > entry["bytes"] or entry["path"] == "function.zip"
+    assert manifest["runtime"]["kind"] == "tensor" and "checks" not in package
+    assert not {"target", "artifacts", "closure", "checks"} & set(manifest)  # one `package` section
+    assert package["closure"]["pins"] and manifest["schema"] == 2
     assert "MemorySize: 512" in (tensor_out / "template.yaml").read_text()
     assert "sam deploy" in (tensor_out / "DEPLOY.md").read_text()
 
@@ -78,7 +82,7 @@ def test_two_runs_give_byte_identical_zips(tensor_dir: Path, tensor_out: Path, t
 
 def test_package_size_is_the_sum_of_the_built_zips(tensor_dir: Path, tensor_out: Path) -> None:
     size = lambda_package_size(load_bundle(tensor_dir), Target("3.12"))
-    manifest = json.loads((tensor_out / "slimserve.json").read_text())["artifacts"]
+    manifest = {a["path"]: a for a in json.loads((tensor_out / "slimserve.json").read_text())["package"]["artifacts"]}
     assert size.zipped_bytes == manifest["layer.zip"]["bytes"] + manifest["function.zip"]["bytes"]
     assert size.unzipped_bytes == manifest["layer.zip"]["unzipped_bytes"] + manifest["function.zip"]["unzipped_bytes"]
     assert size.parts == {"layer.zip": manifest["layer.zip"]["bytes"], "function.zip": manifest["function.zip"]["bytes"]}
@@ -168,7 +172,7 @@ def _end_to_end(model: Path, tmp_path: Path, direct_upload: bool) -> None:
     if direct_upload:
         assert layer["bytes"] + function["bytes"] <= DIRECT_UPLOAD_BYTES
     manifest = json.loads((out / "slimserve.json").read_text())
-    checks = manifest["checks"]
+    checks = manifest["package"]["checks"]
     assert checks["platform"] == "aws-lambda-zip" and checks["fits"] is True
     assert checks["package"]["zipped_bytes"] == layer["bytes"] + function["bytes"]
     assert f"MemorySize: {checks['recommended_memory_mb']}" in (out / "template.yaml").read_text()
