@@ -11,11 +11,13 @@
                     the bundle's manifest extended with a `package` section: base, image digest, each
                     layer's compressed and uncompressed size, the uncompressed image size, push result.
 
-Platforms (data, not code paths): where the files go and what the image runs.
-- aws-lambda-container: everything under LAMBDA_TASK_ROOT (/var/task), `CMD ["lambda_handler.handler"]`,
-  the base's ENTRYPOINT (/lambda-entrypoint.sh, with the Runtime Interface Emulator) kept.
-- gcp-cloud-run: /app, runtime closure in /app/packages (+ waitress), `python3 /app/http_app.py` serving
-  WSGI on $PORT.
+Platforms are data: each profile with a `[packager]` table of artifact "container" says where the files
+go, its default base, and how the runtime is driven (`spec_from_profile`). Today:
+- aws-lambda-container (Lambda runtime API): everything under LAMBDA_TASK_ROOT (/var/task),
+  `CMD ["lambda_handler.handler"]`, the base's ENTRYPOINT (/lambda-entrypoint.sh, with the Runtime
+  Interface Emulator) kept.
+- gcp-cloud-run (HTTP): /app, runtime closure in /app/packages (+ waitress), `python3 /app/http_app.py`
+  serving WSGI on $PORT.
 """
 
 from __future__ import annotations
@@ -69,20 +71,25 @@ from slimserve.packagers.oci.registry import PulledImage, PushResult, Reference,
 from slimserve.packagers.oci.validate import validate_image
 from slimserve.packagers.reproducible import Source, is_executable
 from slimserve.packagers.target import Target
+from slimserve.profiles.loader import packaged_platforms
+from slimserve.profiles.schema import Profile
 from slimserve.progress import NULL_PROGRESS, Progress
 from slimserve.runtime import RUNTIME_DIR
 
-ContainerPlatform = Literal["aws-lambda-container", "gcp-cloud-run"]
 Engine = Literal["auto", "none", "docker"]
 ENGINES: tuple[Engine, ...] = ("auto", "none", "docker")
 
-# The HTTP server shipped for Cloud Run: pure Python, no dependencies, a thread pool. Pinned like the closure.
+# The HTTP server shipped for images served over HTTP: pure Python, no dependencies, a thread pool. Pinned
+# like the closure.
 WAITRESS = "waitress==3.0.2"
+LAMBDA_HANDLER = "lambda_handler.handler"
+DEFAULT_PLATFORM = "aws-lambda-container"
 
 
 @dataclass(frozen=True)
 class PlatformSpec:
-    """Where a platform's base expects files and what the image runs: one value per platform."""
+    """Where a platform's base expects files and what the image runs: one value per platform, made from
+    its profile's [packager] table (`platform_spec`)."""
 
     name: str
     default_base: str
@@ -97,24 +104,27 @@ class PlatformSpec:
     handler: str | None = None
 
 
-PLATFORMS: dict[str, PlatformSpec] = {
-    "aws-lambda-container": PlatformSpec(
-        name="aws-lambda-container",
-        default_base="public.ecr.aws/lambda/python:{python}",
-        app_dir="/var/task", packages_dir="/var/task",  # LAMBDA_TASK_ROOT is on the runtime's sys.path
-        handler_files=("lambda_handler.py", "model_runtime.py"),
-        cmd=("lambda_handler.handler",), handler="lambda_handler.handler",
-    ),
-    "gcp-cloud-run": PlatformSpec(
-        name="gcp-cloud-run",
-        default_base="docker.io/library/python:{python}-slim",
-        app_dir="/app", packages_dir="/app/packages",
+def spec_from_profile(profile: Profile) -> PlatformSpec:
+    """The image a profile's [packager] describes. How the runtime is driven decides what the image runs:
+    the Lambda runtime API calls `lambda_handler.handler` (the base's ENTRYPOINT is kept); HTTP runs the
+    shipped WSGI app (http_app.py, served by waitress) on $PORT."""
+    packager = profile.packager
+    if packager is None or packager.artifact != "container":
+        raise SlimserveError(f"slimserve cannot build a container image for {profile.name}",
+                             hint=f"choose one of {', '.join(packaged_platforms('container'))}")
+    app, packages = packager.app_dir.rstrip("/"), packager.packages_dir.rstrip("/")
+    if packager.interface == "lambda-runtime-api":
+        return PlatformSpec(name=profile.name, default_base=packager.base, app_dir=app, packages_dir=packages,
+                            handler_files=("lambda_handler.py", "model_runtime.py"), cmd=(LAMBDA_HANDLER,),
+                            handler=LAMBDA_HANDLER)
+    return PlatformSpec(
+        name=profile.name, default_base=packager.base, app_dir=app, packages_dir=packages,
         handler_files=("http_app.py", "lambda_handler.py", "model_runtime.py"),
-        cmd=("python3", "/app/http_app.py"),
-        env=(("PYTHONPATH", "/app/packages:/app"), ("PYTHONUNBUFFERED", "1"), ("PYTHONDONTWRITEBYTECODE", "1")),
-        working_dir="/app", exposed_ports=("8080/tcp",), extra_wheels=(WAITRESS,),
-    ),
-}
+        cmd=("python3", f"{app}/http_app.py"),
+        env=(("PYTHONPATH", f"{packages}:{app}"), ("PYTHONUNBUFFERED", "1"), ("PYTHONDONTWRITEBYTECODE", "1")),
+        working_dir=app, exposed_ports=(f"{packager.port}/tcp",), extra_wheels=(WAITRESS,),
+    )
+
 
 ROLES = ("runtime", "handler", "model")
 
@@ -146,9 +156,13 @@ class ContainerArtifacts:
 
 # -- inputs ---------------------------------------------------------------------------------------------
 def platform_spec(platform: str) -> PlatformSpec:
-    if platform not in PLATFORMS:
-        raise SlimserveError(f"unknown container platform {platform!r}", hint=f"choose one of {', '.join(PLATFORMS)}")
-    return PLATFORMS[platform]
+    """The container platform's spec from its shipped profile (a name, not a file: `--platform NAME`)."""
+    from slimserve.profiles.loader import load_profile
+
+    names = packaged_platforms("container")
+    if platform not in names:
+        raise SlimserveError(f"unknown container platform {platform!r}", hint=f"choose one of {', '.join(names)}")
+    return spec_from_profile(load_profile(platform))
 
 
 def default_base(platform: str, target: Target) -> str:
@@ -393,7 +407,7 @@ def package_container(
     out: Path,
     target: Target,
     base_ref: str | None = None,
-    platform: str = "aws-lambda-container",
+    platform: str = DEFAULT_PLATFORM,
     push_ref: str | None = None,
     insecure_registries: Iterable[str] = (),
     engine: str = "auto",
@@ -488,7 +502,7 @@ def container_image_size(
     bundle: ModelBundle,
     target: Target,
     base_layout_or_ref: str | Path | None = None,
-    platform: str = "aws-lambda-container",
+    platform: str = DEFAULT_PLATFORM,
     insecure_registries: Iterable[str] = (),
     *,
     closure: Path | None = None,

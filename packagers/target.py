@@ -8,6 +8,7 @@ for stop at the runtime's glibc.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,12 +16,22 @@ from slimserve.errors import SlimserveError
 
 Arch = Literal["x86_64", "arm64"]
 
-SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
 DEFAULT_PYTHON = "3.12"
 ARCHES: tuple[Arch, ...] = ("x86_64", "arm64")
 
 # Lambda runtime -> glibc (major, minor) of its base image: docs.aws.amazon.com/lambda/latest/dg/lambda-runtimes.html
+# The closure is built for the oldest glibc a packaged platform offers for that Python (Lambda's; the other
+# platforms' images are newer), so every Python a packaged platform's profile lists needs an entry here.
 _GLIBC = {"3.10": (2, 26), "3.11": (2, 26), "3.12": (2, 34), "3.13": (2, 34), "3.14": (2, 34)}
+
+
+@functools.cache
+def supported_pythons() -> tuple[str, ...]:
+    """Pythons slimserve builds for: those the platforms it packages for run (their profiles' [runtime])."""
+    from slimserve.profiles.loader import load_profile, packaged_platforms
+
+    versions = {v for name in packaged_platforms() for v in load_profile(name).runtime.python}
+    return tuple(sorted(versions, key=lambda v: tuple(int(p) for p in v.split("."))))
 _WHEEL_ARCH = {"x86_64": "x86_64", "arm64": "aarch64"}
 # ELF e_machine values of native code for each architecture (EM_X86_64, EM_AARCH64).
 ELF_MACHINE = {"x86_64": 62, "arm64": 183}
@@ -34,11 +45,16 @@ class Target:
     arch: Arch = "x86_64"
 
     def __post_init__(self) -> None:
-        if self.python not in SUPPORTED_PYTHONS:
+        supported = supported_pythons()
+        if self.python not in supported:
             raise SlimserveError(
-                f"unsupported target Python {self.python!r}: Lambda runs {', '.join(SUPPORTED_PYTHONS)}",
-                hint="pass --python 3.12 (or another listed version)",
+                f"unsupported target Python {self.python!r}: the platforms slimserve packages for run "
+                f"{', '.join(supported)}",
+                hint=f"pass --python {DEFAULT_PYTHON} (or another listed version)",
             )
+        if self.python not in _GLIBC:
+            raise SlimserveError(f"slimserve does not know which glibc Python {self.python} runs on",
+                                 hint="add it to packagers/target.py's _GLIBC (from the platform's runtime docs)")
         if self.arch not in ARCHES:
             raise SlimserveError(f"unsupported architecture {self.arch!r}: choose x86_64 or arm64")
 

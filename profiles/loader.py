@@ -34,6 +34,16 @@ def list_profiles() -> list[str]:
     return sorted(p.stem for p in _shipped_dir().glob("*.toml"))
 
 
+def packaged_platforms(artifact: str | None = None) -> list[str]:
+    """Shipped profiles slimserve can package for (they declare a [packager]), of one `artifact` if given."""
+    found = []
+    for name in list_profiles():
+        packager = load_profile(name).packager
+        if packager is not None and artifact in (None, packager.artifact):
+            found.append(name)
+    return found
+
+
 def load_profile(name_or_path: str | Path) -> Profile:
     """A shipped profile by name (`aws-lambda-zip`) or a user's profile file by path."""
     text = str(name_or_path)

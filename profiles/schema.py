@@ -256,6 +256,44 @@ class Image(_Strict):
         return limit
 
 
+class Packager(_Strict):
+    """What a slimserve packager needs to build for the platform; a profile without it is checked only.
+
+    `artifact`: the shape built, "zip" (Lambda layer + function zips) or "container" (an OCI image).
+    `interface`: how the platform drives the shipped runtime: "lambda-runtime-api" (Lambda's runtime API:
+    the managed runtime or the base image's runtime interface client calls `lambda_handler.handler`) or
+    "http" (the image runs the handler's WSGI app, serving on $PORT, `port` when unset).
+    `base`: a container's default base image, `{python}` standing for the target's X.Y.
+    `app_dir`: where the handler and model/ go; `packages_dir`: where the runtime closure goes (a folder
+    the platform puts on sys.path, or one the image's PYTHONPATH names).
+    Supported Pythons and architectures are the profile's [runtime] table.
+    """
+
+    artifact: Literal["zip", "container"]
+    interface: Literal["lambda-runtime-api", "http"]
+    base: str = ""
+    app_dir: str = Field(pattern=r"^/")
+    packages_dir: str = Field(pattern=r"^/")
+    port: int | None = Field(default=None, gt=0, lt=65536)
+    source: str
+    note: str = ""
+
+    _source = field_validator("source")(_check_source)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Packager:
+        if self.artifact == "container" and not self.base:
+            raise ValueError("a container packager needs base = \"registry/image:{python}...\"")
+        if self.artifact == "zip" and self.base:
+            raise ValueError("base applies only to artifact = \"container\"")
+        if self.interface == "http" and self.port is None:
+            raise ValueError("interface = \"http\" needs the port served when $PORT is unset")
+        return self
+
+    def base_for(self, python: str) -> str:
+        return self.base.format(python=python)
+
+
 class Profile(_Strict):
     schema_version: Literal[1] = 1
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -268,6 +306,7 @@ class Profile(_Strict):
     cpu: Cpu
     limits: Limits = Limits()
     image: Image | None = None
+    packager: Packager | None = None
     info: dict[str, Limit] = {}
 
     _docs = field_validator("docs")(_check_source)
@@ -276,6 +315,8 @@ class Profile(_Strict):
     def _container_has_image(self) -> Profile:
         if self.package == "container" and self.image is None and self.limits.image_size is not None:
             raise ValueError("a container profile with limits.image_size needs an [image] table (base, base_size)")
+        if self.packager is not None and (self.packager.artifact == "container") != (self.package == "container"):
+            raise ValueError(f"packager.artifact = {self.packager.artifact!r} does not build a {self.package!r} package")
         return self
 
     def sources(self) -> list[str]:

@@ -154,3 +154,42 @@ def test_unknown_platform_suggests_a_close_name() -> None:
         load_profile("aws-lamda-zip")
     assert "unknown platform 'aws-lamda-zip'" in str(info.value)
     assert info.value.hint is not None and "did you mean 'aws-lambda-zip'" in info.value.hint
+
+
+def test_packager_tables_say_what_a_packager_needs() -> None:
+    from slimserve.profiles.loader import packaged_platforms
+
+    assert packaged_platforms() == ["aws-lambda-container", "aws-lambda-zip", "gcp-cloud-run"]
+    assert packaged_platforms("container") == ["aws-lambda-container", "gcp-cloud-run"]
+    zip_ = load_profile("aws-lambda-zip").packager
+    assert zip_ is not None and (zip_.artifact, zip_.interface, zip_.packages_dir) == ("zip", "lambda-runtime-api",
+                                                                                     "/opt/python")
+    run = load_profile("gcp-cloud-run").packager
+    assert run is not None and run.interface == "http" and run.port == 8080
+    assert run.base_for("3.11") == "docker.io/library/python:3.11-slim"
+    assert load_profile("vercel-python").packager is None  # checked, not packaged
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ('interface = "lambda-runtime-api"', 'interfase = "lambda-runtime-api"', "did you mean 'interface'"),
+    ('interface = "lambda-runtime-api"', 'interface = "grpc"', "packager.interface"),
+    ('artifact = "zip"', 'artifact = "container"', "needs base"),
+    ('app_dir = "/var/task"', 'app_dir = "var/task"', "packager.app_dir"),
+])
+def test_broken_packager_tables_are_one_line_errors(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    assert expected in _broken(tmp_path, old, new)
+
+
+def test_adding_a_container_platform_is_adding_a_file(tmp_path: Path) -> None:
+    """A new profile with a container [packager] is everything the image builder needs."""
+    from slimserve.packagers.container import spec_from_profile
+
+    text = (PROFILES_DIR / "gcp-cloud-run.toml").read_text().replace('name = "gcp-cloud-run"', 'name = "my-run"')
+    text = text.replace("port = 8080", "port = 9000").replace('app_dir = "/app"', 'app_dir = "/srv"')
+    path = tmp_path / "my-run.toml"
+    path.write_text(text.replace('packages_dir = "/app/packages"', 'packages_dir = "/srv/site"'))
+    spec = spec_from_profile(load_profile(path))
+    assert spec.name == "my-run" and spec.exposed_ports == ("9000/tcp",) and spec.cmd == ("python3", "/srv/http_app.py")
+    assert dict(spec.env)["PYTHONPATH"] == "/srv/site:/srv" and spec.default_base.endswith("{python}-slim")
+    with pytest.raises(SlimserveError, match="cannot build a container image for vercel-python"):
+        spec_from_profile(load_profile("vercel-python"))

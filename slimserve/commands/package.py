@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from slimserve.commands.options import arch_option, python_option
+from slimserve.packagers.container import DEFAULT_PLATFORM
+from slimserve.profiles.loader import packaged_platforms
 
 if TYPE_CHECKING:
     from slimserve.progress import Progress
@@ -34,8 +36,9 @@ if TYPE_CHECKING:
 @click.option("--no-check", is_flag=True, help="Skip measuring cold start and limits (faster; no `checks`).")
 @click.option("--base", "base_ref", metavar="REF",
               help="Container base image (registry reference or oci:PATH). Default depends on --platform.")
-@click.option("--platform", "platform", type=click.Choice(["aws-lambda-container", "gcp-cloud-run"]),
-              default="aws-lambda-container", show_default=True, help="Container platform the image is for.")
+@click.option("--platform", "platform", type=click.Choice(packaged_platforms("container")),
+              default=DEFAULT_PLATFORM, show_default=True,
+              help="Container platform the image is for (the profiles with a container [packager]).")
 @click.option("--push", "push_ref", metavar="REF", help="Push the image to this reference (skips blobs it has).")
 @click.option("--insecure-registry", "insecure", multiple=True, metavar="HOST:PORT",
               help="Registries to reach over plain HTTP (repeatable).")
