@@ -25,9 +25,8 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from slimserve.atomic import atomic_dir
 from slimserve.bundle import ModelBundle
@@ -105,16 +104,16 @@ class ContainerArtifacts:
     image: Image
     base_layers: int
     engine: str
+    facts: ImageFacts
     pushed: PushResult | None = None
-    facts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def uncompressed_bytes(self) -> int:
-        return int(self.facts["uncompressed_bytes"])
+        return self.facts.uncompressed_bytes
 
     @property
     def compressed_bytes(self) -> int:
-        return int(self.facts["compressed_bytes"])
+        return self.facts.compressed_bytes
 
 
 # -- the entry points -----------------------------------------------------------------------------------
@@ -198,7 +197,7 @@ def package_container(
                            manifest_digest=str(base.manifest_digest) if base else None,
                            index_digest=str(base.index_digest) if base and base.index_digest else None,
                            layers=base_layers),
-            image=ImageFacts.model_validate(facts),
+            image=facts,
             push=None if pushed is None else PushRecord(
                 ref=str(pushed.reference), digest=str(pushed.digest), uploaded=len(pushed.uploaded),
                 mounted=len(pushed.mounted), skipped=len(pushed.skipped)),

@@ -10,11 +10,11 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 from slimserve import __version__
 from slimserve.bundle import ModelBundle
-from slimserve.errors import SlimserveError
+from slimserve.errors import SlimserveError, ToolError
+from slimserve.manifest import ImageFacts, ImageLayer
 from slimserve.packagers.container_spec import PlatformSpec
 from slimserve.packagers.model_files import model_entries
 from slimserve.packagers.oci import layout
@@ -190,25 +190,27 @@ def _write_context(context: Path, spec: PlatformSpec, entries: Mapping[str, Mapp
                                            "**/.DS_Store\n**/*.swp\n", encoding="utf-8")
 
 
-def _layer_facts(image: Image, base_layers: int) -> list[dict[str, Any]]:
-    facts = []
-    for i, lyr in enumerate(image.layers):
-        role = "base" if i < base_layers else ROLES[i - base_layers]
-        facts.append({"role": role, "digest": str(lyr.digest), "diff_id": str(lyr.diff_id),
-                      "media_type": lyr.media_type, "bytes": lyr.size, "uncompressed_bytes": lyr.uncompressed_size})
-    return facts
+def _layer_facts(image: Image, base_layers: int) -> list[ImageLayer]:
+    return [ImageLayer(role="base" if i < base_layers else ROLES[i - base_layers], digest=str(lyr.digest),
+                       diff_id=str(lyr.diff_id), media_type=lyr.media_type, bytes=lyr.size,
+                       uncompressed_bytes=lyr.uncompressed_size)
+            for i, lyr in enumerate(image.layers)]
 
 
-def _image_facts(image: Image, base_layers: int) -> dict[str, Any]:
+def _image_facts(image: Image, base_layers: int) -> ImageFacts:
+    """What the manifest records of the image: digests, sizes (all layers, and the ones slimserve added),
+    each layer's role, and the command it runs."""
     inner = image.config.get("config") or {}
-    return {
-        "digest": str(image.digest), "media_type": image.family.manifest, "config_digest": str(image.config_digest),
-        "platform": str(image.platform), "layout": "image",
-        "compressed_bytes": image.compressed_bytes, "uncompressed_bytes": image.uncompressed_bytes,
-        "new_layers_bytes": sum(lyr.size for lyr in image.layers[base_layers:]),
-        "new_layers_uncompressed_bytes": sum(lyr.uncompressed_size or 0 for lyr in image.layers[base_layers:]),
-        "layers": _layer_facts(image, base_layers),
-        "entrypoint": inner.get("Entrypoint"), "cmd": inner.get("Cmd"), "working_dir": inner.get("WorkingDir"),
-    }
+    if image.uncompressed_bytes is None:  # every layer here was measured (build_layer, layer_from_blob)
+        raise ToolError(f"the uncompressed size of image {image.digest.short} is unknown: a layer was not measured")
+    return ImageFacts(
+        digest=str(image.digest), media_type=image.family.manifest, config_digest=str(image.config_digest),
+        platform=str(image.platform), layout="image",
+        compressed_bytes=image.compressed_bytes, uncompressed_bytes=image.uncompressed_bytes,
+        new_layers_bytes=sum(lyr.size for lyr in image.layers[base_layers:]),
+        new_layers_uncompressed_bytes=sum(lyr.uncompressed_size or 0 for lyr in image.layers[base_layers:]),
+        layers=_layer_facts(image, base_layers),
+        entrypoint=inner.get("Entrypoint"), cmd=inner.get("Cmd"), working_dir=inner.get("WorkingDir"),
+    )
 
 

@@ -181,11 +181,10 @@ def package_winner(folder: Path, out: Path, target_kind: str, profile: Profile, 
 
     image = package_container(bundle, out, target, base_ref=options.base, platform=profile.name, progress=progress)
     facts = image.facts
-    written = PackageSize(unzipped_bytes=int(facts["new_layers_uncompressed_bytes"]),
-                          zipped_bytes=int(facts["new_layers_bytes"]), layers=len(facts["layers"]),
-                          image_bytes=int(facts["uncompressed_bytes"]))
-    summary = {"kind": "container", "digest": str(image.digest), "image_bytes": int(facts["uncompressed_bytes"]),
-               "compressed_bytes": int(facts["compressed_bytes"]), "engine": image.engine,
+    written = PackageSize(unzipped_bytes=facts.new_layers_uncompressed_bytes, zipped_bytes=facts.new_layers_bytes,
+                          layers=len(facts.layers), image_bytes=facts.uncompressed_bytes)
+    summary = {"kind": "container", "digest": str(image.digest), "image_bytes": facts.uncompressed_bytes,
+               "compressed_bytes": facts.compressed_bytes, "engine": image.engine,
                "files": ["Dockerfile", "context", "image", "slimserve.json"]}
     return summary, written
 

@@ -117,9 +117,9 @@ def _container(bundle: Any, out: Path, target: Any, progress: Any, fmt: str, opt
     from slimserve.packagers.container import package_container
 
     result = package_container(bundle, out, target, progress=progress, **options)
-    facts = dict(getattr(result, "facts", {}) or {})
+    facts = result.facts.to_dict()
     summary = {"target": "container", "out": str(out), **facts, "platform": options["platform"],
-               "image_platform": facts.get("platform"), "pushed": getattr(result, "pushed", None)}
+               "image_platform": facts.get("platform"), "pushed": result.pushed}
     if fmt == "json":
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
