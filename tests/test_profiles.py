@@ -193,3 +193,10 @@ def test_adding_a_container_platform_is_adding_a_file(tmp_path: Path) -> None:
     assert dict(spec.env)["PYTHONPATH"] == "/srv/site:/srv" and spec.default_base.endswith("{python}-slim")
     with pytest.raises(SlimserveError, match="cannot build a container image for vercel-python"):
         spec_from_profile(load_profile("vercel-python"))
+
+
+def test_the_lambda_layer_prefix_is_the_zip_profiles_packages_dir() -> None:
+    from slimserve.packagers.closure import LAYER_PREFIX
+
+    packager = load_profile("aws-lambda-zip").packager
+    assert packager is not None and packager.packages_dir == LAYER_PREFIX
