@@ -32,8 +32,8 @@ from tests.conftest import assert_clean_error, build_tiny_onnx, run_cli
     ("prune-ffn(percent=25)", ["prune-ffn-25"]),
     (" int4-weight( block = 64 , keep-int8=4 ) ", ["int4-weight(block=64,keep_int8=4)"]),
     ("int4-weight(block=32)", ["int4-weight"]),  # the default: the shortest form
-    ("prune-heads-50(score=magnitude)+int8-dynamic(weight_type=int8,exclude=none)",
-     ["prune-heads(percent=50,score=magnitude)", "int8-dynamic(weight_type=int8)"]),
+    ("prune-heads-50(score=magnitude)+int8-dynamic(weight_type=uint8,exclude=none)",
+     ["prune-heads(percent=50,score=magnitude)", "int8-dynamic(weight_type=uint8)"]),
     ("int8-dynamic(op_types=MatMul|Gemm)", ["int8-dynamic(op_types=MatMul|Gemm)"]),
 ])
 def test_grammar_and_shortest_labels(recipe: str, labels: list[str]) -> None:
@@ -50,8 +50,8 @@ def test_a_recipe_list_keeps_commas_inside_options() -> None:
 def test_options_are_typed_values() -> None:
     (step,) = parse_recipe("int4-weight(block=64,symmetric=true,accuracy_level=4)")
     assert step.options == Int4Options(block=64, symmetric=True, accuracy_level=4)
-    (dyn,) = parse_recipe("int8-dynamic(reduce_range=none,exclude=3,op_types=MatMul|Gemm)")
-    assert (dyn.options.reduce_range, dyn.options.exclude, dyn.options.op_types) == (None, 3, ("MatMul", "Gemm"))
+    (dyn,) = parse_recipe("int8-dynamic(reduce_range=false,exclude=3,op_types=MatMul|Gemm)")
+    assert (dyn.options.reduce_range, dyn.options.exclude, dyn.options.op_types) == (False, 3, ("MatMul", "Gemm"))
 
 
 @pytest.mark.parametrize(("recipe", "message", "hint"), [

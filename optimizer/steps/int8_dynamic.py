@@ -4,15 +4,16 @@ Recipe (measured on all-MiniLM-L6-v2, benchmarks/results/quant_sweep.md):
 - ONNX Runtime's dynamic quantizer on MatMul/Gemm/Conv (plus LSTM where present) with per-channel,
   symmetric int8 weights and uint8 activations quantized per tensor at run time. Per-tensor weights
   (ORT's default) lose real fidelity on MiniLM; per-channel recovers most of it.
-- Weights are stored as uint8 (onnxruntime's U8U8 kernels), not int8. A model is built on one machine
-  and deployed on another: on x86-64 CPUs without VNNI (AVX2 only), the U8S8 kernels multiply with
-  VPMADDUBSW, which saturates pairs of uint8 x int8 products at int16, so an int8-weight model that is
-  exact on a VNNI build machine silently loses accuracy where it runs. U8U8 never saturates, on any CPU,
-  at full 8-bit precision (benchmarks/results/int8_isa.md measures both, natively and on an emulated
-  AVX2 CPU). `weight_type="int8"` keeps the U8S8 form for users who target VNNI or arm64 only.
-- reduce_range (7-bit weights) costs fidelity; it is used only when the model has LSTMs, because
-  onnxruntime's DynamicQuantizeLSTM saturates on AVX2 with either weight type (measured on the test
-  LSTM: error 0.08 with uint8 weights, 0.02 with reduce_range, on an emulated Haswell).
+- Weights are 7-bit (reduce_range). A model is built on one machine and deployed on another: on x86-64
+  CPUs without VNNI (AVX2 only), onnxruntime's U8S8 kernels multiply with VPMADDUBSW, which adds pairs of
+  uint8 x int8 products into int16 with saturation, so a full-range int8 model that is exact on a VNNI
+  build machine silently loses accuracy where it runs (MiniLM: mean cosine 0.9955 on VNNI, 0.9931 on
+  AVX2). With weights in [-64, 63] a pair is at most 2 x 255 x 64 = 32,640 and never saturates.
+  Measured on MiniLM natively and on an emulated AVX2 CPU (benchmarks/results/int8_isa.md): 7-bit
+  weights are as faithful as uint8 weights (U8U8 kernels, also saturation-free) on both CPUs, and keep
+  U8S8's speed (batch 8: 7.9 ms vs U8U8's 10.5 ms on VNNI). DynamicQuantizeLSTM saturates on AVX2 with
+  either weight type unless reduce_range is on. `int8-dynamic(reduce_range=false)` is for a target known
+  to have VNNI (or arm64's dot product), `weight_type=uint8` for U8U8.
 - The MatMuls whose input is a GELU output (the FFN down-projections: long-tailed, mostly-near-zero
   inputs that per-tensor uint8 activations handle worst) are excluded from integer compute, found from
   the graph. They keep int8 weights in int8-weight's folded form, so the file stays int8-sized.
@@ -28,7 +29,7 @@ its subgraphs float; anything ORT's quantizer rejects becomes a one-line ToolErr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -44,9 +45,10 @@ class DynamicOptions:
     """Knobs of the dynamic recipe; defaults are the measured choice."""
 
     per_channel: bool = option(True, "one weight scale per output channel (false: per tensor, ORT's default)")
-    reduce_range: bool | None = option(None, "7-bit weights; none: only for models with LSTMs")
+    reduce_range: bool = option(True, "7-bit weights: U8S8 kernels never saturate on x86-64 CPUs without VNNI; "
+                                      "false only for a target known to have VNNI or arm64")
     weight_type: Literal["uint8", "int8"] = option(
-        "uint8", "uint8: U8U8 kernels, exact on every x86-64; int8: U8S8, saturates on CPUs without VNNI")
+        "int8", "int8: U8S8 kernels (fast); uint8: U8U8 kernels, saturation-free at any range but slower")
     exclude: int | None = option(
         None, "MatMuls kept out of integer compute: none = the GELU-fed ones; N = the N worst by calibration error")
     exclude_ranked: int = option(0, "with exclude=none, also the N worst by calibration error (at most a sixth)")
@@ -80,16 +82,10 @@ def sensitive_nodes(model_path: Path, feeds: Sequence[Feed], opts: DynamicOption
         )
         extra = [n for n in ranked if n not in rule][:budget]
         return rule + extra, f"GELU-fed MatMuls and the {len(extra)} worst by calibration error"
-    ranked = matmul_analysis.rank_by_dynamic_error(model_path, feeds, opts.per_channel, bool(opts.reduce_range))
+    ranked = matmul_analysis.rank_by_dynamic_error(model_path, feeds, opts.per_channel, opts.reduce_range)
     if not ranked:
         return [], "no calibration feeds to rank MatMuls"
     return ranked[: opts.exclude], f"the {opts.exclude} MatMuls with the largest calibration error"
-
-
-def _has_op(model_path: Path, op_type: str) -> bool:
-
-    model = onnx_io.read_model(model_path, STEP, with_data=False)
-    return any(node.op_type == op_type for node in model.graph.node)
 
 
 def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step: str = STEP) -> StepResult:
@@ -98,8 +94,6 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
 
     work = Path(ctx.work_dir)
     prepared, notes = graph_tools.preprocess(Path(src), work, step) if opts.preprocess else (Path(src), ())
-    if opts.reduce_range is None:
-        opts = replace(opts, reduce_range="LSTM" in opts.op_types and _has_op(prepared, "LSTM"))
     excluded, why = sensitive_nodes(prepared, ctx.calibration, opts)
     quantized = work / f"{step}-quantized.onnx"
     try:
@@ -108,7 +102,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
             str(quantized),
             op_types_to_quantize=list(opts.op_types),
             per_channel=opts.per_channel,
-            reduce_range=bool(opts.reduce_range),
+            reduce_range=opts.reduce_range,
             weight_type=QuantType.QUInt8 if opts.weight_type == "uint8" else QuantType.QInt8,
             nodes_to_exclude=excluded,
             extra_options={"WeightSymmetric": True, "MatMulConstBOnly": True},
@@ -136,7 +130,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
     notes += (
         (
             f"dynamic int8 ({'per-channel' if opts.per_channel else 'per-tensor'} {opts.weight_type} weights"
-            f"{', reduce_range for LSTM' if opts.reduce_range else ''}); {len(excluded)} MatMuls kept out of integer "
+            f"{', 7-bit (reduce_range)' if opts.reduce_range else ''}); {len(excluded)} MatMuls kept out of integer "
             f"compute ({why})"
         ),
         "int8 matmuls are fastest on CPUs with VNNI (x86 avx512_vnni/avx_vnni, arm64 dot-product)",
