@@ -90,6 +90,8 @@ class StepRecord(_Open):
     seconds: Number | None = None
     bytes: int | None = None
     notes: list[str] = []
+    options: dict[str, Any] = {}  # the step's resolved options (optimizer/step_options.py)
+    details: dict[str, Any] = {}  # what the step reports of itself (e.g. int8's candidate scores)
 
 
 class DeployedModel(_Open):
@@ -251,14 +253,6 @@ class Manifest(_Open):
     files: list[FileEntry] = []
     handler: str | None = None
     package: PackageSection | None = None
-
-    def __getitem__(self, key: str) -> Any:
-        """Plain-JSON access (`manifest["runtime"]["kind"]`), as the shipped runtime reads the file.
-
-        Kept for readers that build handler events from the JSON (slimserve.measure.coldstart); typed code
-        reads attributes. Remove once those readers call `to_dict()`.
-        """
-        return self.to_dict()[key]
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"

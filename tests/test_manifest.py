@@ -94,7 +94,7 @@ def test_the_package_section_is_closed_and_shared_by_every_target() -> None:
 def test_bundles_carry_the_typed_manifest(tmp_path: Path) -> None:
     bundle = load_bundle(tensor_model_dir(tmp_path / "m"))
     assert isinstance(bundle.manifest, Manifest) and bundle.manifest.runtime.kind == "tensor"
-    assert bundle.manifest["runtime"]["kind"] == "tensor"  # plain-JSON access, as the shipped runtime reads it
+    assert bundle.manifest.to_dict()["runtime"]["kind"] == "tensor"  # plain JSON, as the shipped runtime reads it
     bare = load_bundle(tmp_path / "m" / "model.onnx")
     assert bare.manifest.runtime.spec() == {"kind": "tensor", "task": "tensor", "max_batch": 64}
     assert bare.manifest.schema_version is None and parse_manifest(bare.manifest) is bare.manifest

@@ -251,6 +251,6 @@ def cold_start_for_bundle(bundle: Any, target: Any, runs: int = 5, warm_runs: in
                 dest.write_bytes(src)
             else:
                 shutil.copyfile(src, dest)
-        return measure_cold_start([task, opt / "python"], task / "model", version, sample_event(bundle.manifest),
+        return measure_cold_start([task, opt / "python"], task / "model", version, sample_event(bundle.manifest.to_dict()),
                                   runs=runs, warm_runs=warm_runs, text=bundle.is_text, executable=exe,
-                                  fallback=why, worst=worst_event(bundle.manifest) if worst else None, cpus=cpus)
+                                  fallback=why, worst=worst_event(bundle.manifest.to_dict()) if worst else None, cpus=cpus)
