@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from slimserve.atomic import atomic_dir
+from slimserve.check import CheckOptions
 from slimserve.compare import CompareOptions, Comparison, candidate_row, compare_into, validate
 from slimserve.errors import LimitExceeded, SlimserveError
+from slimserve.measure import PackageSize
+from slimserve.profiles.loader import packaged_platforms
 from slimserve.profiles.schema import Profile
 from slimserve.progress import NULL_PROGRESS, Progress
 from slimserve.report import Report
@@ -65,13 +68,12 @@ class BuildFailed(LimitExceeded):
 
 
 def default_target(profile: Profile) -> str:
-    if profile.package == "container":
-        return "container"
-    if profile.name == "aws-lambda-zip":
-        return "lambda"
-    raise SlimserveError(f"slimserve cannot package for {profile.name} yet (only aws-lambda-zip and "
-                         "container platforms)",
-                         hint=f"`slimserve compare MODEL --platform {profile.name}` shows which candidates fit it")
+    """The artifact the platform's profile declares in its [packager] table (platform knowledge is data)."""
+    if profile.packager is None:
+        raise SlimserveError(f"slimserve cannot package for {profile.name} yet (it packages for "
+                             f"{', '.join(packaged_platforms())})",
+                             hint=f"`slimserve compare MODEL --platform {profile.name}` shows which candidates fit it")
+    return "container" if profile.packager.artifact == "container" else "lambda"
 
 
 def resolve_target(profile: Profile, target: str | None) -> str:
@@ -85,7 +87,7 @@ def resolve_target(profile: Profile, target: str | None) -> str:
         raise SlimserveError(f"--target {target} does not deploy to {profile.name} (it takes a "
                              f"{'container image' if natural == 'container' else '.zip package'})",
                              hint=f"use --target {natural}, or --platform "
-                                  f"{'aws-lambda-container' if target == 'container' else 'aws-lambda-zip'}")
+                                  f"{' / '.join(packaged_platforms('container' if target == 'container' else 'zip'))}")
     return target
 
 
@@ -126,16 +128,14 @@ def misses_line(decision: Decision) -> str:
 
 # --- packaging and the package's check ---------------------------------------------------------------
 
-def _check_options(options: BuildOptions) -> Any:
-    from slimserve.check import CheckOptions
-
+def _check_options(options: BuildOptions) -> CheckOptions:
     c = options.compare
     return CheckOptions(memory_mb=c.memory_mb, python=c.python, arch=c.arch, runs=c.runs,
                         max_cold_start_ms=options.max_cold_start_ms, min_fidelity=options.min_fidelity)
 
 
 def check_winner(comparison: Comparison, recipe: str, profile: Profile, options: BuildOptions,
-                 folder: Path, package: Any = None, shown: Path | None = None) -> Report:
+                 folder: Path, package: PackageSize | None = None, shown: Path | None = None) -> Report:
     """The winner's facts (cold start measured in compare on the same layout) against the platform with
     every budget; `package` (a PackageSize) replaces the measured size with the artifacts written."""
     from slimserve.bundle import load_bundle
@@ -153,11 +153,10 @@ def check_winner(comparison: Comparison, recipe: str, profile: Profile, options:
 
 
 def package_winner(folder: Path, out: Path, target_kind: str, profile: Profile, options: BuildOptions,
-                   pre_check: Report, progress: Progress) -> tuple[dict[str, Any], Any]:
+                   pre_check: Report, progress: Progress) -> tuple[dict[str, Any], PackageSize]:
     """Write the winner's artifacts to `out`; returns (their summary, PackageSize of what was written).
     The memory setting and timeout are decided here, from `pre_check`'s verdict, and handed to the packager."""
     from slimserve.bundle import load_bundle
-    from slimserve.measure import PackageSize
     from slimserve.packagers.target import Target
 
     bundle = load_bundle(folder)

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from slimserve.commands.options import arch_option, python_option
+from slimserve.optimizer.recipes import split_recipe_list
 from slimserve.optimizer.sources import SUPPORTED_TASKS
 from slimserve.report.comparison import FORMATS
 
@@ -54,7 +55,7 @@ def chosen_recipes(recipes: str | None, all_recipes: bool) -> list[str]:
 
         return [s.name for s in registry().values() if not s.takes_argument]
     if recipes:
-        return [r.strip() for r in recipes.split(",") if r.strip()]
+        return split_recipe_list(recipes)  # commas inside a step's options do not split
     return list(DEFAULT_RECIPES)
 
 

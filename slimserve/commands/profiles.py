@@ -71,6 +71,14 @@ def show(name: str, as_json: bool) -> None:
         b = p.image.base_size
         lines += ["", f"  image    base {p.image.base} ≈ {b.display()} (estimate)", f"           source: {b.source}"]
         lines += [f"           note: {b.note}"] if b.note else []
+    if p.packager is not None:
+        k = p.packager
+        lines += ["", f"  packager {k.artifact}, driven by {k.interface}"
+                      + (f" on port {k.port}" if k.port is not None else "")]
+        lines += [f"           base {k.base}"] if k.base else []
+        lines += [f"           handler in {k.app_dir}, runtime closure in {k.packages_dir}"]
+        lines += [f"           source: {k.source}"] if k.source else []
+        lines += [f"           note: {k.note}"] if k.note else []
     if p.info:
         lines += ["", "  other limits (informational)"]
         for key, limit in sorted(p.info.items()):
