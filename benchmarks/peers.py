@@ -95,7 +95,7 @@ def _load() -> str:
 
 
 def machine() -> dict[str, Any]:
-    from slimserve.compare import machine_info
+    from slimserve.pipeline.compare import machine_info
 
     info = machine_info().as_dict()
     info["kernel"] = platform.platform()

@@ -301,7 +301,7 @@ def _image(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memor
         return None
     if facts.package.image_bytes is not None:
         return _size_finding("image-size", "Image size", "image", limit, facts.package.image_bytes)
-    # Without a measured image (slimserve.check measures one when CheckOptions.image_bases names a base
+    # Without a measured image (slimserve.pipeline.check measures one when CheckOptions.image_bases names a base
     # for this platform, through packagers.container.container_image_size): the profile's base image
     # size + everything the package unpacks to, labelled as an estimate.
     assert profile.image is not None  # the schema requires [image] with limits.image_size

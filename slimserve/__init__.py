@@ -1,7 +1,7 @@
 """slimserve: make ML models fit serverless platforms.
 
-The public API (see README, "Python API") is importable from here: `slimserve.optimize(...)` and friends,
-and the exceptions they raise. The functions load lazily (PEP 562), so `import slimserve` and
+The public API (README, "Python API"): `optimize`, `check`, `package`, `compare`, `build`, the values they
+return, and the exceptions they raise. The functions load lazily (PEP 562), so `import slimserve` and
 `slimserve --help` stay fast: onnx, onnxruntime and torch are imported only when a function runs.
 """
 
@@ -13,12 +13,14 @@ from slimserve.errors import LimitExceeded, SlimserveError, ToolError
 
 __version__ = "0.1.0"
 
-_API = ("Candidate", "Fidelity", "optimize")
+_API = ("Candidate", "Fidelity", "Package", "build", "check", "compare", "optimize", "package")
 
 if TYPE_CHECKING:
-    from slimserve.api import Candidate, Fidelity, optimize
+    from slimserve.api import Candidate, Fidelity, Package, build, check, compare, optimize, package
+    from slimserve.pipeline.build import BuildFailed
 
-__all__ = ["Candidate", "Fidelity", "LimitExceeded", "SlimserveError", "ToolError", "__version__", "optimize"]
+__all__ = ["BuildFailed", "Candidate", "Fidelity", "LimitExceeded", "Package", "SlimserveError", "ToolError",
+           "__version__", "build", "check", "compare", "optimize", "package"]
 
 
 def __getattr__(name: str) -> Any:
@@ -26,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from slimserve import api
 
         return getattr(api, name)
+    if name == "BuildFailed":
+        from slimserve.pipeline.build import BuildFailed
+
+        return BuildFailed
     raise AttributeError(f"module 'slimserve' has no attribute {name!r}")

@@ -18,11 +18,19 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from slimserve.progress import NULL_PROGRESS, Progress
 
+if TYPE_CHECKING:  # the values the functions return; their modules import onnx/onnxruntime when used
+    from slimserve.packagers.container import ContainerArtifacts
+    from slimserve.packagers.lambda_target import LambdaArtifacts
+    from slimserve.report import Report
+    from slimserve.report.build_report import BuildResult
+    from slimserve.report.comparison import Comparison
+
 PathLike = str | os.PathLike[str]
+DEFAULT_PYTHON = "3.12"  # packagers.target.DEFAULT_PYTHON, repeated so `import slimserve` stays light
 
 
 @dataclass(frozen=True)
@@ -84,3 +92,123 @@ def candidate_from_manifest(folder: Path, manifest: dict[str, Any]) -> Candidate
                           samples=int(fidelity["samples"]), reference=str(fidelity["reference"]),
                           top1_agreement=fidelity.get("top1_agreement")),
         notes=tuple(str(n) for n in manifest.get("notes", ())), manifest=manifest)
+
+
+def check(path: PathLike, platforms: Sequence[str] = ("aws-lambda-zip",), *, memory_mb: int | None = None,
+          python: str = DEFAULT_PYTHON, arch: str = "x86_64", max_cold_start_ms: float | None = None,
+          min_fidelity: float | None = None, runs: int = 3, profile_files: Sequence[PathLike] = (),
+          progress: Progress = NULL_PROGRESS) -> Report:
+    """Hold an optimize output folder (or a bare .onnx, or a container package) against platforms: the
+    package built and weighed, cold start and the worst accepted request measured in fresh processes,
+    every limit with its verdict. `report.fits` is what the CLI's exit code says."""
+    from slimserve.pipeline.check import CheckOptions, run_check
+
+    options = CheckOptions(memory_mb=memory_mb, python=python, arch=arch, max_cold_start_ms=max_cold_start_ms,
+                           min_fidelity=min_fidelity, runs=runs)
+    return run_check(Path(path), list(platforms), options, progress,
+                     profile_files=[Path(p) for p in profile_files])
+
+
+@dataclass(frozen=True)
+class Package:
+    """What `package` wrote: the Lambda zips and template, or the OCI image, and the check it was sized by."""
+
+    target: Literal["lambda", "container"]
+    out: Path
+    report: Report | None  # the aws-lambda-zip check the memory and timeout came from (None: not checked)
+    lambda_artifacts: LambdaArtifacts | None = None
+    image: ContainerArtifacts | None = None
+
+    @property
+    def fits(self) -> bool | None:
+        """The check's verdict for the platform packaged for; None when no check ran."""
+        if self.report is None:
+            return None
+        from slimserve.packagers.lambda_target import PLATFORM
+
+        return self.report.verdict(PLATFORM).fits
+
+
+def package(path: PathLike, out: PathLike, *, target: Literal["lambda", "container"] = "lambda",
+            python: str = DEFAULT_PYTHON, arch: str = "x86_64", memory_mb: int | None = None, check: bool = True,
+            platform: str = "aws-lambda-container", base: str | None = None, push: str | None = None,
+            insecure_registries: Sequence[str] = (), engine: str = "auto",
+            progress: Progress = NULL_PROGRESS) -> Package:
+    """Package an optimize output folder (or a bare .onnx) as Lambda zips + SAM template (`target="lambda"`,
+    sized by a check against aws-lambda-zip unless `check=False`) or as an OCI image for a container
+    `platform`. Every shipped file is proven to lie inside the folder and the model to load in
+    onnxruntime before anything is written."""
+    from slimserve.bundle import load_bundle
+    from slimserve.packagers.model_check import check_model
+    from slimserve.packagers.oci.registry import Reference
+    from slimserve.packagers.target import Target
+    from slimserve.pipeline.check import CheckOptions, run_check
+
+    for reference in (push, base):
+        if reference and not reference.startswith("oci:"):
+            Reference.parse(reference)  # credentials inside a reference are refused here, never echoed
+    parsed = Target.parse(python, arch)
+    bundle = load_bundle(Path(path))
+    check_model(bundle)
+    if target == "container":
+        from slimserve.packagers.container import package_container
+
+        image = package_container(bundle, Path(out), parsed, base_ref=base, platform=platform, push_ref=push,
+                                  insecure_registries=tuple(insecure_registries), engine=engine,
+                                  progress=progress)
+        return Package(target="container", out=Path(out).absolute(), report=None, image=image)
+    from slimserve.packagers.lambda_target import PLATFORM, choose_memory, choose_timeout, package_lambda
+
+    report = run_check(Path(path), [PLATFORM], CheckOptions(memory_mb=memory_mb, python=python, arch=arch),
+                       progress) if check else None
+    verdict = None if report is None else report.verdict(PLATFORM)
+    artifacts = package_lambda(bundle, Path(out), parsed, choose_memory(memory_mb, verdict),
+                               choose_timeout(verdict), report, progress)
+    return Package(target="lambda", out=artifacts.out, report=report, lambda_artifacts=artifacts)
+
+
+def compare(model: PathLike, out: PathLike, *, recipes: Sequence[str] | None = None,
+            platforms: Sequence[str] = ("aws-lambda-zip", "aws-lambda-container"),
+            eval_path: PathLike | None = None, task: str | None = None, min_fidelity: float | None = None,
+            python: str = DEFAULT_PYTHON, arch: str = "x86_64", memory_mb: int | None = None, runs: int = 3,
+            jobs: int = 1, profile_files: Sequence[PathLike] = (),
+            progress: Progress = NULL_PROGRESS) -> Comparison:
+    """Export `model` once, build one candidate per recipe (default: fp32, fp16, int8, int8-dynamic,
+    int4-weight), measure each the same way and mark the Pareto frontier; write OUT (compare.json/.md/.png
+    and candidates/)."""
+    from slimserve.optimizer.sources import resolve_source
+    from slimserve.pipeline.compare import DEFAULT_RECIPES, CompareOptions, run_compare, validate
+
+    names = list(recipes) if recipes is not None else list(DEFAULT_RECIPES)
+    options = CompareOptions(python=python, arch=arch, memory_mb=memory_mb, runs=runs, jobs=jobs,
+                             min_fidelity=min_fidelity)
+    files = [Path(p) for p in profile_files]
+    validate(names, list(platforms), options, files)  # bad input fails before the slow export
+    source = resolve_source(str(model), task=task)
+    return run_compare(str(model), names, Path(out), Path(eval_path) if eval_path else None, list(platforms),
+                       jobs, options, progress, profile_files=files, source=source)
+
+
+def build(model: PathLike, out: PathLike, *, platform: str = "aws-lambda-zip", target: str | None = None,
+          recipes: Sequence[str] | None = None, min_fidelity: float | None = None,
+          max_cold_start_ms: float | None = None, base: str | None = None, eval_path: PathLike | None = None,
+          task: str | None = None, python: str = DEFAULT_PYTHON, arch: str = "x86_64",
+          memory_mb: int | None = None, runs: int = 3, jobs: int = 1,
+          progress: Progress = NULL_PROGRESS) -> BuildResult:
+    """Compare recipes, choose the best candidate under the budgets, package it for `platform` and check
+    the package. Raises `BuildFailed` (a `LimitExceeded`, carrying `.result`) after writing OUT when no
+    candidate meets the budgets or the package fails its check."""
+    from slimserve.optimizer.sources import resolve_source
+    from slimserve.pipeline.build import BuildOptions, resolve_target, run_build
+    from slimserve.pipeline.compare import DEFAULT_RECIPES, CompareOptions, validate
+
+    names = list(recipes) if recipes is not None else list(DEFAULT_RECIPES)
+    options = BuildOptions(platform=platform, target=target, min_fidelity=min_fidelity,
+                           max_cold_start_ms=max_cold_start_ms, base=base,
+                           compare=CompareOptions(python=python, arch=arch, memory_mb=memory_mb, runs=runs,
+                                                  jobs=jobs, min_fidelity=min_fidelity))
+    (profile,) = validate(names, [platform], options.compare)  # bad input fails before the slow export
+    resolve_target(profile, target)
+    source = resolve_source(str(model), task=task)
+    return run_build(str(model), Path(out), options, names, Path(eval_path) if eval_path else None, progress,
+                     source=source)

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from slimserve.build import BuildOptions, decide, default_target, resolve_target
-from slimserve.check import resolve_profiles
-from slimserve.compare import CandidateResult, CompareOptions, Fidelity, assemble, evaluate_candidate
 from slimserve.errors import SlimserveError
 from slimserve.measure import ColdStart, PackageSize
+from slimserve.pipeline.build import BuildOptions, decide, default_target, resolve_target
+from slimserve.pipeline.check import resolve_profiles
+from slimserve.pipeline.compare import CandidateResult, CompareOptions, Fidelity, assemble, evaluate_candidate
 from tests.conftest import assert_clean_error, run_cli
 
 MIB = 1024**2

@@ -107,8 +107,8 @@ def test_real_check_of_a_tiny_tensor_model(tiny_onnx: Path, tmp_path: Path) -> N
 
 
 def test_measured_image_size_replaces_the_estimate_for_that_platform_only() -> None:
-    from slimserve.check import CheckOptions, check_facts, resolve_profiles
     from slimserve.measure import ColdStart, PackageSize
+    from slimserve.pipeline.check import CheckOptions, check_facts, resolve_profiles
     from slimserve.profiles.rules import DeploymentFacts
 
     facts = DeploymentFacts(

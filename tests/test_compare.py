@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from slimserve.check import resolve_profiles
-from slimserve.compare import CompareOptions, assemble, evaluate_candidate, write_outputs
 from slimserve.measure.latency import Latency
+from slimserve.pipeline.check import resolve_profiles
+from slimserve.pipeline.compare import CompareOptions, assemble, evaluate_candidate, write_outputs
 from slimserve.report.compare_json import comparison_dict
 from tests.conftest import assert_clean_error, run_cli
 from tests.test_build import FP32, INT4, INT8, candidate
@@ -133,7 +133,7 @@ MINILM_RECIPES = ("fp32", "fp16", "int8", "int8-dynamic", "int4-weight")
 @pytest.fixture(scope="session")
 def minilm_comparison(minilm_prepared: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """Five recipes on MiniLM, compared once per session (the export is the shared session fixture)."""
-    from slimserve.compare import run_compare
+    from slimserve.pipeline.compare import run_compare
 
     out = tmp_path_factory.mktemp("minilm-compare") / "out"
     options = CompareOptions(runs=2, latency_runs=5)
@@ -173,7 +173,7 @@ def test_minilm_compare_of_five_recipes(minilm_comparison: tuple[Any, Path]) -> 
 
 
 def test_jobs_build_in_parallel_and_keep_the_order(tiny_onnx: Path, tmp_path: Path) -> None:
-    from slimserve.compare import run_compare
+    from slimserve.pipeline.compare import run_compare
 
     recipes = ["int8-dynamic", "fp32", "fp16"]
     comp = run_compare(str(tiny_onnx), recipes, tmp_path / "out", jobs=2,

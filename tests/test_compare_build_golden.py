@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from slimserve.build import BuildOptions, BuildResult, decide, write_build
-from slimserve.check import CheckOptions, check_facts, resolve_profiles
-from slimserve.compare import (
+from slimserve.measure.latency import Latency
+from slimserve.pipeline.build import BuildOptions, BuildResult, decide, write_build
+from slimserve.pipeline.check import CheckOptions, check_facts, resolve_profiles
+from slimserve.pipeline.compare import (
     CandidateResult,
     CompareOptions,
     Comparison,
@@ -30,7 +31,6 @@ from slimserve.compare import (
     evaluate_candidate,
     write_outputs,
 )
-from slimserve.measure.latency import Latency
 from slimserve.profiles.rules import DeploymentFacts
 from slimserve.report.build_report import FORMATS as BUILD_FORMATS
 from slimserve.report.comparison import FORMATS as COMPARE_FORMATS

@@ -148,10 +148,10 @@ def test_worst_accepted_minilm_request_fits_what_the_template_sets(minilm_int8: 
     from tokenizers import Tokenizer
 
     from slimserve.bundle import load_bundle
-    from slimserve.check import CheckOptions, run_check
     from slimserve.packagers.interpreters import find_python
     from slimserve.packagers.lambda_target import choose_memory, choose_timeout, package_lambda
     from slimserve.packagers.target import Target
+    from slimserve.pipeline.check import CheckOptions, run_check
 
     exe = find_python("3.12")
     assert exe is not None, "pyenv's python3.12 is part of this machine kind"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from slimserve.check import CheckOptions, check_facts, resolve_profiles
 from slimserve.measure import ColdStart, PackageSize
+from slimserve.pipeline.check import CheckOptions, check_facts, resolve_profiles
 from slimserve.profiles.rules import DeploymentFacts
 from slimserve.report import FORMATS, Report, make_report, renderer
 from slimserve.report.github import annotation, escape_data, escape_property

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from slimserve.commands.compare import compare_options, format_option, recipe_options
+from slimserve.commands.compare import format_option, recipe_options
 from slimserve.report.build_report import FORMATS, BuildResult
 
 
@@ -42,24 +42,17 @@ def command(model: str, out: Path, platform: str, target: str | None, min_fideli
     then the fastest cold start. When none does, the comparison is still written and the command exits 1
     saying which budget each candidate missed, by how much.
     """
-    from slimserve.build import BuildFailed, BuildOptions, run_build
+    from slimserve.api import build
     from slimserve.commands.compare import chosen_recipes
-    from slimserve.optimizer.sources import resolve_source
+    from slimserve.pipeline.build import BuildFailed
     from slimserve.ui import progress_for
 
-    names = chosen_recipes(recipes, all_recipes)
-    options = BuildOptions(platform=platform, target=target, min_fidelity=min_fidelity,
-                           max_cold_start_ms=max_cold_start_ms, base=base,
-                           compare=compare_options(python, arch, memory_mb, runs, jobs, min_fidelity))
-    from slimserve.build import resolve_target
-    from slimserve.compare import validate
-
-    (profile,) = validate(names, [platform], options.compare)  # bad input fails before the slow export
-    resolve_target(profile, target)
-    source = resolve_source(model, task=task)
     try:
         with progress_for(sys.stderr) as progress:
-            result = run_build(model, out, options, names, eval_path, progress, source=source)
+            result = build(model, out, platform=platform, target=target, recipes=chosen_recipes(recipes, all_recipes),
+                           min_fidelity=min_fidelity, max_cold_start_ms=max_cold_start_ms, base=base,
+                           eval_path=eval_path, task=task, python=python, arch=arch, memory_mb=memory_mb,
+                           runs=runs, jobs=jobs, progress=progress)
     except BuildFailed as failed:
         _summary(failed.result, fmt)
         raise

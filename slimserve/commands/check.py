@@ -43,17 +43,17 @@ def command(path: Path, platforms: tuple[str, ...], profile_files: tuple[Path, .
     files), then gives each platform's checks: sizes, memory with headroom, projected init time, and your
     budgets. Projections onto a platform's CPU share are labelled as estimates.
     """
+    from slimserve.api import check
     from slimserve.atomic import atomic_file, check_report_path
-    from slimserve.check import CheckOptions, run_check
     from slimserve.report import renderer
     from slimserve.ui import progress_for
 
-    options = CheckOptions(memory_mb=memory_mb, python=python, arch=arch, max_cold_start_ms=max_cold_start_ms,
-                           min_fidelity=min_fidelity, runs=runs)
     if output is not None:
         check_report_path(output)
     with progress_for(sys.stderr) as progress:
-        report = run_check(path, platforms, options, progress, profile_files=profile_files)
+        report = check(path, platforms, memory_mb=memory_mb, python=python, arch=arch,
+                       max_cold_start_ms=max_cold_start_ms, min_fidelity=min_fidelity, runs=runs,
+                       profile_files=profile_files, progress=progress)
     if output is not None:
         with atomic_file(output) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
             renderer(fmt)(report, fh)

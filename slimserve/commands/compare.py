@@ -45,8 +45,8 @@ def recipe_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def chosen_recipes(recipes: str | None, all_recipes: bool) -> list[str]:
-    from slimserve.compare import DEFAULT_RECIPES
     from slimserve.errors import SlimserveError
+    from slimserve.pipeline.compare import DEFAULT_RECIPES
 
     if recipes and all_recipes:
         raise SlimserveError("--recipes and --all cannot be used together")
@@ -57,14 +57,6 @@ def chosen_recipes(recipes: str | None, all_recipes: bool) -> list[str]:
     if recipes:
         return split_recipe_list(recipes)  # commas inside a step's options do not split
     return list(DEFAULT_RECIPES)
-
-
-def compare_options(python: str, arch: str, memory_mb: int | None, runs: int, jobs: int,
-                    min_fidelity: float | None = None) -> Any:
-    from slimserve.compare import CompareOptions
-
-    return CompareOptions(python=python, arch=arch, memory_mb=memory_mb, runs=runs, jobs=jobs,
-                          min_fidelity=min_fidelity)
 
 
 def format_option(formats: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -95,17 +87,14 @@ def command(model: str, out: Path, platforms: tuple[str, ...], profile_files: tu
     warm latency (batch 1 and 8), cold start and peak RSS in fresh processes, and whether it fits each
     platform (with the reason). Marks the Pareto frontier and recommends one candidate.
     """
-    from slimserve.compare import run_compare, validate
-    from slimserve.optimizer.sources import resolve_source
+    from slimserve.api import compare
     from slimserve.ui import progress_for
 
-    names = chosen_recipes(recipes, all_recipes)
-    options = compare_options(python, arch, memory_mb, runs, jobs, min_fidelity)
-    validate(names, platforms, options, profile_files)  # bad input fails before the slow export
-    source = resolve_source(model, task=task)
     with progress_for(sys.stderr) as progress:
-        comparison = run_compare(model, names, out, eval_path, platforms, jobs, options, progress,
-                                 profile_files=profile_files, source=source)
+        comparison = compare(model, out, recipes=chosen_recipes(recipes, all_recipes), platforms=platforms,
+                             eval_path=eval_path, task=task, min_fidelity=min_fidelity, python=python, arch=arch,
+                             memory_mb=memory_mb, runs=runs, jobs=jobs, profile_files=profile_files,
+                             progress=progress)
     from slimserve.report.comparison import renderer
 
     renderer(fmt)(comparison, sys.stdout)

@@ -19,7 +19,7 @@ from slimserve.packagers.container import DEFAULT_PLATFORM
 from slimserve.profiles.loader import packaged_platforms
 
 if TYPE_CHECKING:
-    from slimserve.progress import Progress
+    from slimserve.packagers.container import ContainerArtifacts
     from slimserve.report import Report
 
 
@@ -50,29 +50,23 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
             base_ref: str | None, platform: str, push_ref: str | None, insecure: tuple[str, ...], engine: str,
             fmt: str) -> int:
     """Package an optimize output folder (or a bare .onnx) for a serverless platform."""
-    from slimserve.bundle import load_bundle
-    from slimserve.packagers.model_check import check_model
+    from slimserve.api import package
     from slimserve.packagers.target import Target
     from slimserve.ui import progress_for
 
     if kind == "lambda":
         _refuse_container_options(base=base_ref, push=push_ref, insecure_registry=insecure)
-    _check_references(push_ref, base_ref)
-    target = Target.parse(python, arch)
-    bundle = load_bundle(path)  # every shipped file proven to be a regular file inside the model folder
-    check_model(bundle)  # loads in onnxruntime, even with --no-check: nothing is written for a hostile model
     with progress_for(sys.stderr) as progress:
-        if kind == "container":
-            options = {"base_ref": base_ref, "platform": platform, "push_ref": push_ref,
-                       "insecure_registries": insecure, "engine": engine}
-            return _container(bundle, out, target, progress, fmt, options)
-        report = None if no_check else _check(path, python, arch, memory_mb, progress)
-        from slimserve.packagers.lambda_target import PLATFORM, choose_memory, choose_timeout, package_lambda
-
-        verdict = None if report is None else report.verdict(PLATFORM)
-        artifacts = package_lambda(bundle, out, target, choose_memory(memory_mb, verdict), choose_timeout(verdict),
-                                   report, progress)
-    fits = None if verdict is None else verdict.fits
+        # every shipped file proven to lie inside the folder, the model loaded in onnxruntime (even with
+        # --no-check), references without credentials: all before anything is built or written
+        result = package(path, out, target="container" if kind == "container" else "lambda", python=python,
+                         arch=arch, memory_mb=memory_mb, check=not no_check, platform=platform, base=base_ref,
+                         push=push_ref, insecure_registries=insecure, engine=engine, progress=progress)
+    if result.image is not None:
+        return _container(result.image, out, platform, fmt)
+    artifacts, report, fits = result.lambda_artifacts, result.report, result.fits
+    assert artifacts is not None  # a lambda Package always carries its artifacts
+    target = Target.parse(python, arch)
     rows = [(z.path.name, z.bytes, z.unzipped_bytes, z.sha256) for z in (artifacts.layer, artifacts.function)]
     summary = {"target": "lambda", "out": str(artifacts.out), "runtime": target.lambda_runtime, "arch": arch,
                "memory_mb": artifacts.memory_mb, "handler": "lambda_handler.handler", "fits": fits,
@@ -97,33 +91,14 @@ def _refuse_container_options(**given: Any) -> None:
         raise click.UsageError(f"{flags} {verb} only to --target container")
 
 
-def _check_references(*refs: str | None) -> None:
-    """Image references are parsed before any work: one with credentials in it is refused, never echoed."""
-    from slimserve.packagers.oci.registry import Reference
-
-    for ref in refs:
-        if ref and not ref.startswith("oci:"):
-            Reference.parse(ref)
-
-
-def _check(path: Path, python: str, arch: str, memory_mb: int | None, progress: Progress) -> Report:
-    from slimserve.check import CheckOptions, run_check
-    from slimserve.packagers.lambda_target import PLATFORM
-
-    return run_check(path, [PLATFORM], CheckOptions(memory_mb=memory_mb, python=python, arch=arch), progress)
-
-
-def _container(bundle: Any, out: Path, target: Any, progress: Any, fmt: str, options: dict[str, Any]) -> int:
-    from slimserve.packagers.container import package_container
-
-    result = package_container(bundle, out, target, progress=progress, **options)
+def _container(result: ContainerArtifacts, out: Path, platform: str, fmt: str) -> int:
     facts = result.facts.to_dict()
-    summary = {"target": "container", "out": str(out), **facts, "platform": options["platform"],
+    summary = {"target": "container", "out": str(out), **facts, "platform": platform,
                "image_platform": facts.get("platform"), "pushed": result.pushed}
     if fmt == "json":
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
-        click.echo(f"container image for {options['platform']} written to {out}/image (OCI layout), "
+        click.echo(f"container image for {platform} written to {out}/image (OCI layout), "
                    f"build context in {out}/context")
         for key in ("digest", "uncompressed_bytes", "compressed_bytes"):
             if key in facts:

@@ -1,7 +1,7 @@
 """The one report value `slimserve build` produces, and the table of its renderers.
 
 `BuildResult` holds the comparison, the decision (winner and each candidate's missed budgets), the check of
-the packaged winner and what package/ holds. The pipeline (`slimserve.build`) decides and packages; every
+the packaged winner and what package/ holds. The pipeline (`slimserve.pipeline.build`) decides and packages; every
 output format is its own module with the same `render(result, out)` signature, chosen from `RENDERERS`.
 Renderers read `fits` and the decision; they never decide the exit code (the pipeline raises `BuildFailed`,
 the CLI maps it to 1). This module imports only report values and selection's budgets, never the pipeline.

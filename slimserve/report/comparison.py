@@ -1,6 +1,6 @@
 """The one report value `slimserve compare` produces, and the table of its renderers.
 
-The pipeline (`slimserve.compare`) measures and decides, then builds a `Comparison`; each output format is
+The pipeline (`slimserve.pipeline.compare`) measures and decides, then builds a `Comparison`; each output format is
 its own module with the same `render(comparison, out)` signature, chosen from `RENDERERS`. This module
 imports only kernel values (measurements, verdicts, profiles), never the pipeline, so renderers that
 import it cannot form a cycle with the code that calls them.

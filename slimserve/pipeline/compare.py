@@ -86,7 +86,7 @@ def machine_info() -> Machine:
 def evaluate_candidate(result: CandidateResult, profiles: Sequence[Profile], options: CompareOptions,
                        path: str = "") -> CandidateResult:
     """Hold one candidate's measured facts against every platform (no measuring here)."""
-    from slimserve.check import CheckOptions, check_facts
+    from slimserve.pipeline.check import CheckOptions, check_facts
     from slimserve.profiles.rules import DeploymentFacts
 
     if result.package is None or result.cold_start is None:
@@ -132,9 +132,9 @@ def assemble(model: str, source: Mapping[str, str | None], eval_source: str, opt
 def validate(recipes: Sequence[str], platforms: Sequence[str | Profile], options: CompareOptions,
              profile_files: Sequence[Path] = ()) -> list[Profile]:
     """Everything that can be wrong with the input, before minutes of exporting."""
-    from slimserve.check import CheckOptions, resolve_profiles, validate_options
     from slimserve.optimizer.recipes import parse_recipe
     from slimserve.packagers.target import Target
+    from slimserve.pipeline.check import CheckOptions, resolve_profiles, validate_options
 
     if not recipes:
         raise SlimserveError("no recipe to compare", hint="pass --recipes a,b,c or --all")
@@ -200,9 +200,9 @@ def measure_candidate(result: CandidateResult, folder: Path, options: CompareOpt
                       progress: Progress = NULL_PROGRESS) -> CandidateResult:
     """Deployment size, cold start + peak RSS and warm latency of one candidate: each measured once."""
     from slimserve.bundle import load_bundle
-    from slimserve.check import measure_cold_start, measure_package
     from slimserve.measure.latency import measure_latency
     from slimserve.packagers.target import Target
+    from slimserve.pipeline.check import measure_cold_start, measure_package
 
     if result.error is not None:
         return result

@@ -1,6 +1,6 @@
 """The `build` pipeline: compare, choose under budgets, package the winner, check the package.
 
-    compare (slimserve.compare)  →  decide (selection.choose under --min-fidelity, --max-cold-start,
+    compare (slimserve.pipeline.compare)  →  decide (selection.choose under --min-fidelity, --max-cold-start,
     platform fit)  →  package (packagers: lambda zips or a container image)  →  check the package
     (the sizes of the artifacts actually written, the cold start measured on the same layout)  →  OUT
 
@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from slimserve.atomic import atomic_dir
-from slimserve.check import CheckOptions
-from slimserve.compare import CompareOptions, Comparison, candidate_row, compare_into, validate
 from slimserve.errors import LimitExceeded, SlimserveError
 from slimserve.measure import PackageSize
+from slimserve.pipeline.check import CheckOptions
+from slimserve.pipeline.compare import CompareOptions, Comparison, candidate_row, compare_into, validate
 from slimserve.profiles.loader import packaged_platforms
 from slimserve.profiles.schema import Profile
 from slimserve.progress import NULL_PROGRESS, Progress
@@ -139,7 +139,7 @@ def check_winner(comparison: Comparison, recipe: str, profile: Profile, options:
     """The winner's facts (cold start measured in compare on the same layout) against the platform with
     every budget; `package` (a PackageSize) replaces the measured size with the artifacts written."""
     from slimserve.bundle import load_bundle
-    from slimserve.check import check_facts, facts_for, model_summary
+    from slimserve.pipeline.check import check_facts, facts_for, model_summary
 
     c = comparison.candidate(recipe)
     assert c.package is not None and c.cold_start is not None
@@ -194,8 +194,8 @@ def run_build(model: str, out: Path, options: BuildOptions, recipes: Sequence[st
               progress: Progress = NULL_PROGRESS, *, prepared: Any = None, source: Any = None) -> BuildResult:
     """Compare, choose, package, check; OUT is written atomically. Raises BuildFailed (exit 1) when nothing
     meets the budgets or the package fails its check, after OUT is written."""
-    from slimserve.check import validate_options
     from slimserve.optimizer.sources import resolve_source
+    from slimserve.pipeline.check import validate_options
 
     (profile,) = validate(recipes, [options.platform], options.compare)
     target_kind = resolve_target(profile, options.target)
