@@ -96,7 +96,7 @@ def main() -> None:
             sizes[name] = (z.stat().st_size, unzipped)
         totals: dict[str, list[float]] = {"naive": [], "slimserve": []}
         parts: dict[str, dict[str, list[float]]] = {"naive": {}, "slimserve": {}}
-        event = sample_event(bundle.manifest)
+        event = sample_event(bundle.manifest.to_dict())
         for _ in range(args.runs):
             for name, site in (("naive", naive_site), ("slimserve", slim_site)):
                 task = tasks[name]
@@ -109,8 +109,8 @@ def main() -> None:
         info = closure_info(slim_site)
         lines = [
             f"# Lambda layer: naive vs slimserve ({target.lambda_runtime}, {target.arch})", "",
-            (f"Model: `{bundle.manifest.get('source', {}).get('path', model)}` recipe "
-            f"`{bundle.manifest.get('recipe')}`, {bundle.model_path.stat().st_size / 1e6:.1f} MB model file."),
+            (f"Model: `{bundle.manifest.to_dict().get('source', {}).get('path', model)}` recipe "
+            f"`{bundle.manifest.recipe}`, {bundle.model_path.stat().st_size / 1e6:.1f} MB model file."),
             f"Pins: {', '.join(info['pins'])}. Bytecode: {info['bytecode']}, sources shipped: {info['sources']}.",
             (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs visible (shared with other jobs), "
             f"{platform.platform()}; interpreter {exe}."),

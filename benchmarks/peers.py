@@ -259,7 +259,7 @@ def layers(int8: Path, runs: int, python: str, tmp: Path) -> dict[str, dict[str,
         unzipped = write_zip(tmp / f"{name}.zip", tree_entries(site, "python"))
         out[name] = {"zipped": (tmp / f"{name}.zip").stat().st_size, "unzipped": unzipped}
     totals: dict[str, list[float]] = {n: [] for n in sites}
-    event = sample_event(bundle.manifest)
+    event = sample_event(bundle.manifest.to_dict())
     for _ in range(runs):
         for name, site in sites.items():
             cold = measure_cold_start([task, site], task / "model", version, event, runs=1, warm_runs=1,

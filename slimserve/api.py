@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from slimserve.progress import NULL_PROGRESS, Progress
 
 if TYPE_CHECKING:  # the values the functions return; their modules import onnx/onnxruntime when used
+    from slimserve.manifest import Manifest
     from slimserve.packagers.container import ContainerArtifacts
     from slimserve.packagers.lambda_target import LambdaArtifacts
     from slimserve.report import Report
@@ -54,11 +55,11 @@ class Candidate:
     model_bytes: int
     fidelity: Fidelity
     notes: tuple[str, ...]
-    manifest: dict[str, Any]  # slimserve.json as written: the full record, for anything not lifted above
+    manifest: Manifest  # slimserve.json, typed: the full record, for anything not lifted above
 
     @property
     def model_path(self) -> Path:
-        return self.path / str(self.manifest["model"]["path"])
+        return self.path / self.manifest.model.path
 
 
 def optimize(model: PathLike, out: PathLike, *, recipe: str | None = None, task: str | None = None,
@@ -79,19 +80,23 @@ def optimize(model: PathLike, out: PathLike, *, recipe: str | None = None, task:
     inputs = [Path(model)] if Path(model).exists() else []
     with tempfile.TemporaryDirectory(prefix="slimserve-") as work, \
             atomic_dir(Path(out), inputs=inputs) as staging:
-        manifest = run_optimize(source, recipe, staging, Path(work), Path(eval_path) if eval_path else None,
-                                progress)
-    return candidate_from_manifest(Path(out), manifest)
+        written = run_optimize(source, recipe, staging, Path(work), Path(eval_path) if eval_path else None,
+                               progress)
+    return candidate_from_manifest(Path(out), written)
 
 
-def candidate_from_manifest(folder: Path, manifest: dict[str, Any]) -> Candidate:
-    fidelity = manifest["fidelity"]
+def candidate_from_manifest(folder: Path, written: dict[str, Any]) -> Candidate:
+    """The typed value of what optimize wrote (validated by the manifest model, like every reader's)."""
+    from slimserve.manifest import parse_manifest
+
+    manifest = parse_manifest(written)
+    fidelity: dict[str, Any] = written["fidelity"]
     return Candidate(
-        path=Path(folder).absolute(), recipe=str(manifest["recipe"]), model_bytes=int(manifest["model"]["bytes"]),
+        path=Path(folder).absolute(), recipe=str(written["recipe"]), model_bytes=int(written["model"]["bytes"]),
         fidelity=Fidelity(metric=str(fidelity["metric"]), mean=float(fidelity["mean"]), min=float(fidelity["min"]),
                           samples=int(fidelity["samples"]), reference=str(fidelity["reference"]),
                           top1_agreement=fidelity.get("top1_agreement")),
-        notes=tuple(str(n) for n in manifest.get("notes", ())), manifest=manifest)
+        notes=tuple(manifest.notes), manifest=manifest)
 
 
 def check(path: PathLike, platforms: Sequence[str] = ("aws-lambda-zip",), *, memory_mb: int | None = None,

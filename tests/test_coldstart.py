@@ -23,13 +23,13 @@ def bundle(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
 
 
 def test_sample_event_follows_the_manifest(bundle) -> None:  # type: ignore[no-untyped-def]
-    event = sample_event(bundle.manifest)
+    event = sample_event(bundle.manifest.to_dict())
     assert len(event["inputs"]["x"]) == 1 and len(event["inputs"]["x"][0]) == 16
     assert sample_event({"runtime": {"kind": "text"}})["inputs"][0]
 
 
 def test_worst_event_is_the_largest_request_the_limits_accept(tmp_path: Path) -> None:
-    tensor = worst_event(load_bundle(tensor_model_dir(tmp_path / "t", max_batch=8)).manifest)
+    tensor = worst_event(load_bundle(tensor_model_dir(tmp_path / "t", max_batch=8)).manifest.to_dict())
     assert len(tensor.event["inputs"]["x"]) == 8 and len(tensor.event["inputs"]["x"][0]) == 16
     manifest = load_bundle(text_model_dir(tmp_path / "s", max_batch=4, max_chars=200)).manifest.to_dict()
     text = worst_event(manifest)
@@ -71,7 +71,7 @@ def test_the_probe_sees_only_the_given_paths(bundle, tmp_path: Path) -> None:  #
         (task / name).write_text((RUNTIME_DIR / name).read_text())
     with pytest.raises(ToolError, match="No module named 'numpy'"):
         measure_cold_start([task], bundle.root, f"{sys.version_info.major}.{sys.version_info.minor}",
-                           sample_event(bundle.manifest), runs=1, executable=Path(sys.executable))
+                           sample_event(bundle.manifest.to_dict()), runs=1, executable=Path(sys.executable))
 
 
 @pytest.mark.skipif(find_python("3.12") is None, reason="python3.12 is not installed (pyenv install 3.12)")
@@ -90,7 +90,7 @@ def test_agrees_with_an_independent_fresh_process(bundle, tmp_path: Path) -> Non
             "sys.path[:0] = [sys.argv[1], sys.argv[2]]; t = time.perf_counter();"
             "import lambda_handler; lambda_handler.handler(json.loads(sys.argv[3]));"
             "print((time.perf_counter() - t) * 1000)")
-    event = json.dumps(sample_event(bundle.manifest))
+    event = json.dumps(sample_event(bundle.manifest.to_dict()))
     plain = sorted(float(subprocess.run([str(find_python("3.12")), "-I", "-S", "-c", code, str(tmp_path / "task"),
                                          str(tmp_path / "opt" / "python"), event], capture_output=True, text=True,
                                         check=True).stdout) for _ in range(3))[1]

@@ -81,9 +81,9 @@ def command(model: str, output: Path, recipe: str, task: str | None, eval_path: 
                              input_dtype=input_dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
                              progress=progress)
     if fmt == "json":
-        click.echo(json.dumps(candidate.manifest, indent=2))
+        click.echo(json.dumps(candidate.manifest.to_dict(), indent=2))
     else:
-        render_optimize_table(candidate.manifest)
+        render_optimize_table(candidate.manifest.to_dict())
         click.echo(f"wrote {output}")
 
 
