@@ -8,6 +8,7 @@ to ONNX external data (one `<name>.data` file beside the model) only past protob
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,33 @@ def load_onnx(path: Path, *, with_data: bool = False) -> Any:
     return model
 
 
+def graphs(graph: Any) -> Iterator[Any]:
+    """`graph` and every subgraph below it (If/Loop/Scan bodies, at any depth)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from graphs(attr.g)
+            for sub in attr.graphs:
+                yield from graphs(sub)
+
+
+def all_tensors(model: Any) -> Iterator[Any]:
+    """Every tensor the file holds: initializers and tensor attributes (Constant values...), subgraphs too."""
+    for graph in graphs(model.graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+
+
 def external_data_files(model: Any) -> list[str]:
-    """Names of the external data files the model's initializers point to (relative to the model)."""
+    """Names of the external data files the model's tensors point to (relative to the model)."""
     names: set[str] = set()
-    for init in model.graph.initializer:
-        for entry in init.external_data:
+    for tensor in all_tensors(model):
+        for entry in tensor.external_data:
             if entry.key == "location":
                 names.add(entry.value)
     return sorted(names)
@@ -86,9 +109,10 @@ def screen_model(model: Any, path: Path) -> None:
     folder = Path(path).absolute().parent
     for name in external_data_files(model):
         _check_external_data(Path(path), folder, name)
-    for init in model.graph.initializer:
-        _check_declared_size(Path(path), init)
-    _check_constant_shapes(Path(path), model)
+    for tensor in all_tensors(model):
+        _check_declared_size(Path(path), tensor)
+    for graph in graphs(model.graph):
+        _check_constant_shapes(Path(path), graph)
 
 
 def _check_external_data(path: Path, folder: Path, name: str) -> None:
@@ -129,17 +153,17 @@ def _check_declared_size(path: Path, init: Any) -> None:
                              hint="the file is damaged or was not written by an ONNX exporter; re-export it")
 
 
-def _check_constant_shapes(path: Path, model: Any) -> None:
+def _check_constant_shapes(path: Path, graph: Any) -> None:
     """ConstantOfShape/Expand/Tile fed by constant shapes that ask for more than MAX_CONSTANT_BYTES."""
     from onnx import numpy_helper
 
-    constants = {i.name: i for i in model.graph.initializer}
-    for node in model.graph.node:
+    constants = {i.name: i for i in graph.initializer}
+    for node in graph.node:
         if node.op_type == "Constant":
             for attr in node.attribute:
-                if attr.name == "value" and attr.t is not None:
+                if attr.name == "value" and attr.HasField("t"):
                     constants[node.output[0]] = attr.t
-    for node in model.graph.node:
+    for node in graph.node:
         if node.op_type not in ("ConstantOfShape", "Expand", "Tile") or len(node.input) < 1:
             continue
         shape_input = node.input[0] if node.op_type == "ConstantOfShape" else node.input[1]

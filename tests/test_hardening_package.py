@@ -20,10 +20,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from slimserve.bundle import load_bundle
 from slimserve.errors import SlimserveError
@@ -33,10 +30,18 @@ from slimserve.packagers.lambda_target import package_lambda
 from slimserve.packagers.target import Target
 from tests.conftest import assert_clean_error, build_tiny_onnx, run_cli
 from tests.helpers_lambda import tensor_model_dir, text_model_dir
+from tests.hostile_models import (
+    HOST_FILE,
+    constant_of_shape_bomb,
+    custom_op,
+    declared_40_gb,
+    external_in_subgraph,
+    external_outside,
+    external_symlink,
+)
 from tests.registry_fixture import make_base_layout
 
 SECRET = "hunter2-not-for-logs"
-HOST_FILE = "/etc/passwd"
 
 
 # -- model folders built here ----------------------------------------------------------------------------
@@ -104,66 +109,6 @@ def manifest_model_absolute(folder: Path) -> Path:
     manifest["model"]["path"] = str((folder / "model.onnx").absolute())
     write_manifest(folder, manifest)
     return folder
-
-
-X = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
-Y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
-
-
-def _save(path: Path, nodes: list[onnx.NodeProto], inits: list[TensorProto], domains: tuple[str, ...] = ()) -> Path:
-    graph = helper.make_graph(nodes, "hostile", [X], [Y], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]
-                              + [helper.make_opsetid(d, 1) for d in domains])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
-
-
-def _external(name: str, location: str) -> TensorProto:
-    tensor = numpy_helper.from_array(np.ones((4, 4), np.float32), name)
-    tensor.data_location = TensorProto.EXTERNAL
-    tensor.ClearField("raw_data")
-    for key, value in (("location", location), ("offset", "0"), ("length", "64")):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
-    return tensor
-
-
-def custom_op(path: Path) -> Path:
-    return _save(path, [helper.make_node("Evil", ["x"], ["y"], domain="com.evil")], [], ("com.evil",))
-
-
-def declared_40_gb(path: Path) -> Path:
-    tensor = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[100_000, 100_000], raw_data=b"\0" * 16)
-    return _save(path, [helper.make_node("Add", ["x", "w"], ["y"])], [tensor])
-
-
-def constant_of_shape_bomb(path: Path) -> Path:
-    shape = numpy_helper.from_array(np.array([100_000, 100_000, 100], np.int64), "s")
-    return _save(path, [helper.make_node("ConstantOfShape", ["s"], ["c"]),
-                        helper.make_node("ReduceSum", ["c"], ["r"], keepdims=0),
-                        helper.make_node("Add", ["x", "r"], ["y"])], [shape])
-
-
-def external_outside(path: Path) -> Path:
-    return _save(path, [helper.make_node("MatMul", ["x", "w"], ["y"])], [_external("w", "../" * 30 + "etc/passwd")])
-
-
-def external_symlink(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    (path.parent / "w.data").symlink_to(HOST_FILE)
-    return _save(path, [helper.make_node("MatMul", ["x", "w"], ["y"])], [_external("w", "w.data")])
-
-
-def external_in_subgraph(path: Path) -> Path:
-    """External data hidden in an If branch: a walk over top-level initializers alone misses it."""
-    branch = helper.make_graph([helper.make_node("Identity", ["w"], ["out"])], "then", [],
-                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 4])],
-                               [_external("w", "../" * 30 + "etc/passwd")])
-    cond = numpy_helper.from_array(np.array(True), "cond")
-    return _save(path, [helper.make_node("If", ["cond"], ["w2"], then_branch=branch, else_branch=branch),
-                        helper.make_node("MatMul", ["x", "w2"], ["y"])], [cond])
 
 
 def as_folder(build: object, folder: Path) -> Path:
