@@ -28,6 +28,16 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
                           capture_output=True, text=True, timeout=timeout)
 
 
+def require(available: object, what: str) -> None:
+    """A tool or interpreter a test needs: in CI (`make test` installs it) its absence is a failure, on a
+    laptop a visible skip. Never a silent skip counted as a pass."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what}: `make test` should have installed it")
+    pytest.skip(what)
+
+
 def assert_clean_error(result: subprocess.CompletedProcess[str], *, code: int = 2, contains: str = "") -> None:
     """Bad input: non-zero exit, an `error:` line, no traceback."""
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)

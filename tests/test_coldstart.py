@@ -14,6 +14,7 @@ from slimserve.errors import ToolError
 from slimserve.measure.coldstart import cold_start_for_bundle, measure_cold_start, sample_event, worst_event
 from slimserve.packagers.interpreters import find_python
 from slimserve.packagers.target import Target
+from tests.conftest import require
 from tests.helpers_lambda import tensor_model_dir, text_model_dir
 
 
@@ -41,8 +42,8 @@ def test_worst_event_is_the_largest_request_the_limits_accept(tmp_path: Path) ->
     assert len(worst_event(tensor_manifest).event["inputs"]["x"]) == 3  # 3 rows × 16 ≤ 50
 
 
-@pytest.mark.skipif(find_python("3.12") is None, reason="python3.12 is not installed (pyenv install 3.12)")
 def test_cold_start_on_the_target_python(bundle) -> None:  # type: ignore[no-untyped-def]
+    require(find_python("3.12"), "python3.12 (pyenv install 3.12)")
     cold = cold_start_for_bundle(bundle, Target("3.12"), runs=3, warm_runs=5)
     assert cold.python == "3.12" and cold.fallback is None and cold.runs == 3 and cold.cpus == 1
     assert cold.worst_ms is not None and cold.worst_ms > 0 and cold.worst_request == "8 rows × 16 numbers"
@@ -74,9 +75,9 @@ def test_the_probe_sees_only_the_given_paths(bundle, tmp_path: Path) -> None:  #
                            sample_event(bundle.manifest.to_dict()), runs=1, executable=Path(sys.executable))
 
 
-@pytest.mark.skipif(find_python("3.12") is None, reason="python3.12 is not installed (pyenv install 3.12)")
 def test_agrees_with_an_independent_fresh_process(bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Within 2x of a plain `time python -c 'import lambda_handler; handler(...)'` run of the same files."""
+    require(find_python("3.12"), "python3.12 (pyenv install 3.12)")
     import zipfile
 
     from slimserve.packagers.lambda_target import package_lambda

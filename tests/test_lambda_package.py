@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,9 @@ from slimserve.bundle import load_bundle
 from slimserve.packagers.lambda_target import lambda_package_size, package_lambda
 from slimserve.packagers.target import Target
 from slimserve.runtime.model_runtime import LoadedModel
-from tests.conftest import assert_clean_error, run_cli
+from tests.conftest import assert_clean_error, require, run_cli
+
+CFN_LINT = Path(sys.executable).parent / "cfn-lint"  # installed beside this interpreter by the test extra
 from tests.helpers_lambda import minilm_fp32_export, run_like_lambda, tensor_model_dir, text_model_dir
 
 
@@ -62,15 +64,15 @@ def test_output_folder_holds_every_artifact_and_the_manifest_describes_them(tens
     assert "sam deploy" in (tensor_out / "DEPLOY.md").read_text()
 
 
-@pytest.mark.skipif(shutil.which("cfn-lint") is None, reason="cfn-lint is not installed")
 @pytest.mark.parametrize("arch", ["x86_64", "arm64"])
 def test_cfn_lint_accepts_the_template(tensor_out: Path, tmp_path: Path, arch: str) -> None:
+    require(CFN_LINT.is_file(), "cfn-lint (pyproject's test extra)")
     from slimserve.packagers.lambda_target import sam_template
 
     template = tmp_path / "template.yaml"
     template.write_text(sam_template(Target("3.13", arch), 2048))  # type: ignore[arg-type]
     for path in (template, tensor_out / "template.yaml"):
-        proc = subprocess.run(["cfn-lint", str(path)], check=False, capture_output=True, text=True)
+        proc = subprocess.run([str(CFN_LINT), str(path)], check=False, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
