@@ -154,24 +154,12 @@ def quantize_embeddings(model: onnx.ModelProto, mode: EmbeddingMode, min_element
     """Replace Gather(float table, ids) (axis 0) with an int8 table and per-row scales; returns how many."""
     g = WeightGraph(model.graph)
     done = []
-    for node in list(model.graph.node):
-        if node.op_type != "Gather" or any(a.name == "axis" and a.i != 0 for a in node.attribute):
-            continue
-        name = node.input[0]
-        if len(g.consumers.get(name, [])) != 1 or name not in g.inits or len(g.inits[name].dims) != 2:
-            continue
-        w = g.float_weight(name, min_elements)
-        if w is None:
-            continue
+    build = {"gather-mul": _gather_mul, "gbq": _gather_block_quantized, "dq": _dq_gather}[mode]
+    for node, w in g.embedding_tables(min_elements):
         if mode == "gbq" and w.shape[1] % 16:
             continue
-        build = {"gather-mul": _gather_mul, "gbq": _gather_block_quantized, "dq": _dq_gather}[mode]
-        nodes = build(g, node, w)
-        idx = list(model.graph.node).index(node)
-        model.graph.node.remove(node)
-        for k, n in enumerate(nodes):
-            model.graph.node.insert(idx + k, n)
-        done.append(name)
+        g.replace_node(node, build(g, node, w))
+        done.append(node.input[0])
     drop_initializers(model.graph, done)
     if mode == "gbq" and done:
         ensure_ms_domain(model)

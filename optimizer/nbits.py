@@ -172,14 +172,9 @@ def replace_gathers_4bit(model: onnx.ModelProto, block: int, symmetric: bool, se
 
     g = WeightGraph(model.graph)
     done = []
-    for node in list(model.graph.node):
-        if node.op_type != "Gather" or any(a.name == "axis" and a.i != 0 for a in node.attribute):
-            continue
+    for node, w in g.embedding_tables(1 << 18):  # only real vocabularies; small tables cost little as float
         name = node.input[0]
-        if len(g.consumers.get(name, [])) != 1:
-            continue
-        w = g.float_weight(name, 1 << 18)  # only real vocabularies; small tables cost little as float
-        if w is None or w.ndim != 2 or w.shape[1] % block:
+        if w.shape[1] % block:
             continue
         # block_quantize works on [K, N] with blocks along K: pass the table transposed (K = D, N = V).
         q, scale, zp = block_quantize(w.T, 4, block, symmetric, search_clip)
@@ -204,9 +199,7 @@ def replace_gathers_4bit(model: onnx.ModelProto, block: int, symmetric: bool, se
             gather_axis=0,
             quantize_axis=1,
         )
-        pos = list(model.graph.node).index(node)
-        model.graph.node.remove(node)
-        model.graph.node.insert(pos, new)
+        g.replace_node(node, [new])
         done.append(name)
     drop_initializers(model.graph, done)
     if done:

@@ -55,6 +55,28 @@ class WeightGraph:
         self._used.add(name)
         return name
 
+    def embedding_tables(self, min_elements: int) -> list[tuple[onnx.NodeProto, np.ndarray]]:
+        """Gather nodes on axis 0 reading a 2-D float table that nothing else reads, with the table:
+        the embeddings the int8 and 4-bit rewrites replace."""
+        found = []
+        for node in list(self.graph.node):
+            if node.op_type != "Gather" or any(a.name == "axis" and a.i != 0 for a in node.attribute):
+                continue
+            name = node.input[0]
+            if len(self.consumers.get(name, [])) != 1 or name not in self.inits or len(self.inits[name].dims) != 2:
+                continue
+            table = self.float_weight(name, min_elements)
+            if table is not None:
+                found.append((node, table))
+        return found
+
+    def replace_node(self, node: onnx.NodeProto, new_nodes: list[onnx.NodeProto]) -> None:
+        """`new_nodes` in `node`'s place (the graph stays topologically ordered)."""
+        position = list(self.graph.node).index(node)
+        self.graph.node.remove(node)
+        for offset, new in enumerate(new_nodes):
+            self.graph.node.insert(position + offset, new)
+
     def float_weight(self, name: str, min_elements: int) -> np.ndarray | None:
         """The initializer `name` as float32 if it is a float tensor worth quantizing, else None."""
         from onnx import TensorProto, numpy_helper
