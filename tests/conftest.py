@@ -29,13 +29,10 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 
 
 def require(available: object, what: str) -> None:
-    """A tool or interpreter a test needs: in CI (`make test` installs it) its absence is a failure, on a
-    laptop a visible skip. Never a silent skip counted as a pass."""
-    if available:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{what}: `make test` should have installed it")
-    pytest.skip(what)
+    """A tool or interpreter a test needs. `make test` installs every one of them, so its absence is a
+    failure that says what to install, never a skip counted as a pass."""
+    if not available:
+        pytest.fail(f"{what} is missing: run the README's test command (`make test`), which installs it")
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], *, code: int = 2, contains: str = "") -> None:

@@ -108,7 +108,7 @@ def run_registry(root: Path, htpasswd: Path | None = None) -> Iterator[Registry]
 
 
 def missing(what: str) -> None:
-    """In CI (`make test` installs the tools) a missing tool is a failure; on a laptop, a visible skip."""
+    """A missing registry tool is a failure naming it (`make test` installs them all)."""
     require(False, what)
 
 
