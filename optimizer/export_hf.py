@@ -13,8 +13,10 @@ import numpy as np
 from slimserve.errors import SlimserveError, ToolError, first_line
 from slimserve.optimizer.exported import Exported, Feed
 from slimserve.optimizer.sources import HfFolderSource
+from slimserve.tasks import get_task
 
-RUNTIME_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
+RUNTIME_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json",
+                 "preprocessor_config.json")
 DEFAULT_MAX_LENGTH = 512
 
 
@@ -52,7 +54,7 @@ def export_hf_folder(source: HfFolderSource, work_dir: Path) -> Exported:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             main_export(
-                str(source.path), output=str(out), task=source.task, library_name=source.library,
+                str(source.path), output=str(out), task=get_task(source.task).optimum_task, library_name=source.library,
                 do_validation=False, trust_remote_code=source.trust_remote_code, device="cpu",
             )
     except Exception as exc:  # optimum/transformers/safetensors raise many unrelated types
@@ -64,11 +66,19 @@ def export_hf_folder(source: HfFolderSource, work_dir: Path) -> Exported:
     onnx_path = out / "model.onnx"
     if not onnx_path.is_file():
         raise ToolError(f"optimum's export of {source.path} produced no model.onnx")
-    if not (out / "tokenizer.json").is_file():
+    text = get_task(source.task).family == "text"
+    if text and not (out / "tokenizer.json").is_file():
         raise SlimserveError(f"{source.path} has no fast tokenizer (tokenizer.json) and none could be built",
                              hint="save the tokenizer with a fast tokenizer (tokenizers library) first")
-    runtime = _runtime_spec(source, out)
-    reference = _pytorch_reference(source)
+    from slimserve.optimizer.families.base import family_for
+
+    family = family_for(source.task)
+    runtime = _runtime_spec(source, out, text)
+    if family is not None:
+        runtime = family.runtime_spec(source, out, runtime)
+        reference = family.reference(source)
+    else:
+        reference = _pytorch_reference(source)
     extra = tuple(out / name for name in RUNTIME_FILES if (out / name).is_file())
     return Exported(onnx_path=onnx_path, runtime=runtime, reference=reference, reference_kind="pytorch",
                     extra_files=extra, source_info={"task": source.task, "library": source.library})
@@ -82,30 +92,39 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _runtime_spec(source: HfFolderSource, out: Path) -> dict[str, Any]:
+def _labels(config: dict[str, Any]) -> list[str] | None:
+    id2label = config.get("id2label") or {}
+    labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label))]
+    return labels or None
+
+
+def _runtime_spec(source: HfFolderSource, out: Path, text: bool) -> dict[str, Any]:
+    """The runtime section every task starts from: kind, task, labels and (text) the tokenizer and limits."""
+    config = _read_json(out / "config.json")
+    spec: dict[str, Any] = {"kind": "text" if text else get_task(source.task).family, "task": source.task,
+                            "labels": None}
+    if config.get("problem_type"):
+        spec["problem_type"] = str(config["problem_type"])
+    if not text:
+        spec["labels"] = _labels(config)
+        return spec
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(out), local_files_only=True)  # type: ignore[no-untyped-call]  # transformers is untyped
     max_length = min(int(getattr(tokenizer, "model_max_length", DEFAULT_MAX_LENGTH) or DEFAULT_MAX_LENGTH),
                      DEFAULT_MAX_LENGTH)
-    config = _read_json(out / "config.json")
-    spec: dict[str, Any] = {
-        "kind": "text", "task": source.task, "tokenizer": "tokenizer.json",
-        "pad_id": int(tokenizer.pad_token_id or 0), "pad_token": str(tokenizer.pad_token or "[PAD]"),
-        "labels": None,
-    }
+    spec.update({"tokenizer": "tokenizer.json", "pad_id": int(tokenizer.pad_token_id or 0),
+                 "pad_token": str(tokenizer.pad_token or "[PAD]")})
     if source.library == "sentence_transformers":
         st_config = _read_json(source.path / "sentence_bert_config.json")
         max_length = int(st_config.get("max_seq_length", max_length))
         modules = json.loads((source.path / "modules.json").read_text(encoding="utf-8"))
         normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
         spec.update(output="sentence_embedding", pooling="none", normalize=normalize)
-    elif source.task == "text-classification":
-        id2label = config.get("id2label") or {}
-        labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label))]
-        spec.update(output="logits", pooling="none", normalize=False, labels=labels or None)
-    else:
+    elif source.task == "feature-extraction":
         spec.update(output="last_hidden_state", pooling="mean", normalize=False)
+    else:
+        spec.update(output="logits", pooling="none", normalize=False, labels=_labels(config))
     spec["max_length"] = max_length
     # The request limits the shipped handler enforces (and `check` measures at their worst), written
     # out so the manifest says what a deployment accepts; see RequestLimits for how they are derived.

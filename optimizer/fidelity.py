@@ -1,8 +1,10 @@
 """How faithful a candidate is to the original model: the one place fidelity is computed.
 
 The metric fits the output: cosine per sample for embeddings and hidden states, top-1 agreement plus
-cosine for classification logits, max/mean absolute error (plus cosine) for anything else. `mean` and
-`min` are always per-sample cosine statistics so budgets (--min-fidelity) read the same for every model.
+cosine for classification logits, max/mean absolute error (plus cosine) for anything else. The task
+families (optimizer/families) judge what callers see instead (labels, entities, spans, rankings): their
+`metric` names it, and `mean`/`min` are its mean and worst sample. `mean` is what `--min-fidelity`,
+`compare` and `build` rank by, so each task's bar is documented with its metric (slimserve.tasks).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Fidelity:
     top1_agreement: float | None = None
     max_abs_error: float | None = None
     mean_abs_error: float | None = None
+    details: dict[str, float] | None = None  # a family's secondary metrics (top-5 overlap, logit cosine...)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

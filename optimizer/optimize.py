@@ -26,6 +26,7 @@ from slimserve.manifest import (
 )
 from slimserve.optimizer import eval_inputs, step_options
 from slimserve.optimizer.exported import Exported
+from slimserve.optimizer.families.base import EvalBatch, Family, family_for
 from slimserve.optimizer.fidelity import Fidelity, compare_outputs
 from slimserve.optimizer.onnx_io import describe_model, load_onnx, model_files, ort_message, ort_session
 from slimserve.optimizer.recipes import parse_recipe
@@ -33,7 +34,7 @@ from slimserve.optimizer.sources import HfFolderSource, OnnxSource, Source
 from slimserve.optimizer.step_cache import StepCache, run_step
 from slimserve.optimizer.steps.base import StepContext
 from slimserve.progress import NULL_PROGRESS, Progress
-from slimserve.runtime.model_runtime import LoadedModel
+from slimserve.runtime.model_runtime import Encoded, InputError, LoadedModel
 
 Feed = dict[str, np.ndarray]
 
@@ -54,6 +55,10 @@ class Prepared:
     source_sha256: str
     extra: dict[str, Any] = field(default_factory=dict)
     cache: StepCache | None = None  # step results by content, shared by every recipe built from this
+    # task families (optimizer/families): each evaluation request as the runtime encoded it, and the
+    # original model's raw outputs on it; empty for the sentence tasks and raw tensors
+    encoded: list[Encoded] = field(default_factory=list)
+    reference_outputs: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
 def _onnx_source(source: OnnxSource) -> Exported:
@@ -109,6 +114,9 @@ def prepare(source: Source, work_dir: Path, eval_path: Path | None = None, progr
 
     start = time.perf_counter()
     info = describe_model(exported.onnx_path)
+    family = family_for(exported.runtime.get("task", ""))
+    if family is not None:
+        return _prepare_family(source, exported, family, work_dir, eval_path, progress, export_seconds, start)
     if exported.runtime["kind"] == "text":
         encoder = LoadedModel(exported.onnx_path.parent, threads=0, model_file=exported.onnx_path, spec=exported.runtime)
         texts = eval_inputs.load_texts(eval_path) if eval_path else eval_inputs.builtin_texts(eval_inputs.BUILTIN_EVAL)
@@ -147,6 +155,58 @@ def prepare(source: Source, work_dir: Path, eval_path: Path | None = None, progr
                     cache=StepCache.for_feeds(work_dir / "step-cache", calibration))
 
 
+def _prepare_family(source: Source, exported: Exported, family: Family, work_dir: Path, eval_path: Path | None,
+                    progress: Progress, export_seconds: float, start: float) -> Prepared:
+    """Evaluation requests encoded by the shipped runtime, and the original model's outputs on them."""
+    runtime = LoadedModel(exported.onnx_path.parent, threads=0, model_file=exported.onnx_path, spec=exported.runtime)
+    evalset = family.eval_set(runtime.task, eval_path)
+    defaults = runtime.parameters(None)
+
+    def encode(inputs: Any, what: str, index: int) -> Encoded:
+        try:
+            return runtime.encode_request(inputs, defaults)
+        except InputError as exc:
+            raise SlimserveError(f"{what} request {index + 1} cannot be served: {exc}",
+                                 hint="check the --eval file against the task's request shape "
+                                      "(slimserve optimize --list-tasks)") from None
+
+    encoded = [encode(r, "evaluation", i) for i, r in enumerate(evalset.requests)]
+    calibration = [encode(r, "calibration", i).feeds for i, r in enumerate(evalset.calibration)]
+    reference_outputs = []
+    with progress.stage("reference outputs", total=len(encoded)) as stage:
+        for item in encoded:
+            try:
+                reference_outputs.append(exported.reference(item.feeds))
+            except Exception as exc:  # noqa: BLE001  # the user's model failing on its inputs: bad input
+                raise SlimserveError(f"the original model failed on the evaluation inputs: {ort_message(exc)}",
+                                     hint="pass --eval with inputs the model accepts, or check the model") from None
+            stage.advance()
+    source_path, source_sha = _source_digest(source)
+    return Prepared(source=source, exported=exported, work_dir=work_dir, feeds=[e.feeds for e in encoded],
+                    calibration=calibration, reference_primary=[], eval_source=evalset.description,
+                    export_seconds=export_seconds, reference_seconds=time.perf_counter() - start,
+                    source_sha256=source_sha, extra={"source_path": source_path},
+                    cache=StepCache.for_feeds(work_dir / "step-cache", calibration),
+                    encoded=encoded, reference_outputs=reference_outputs)
+
+
+def _evaluate_family(prepared: Prepared, family: Family, model: LoadedModel, progress: Progress) -> Fidelity:
+    batches = []
+    with progress.stage("evaluate fidelity", total=len(prepared.encoded)) as stage:
+        for item, reference in zip(prepared.encoded, prepared.reference_outputs):
+            try:
+                outputs = model.run(item.feeds)
+            except Exception as exc:  # onnxruntime runtime failures on the candidate
+                raise ToolError(f"the optimized model fails at inference: {first_line(exc)}") from exc
+            batches.append(EvalBatch(encoded=item, reference=reference, candidate=outputs))
+            stage.advance()
+    try:
+        return family.fidelity(model, batches, reference_name=prepared.exported.reference_kind,
+                               eval_source=prepared.eval_source)
+    except ValueError as exc:
+        raise ToolError(f"the optimized model's output no longer matches the original: {exc}") from None
+
+
 def _output_kind(runtime: dict[str, Any]) -> str:
     if runtime["task"] == "text-classification":
         return "logits"
@@ -157,6 +217,9 @@ def evaluate(prepared: Prepared, model_file: Path, progress: Progress = NULL_PRO
     """Run a candidate file on the evaluation feeds and compare with the reference."""
     runtime = prepared.exported.runtime
     model = LoadedModel(prepared.exported.onnx_path.parent, threads=0, model_file=model_file, spec=runtime)
+    family = family_for(runtime.get("task", ""))
+    if family is not None:
+        return _evaluate_family(prepared, family, model, progress)
     text_model = model if runtime["kind"] == "text" else None
     candidate = []
     with progress.stage("evaluate fidelity", total=len(prepared.feeds)) as stage:

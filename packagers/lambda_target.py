@@ -1,6 +1,6 @@
 """AWS Lambda zip artifacts: a runtime layer, a function zip, a SAM template, the manifest and DEPLOY.md.
 
-function.zip layout (extracted to /var/task):   lambda_handler.py, model_runtime.py,
+function.zip layout (extracted to /var/task):   lambda_handler.py, model_runtime.py, task_*.py,
                                                 model/slimserve.json, model/model.onnx, model/tokenizer.json ...
 layer.zip layout (extracted to /opt):           python/numpy, python/onnxruntime, python/tokenizers, *.dist-info
 
@@ -38,7 +38,7 @@ from slimserve.packagers.repro_zip import write_zip
 from slimserve.packagers.reproducible import tree_entries
 from slimserve.packagers.target import Target
 from slimserve.progress import NULL_PROGRESS, Progress
-from slimserve.runtime import RUNTIME_DIR
+from slimserve.runtime import RUNTIME_DIR, handler_modules
 
 if TYPE_CHECKING:
     from slimserve.profiles.rules import PlatformVerdict
@@ -92,10 +92,7 @@ class LambdaArtifacts:
 
 def function_entries(bundle: ModelBundle) -> dict[str, Path | bytes]:
     """arcname -> source for function.zip: the shipped handler and runtime, then the model folder."""
-    entries: dict[str, Path | bytes] = {
-        "lambda_handler.py": RUNTIME_DIR / "lambda_handler.py",
-        "model_runtime.py": RUNTIME_DIR / "model_runtime.py",
-    }
+    entries: dict[str, Path | bytes] = {name: RUNTIME_DIR / name for name in handler_modules("lambda_handler.py")}
     for rel, source in model_entries(bundle).items():
         entries[f"{MODEL_SUBDIR}/{rel}"] = source
     return entries

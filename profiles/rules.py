@@ -83,6 +83,7 @@ class DeploymentFacts:
     python: str
     arch: str
     fidelity_mean: float | None = None
+    fidelity_metric: str = "cosine"  # what fidelity_mean measures (the task's metric, slimserve.tasks)
     fidelity_min: float | None = None
     host_vcpus: float = 1.0
 
@@ -408,14 +409,14 @@ def _fidelity(profile: Profile, facts: DeploymentFacts, options: RuleOptions, me
     if floor is None:
         return None
     if facts.fidelity_mean is None:
-        return Finding("fidelity", "Fidelity", "fail", None, floor, "cosine",
+        return Finding("fidelity", "Fidelity", "fail", None, floor, facts.fidelity_metric,
                        "no fidelity measurement in the manifest: run `slimserve optimize` to measure it")
     ok = facts.fidelity_mean >= floor
     worst = f", min {facts.fidelity_min:.4f}" if facts.fidelity_min is not None else ""
-    reason = (f"mean cosine {facts.fidelity_mean:.4f}{worst} {'≥' if ok else '<'} --min-fidelity {floor}"
-              + ("" if ok else ": choose a more faithful recipe"))
-    return Finding("fidelity", "Fidelity", "pass" if ok else "fail", facts.fidelity_mean, floor, "cosine",
-                   reason)
+    reason = (f"mean {facts.fidelity_metric} {facts.fidelity_mean:.4f}{worst} {'≥' if ok else '<'} "
+              f"--min-fidelity {floor}" + ("" if ok else ": choose a more faithful recipe"))
+    return Finding("fidelity", "Fidelity", "pass" if ok else "fail", facts.fidelity_mean, floor,
+                   facts.fidelity_metric, reason)
 
 
 RULES: tuple[Rule, ...] = (_python, _arch, _zipped, _unzipped, _layers, _image, _memory, _init_time,

@@ -84,9 +84,13 @@ BAD_TEXT = [
     (http("!!!notbase64", raw=True, b64=False) | {"isBase64Encoded": True}, "base64"),
     (http([1, 2]), "JSON object"),
     (http({"text": ["a"]}), 'missing field "inputs"'),
-    (http({"inputs": "hello"}), "list of strings"),
+    (http({"inputs": 3}), "a string or a list of strings"),
     (http({"inputs": ["ok", 3]}), "list of strings"),
     (http({"inputs": []}), "empty"),
+    (http({"inputs": ["ok"], "parameters": {"top_k": 2}}), "unknown parameter 'top_k'"),
+    (http({"inputs": ["ok"], "parameters": [1]}), '"parameters" must be a JSON object'),
+    (http({"inputs": ["ok"], "extra": 1}), "unknown field 'extra'"),
+    (http("\x89PNG", raw=True) | {"headers": {"Content-Type": "image/png"}}, "does not take image/png"),
 ]
 OVER_LIMIT_TEXT = [
     (http({"inputs": ["a"] * 5}), "too many inputs: 5 > 4"),
@@ -115,10 +119,10 @@ def test_bad_direct_input_returns_an_error_not_an_exception(text_handler: Module
 
 
 def test_internal_errors_are_a_generic_500(text_handler: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(texts: list[str]) -> dict[str, Any]:
+    def broken(feeds: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(text_handler.MODEL, "predict_texts", broken)
+    monkeypatch.setattr(text_handler.MODEL, "run", broken)
     resp = text_handler.handler(http({"inputs": ["hi"]}), None)
     assert resp["statusCode"] == 500 and json.loads(resp["body"]) == {"error": "internal error"}
     assert text_handler.handler({"inputs": ["hi"]}, None) == {"error": "internal error"}

@@ -70,6 +70,9 @@ def render_optimize_table(manifest: dict[str, Any]) -> None:
               help="text: a table; json: the manifest (slimserve.json) on stdout.")
 @click.option("--list-recipes", is_flag=True, is_eager=True, expose_value=False, callback=lambda ctx, _p, v: _list(ctx, v),
               help="List recipe steps and exit.")
+@click.option("--list-tasks", is_flag=True, is_eager=True, expose_value=False,
+              callback=lambda ctx, _p, v: _list_tasks(ctx, v),
+              help="List the tasks slimserve serves (request, response, fidelity metric) and exit.")
 def command(model: str, output: Path, recipe: str, task: str | None, eval_path: Path | None,
             input_shapes: tuple[str, ...], input_dtype: str, trust_remote_code: bool, allow_pickle: bool, fmt: str) -> None:
     """Export MODEL (an .onnx file, a Hugging Face folder, or package.module:factory) and apply a recipe."""
@@ -93,4 +96,24 @@ def _list(ctx: click.Context, value: bool) -> None:
     from slimserve.optimizer.recipes import describe_steps
 
     click.echo(describe_steps())
+    ctx.exit(0)
+
+
+def describe_tasks() -> str:
+    """Every task with the request it takes, the answer it gives and how fidelity is judged."""
+    from slimserve.tasks import TASKS
+
+    blocks = []
+    for task in TASKS:
+        blocks.append(f"{task.name}  ({task.family} runtime)\n"
+                      f"  request:  {task.request}\n"
+                      f"  response: {task.response}\n"
+                      f"  fidelity: {task.metric}: {task.metric_doc}; suggested --min-fidelity {task.default_min_fidelity}")
+    return "\n\n".join(blocks)
+
+
+def _list_tasks(ctx: click.Context, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(describe_tasks())
     ctx.exit(0)

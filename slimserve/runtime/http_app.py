@@ -5,7 +5,8 @@ folder. Routing, validation, limits and answers are `lambda_handler`'s (`ROUTES`
 implementation for both fronts. Imports only the standard library, the shipped runtime and (when present)
 `waitress`, a small pure-Python WSGI server with a thread pool. The model loads once, at import.
 
-    POST /, /predict, /invocations   {"inputs": [...]}  -> the prediction (see lambda_handler)
+    POST /, /predict, /invocations   {"inputs": [...]}  -> the prediction (see lambda_handler); image
+                                     models also take an image file as the body (Content-Type: image/*)
     GET  /, /health, /healthz        -> {"status": "ok", "task": ..., "limits": {...}}
     anything else                    -> 404, or 405 with Allow on a known path
 
@@ -88,6 +89,9 @@ def _read_json(environ: dict[str, Any]) -> Any:
     raw = environ["wsgi.input"].read(length) if length > 0 else b""
     if not raw:
         raise InputError('empty request body: POST a JSON object like {"inputs": [...]}')
+    content_type = str(environ.get("CONTENT_TYPE") or "")
+    if lambda_handler.media_type(content_type) not in ("application/json", "text/json", "text/plain", ""):
+        return lambda_handler.raw_payload(content_type, raw)
     try:
         return lambda_handler.parse_json(raw.decode("utf-8"))
     except UnicodeDecodeError:

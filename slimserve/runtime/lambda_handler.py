@@ -75,26 +75,23 @@ def health() -> dict[str, Any]:
     return {"status": "ok", "task": MODEL.spec.get("task"), "limits": LIMITS.as_dict()}
 
 
-def _predict(payload: Any) -> dict[str, Any]:
+REQUEST_FIELDS = ("inputs", "parameters", "options")  # the Inference API's; "options" is accepted and unused
+
+
+def _predict(payload: Any) -> Any:
     """Validate a decoded request and run the model; InputError carries a message safe for the caller."""
     if not isinstance(payload, dict):
         raise InputError('request must be a JSON object like {"inputs": [...]}')
     if "inputs" not in payload:
         raise InputError('missing field "inputs"')
+    unknown = sorted(set(payload) - set(REQUEST_FIELDS))
+    if unknown:
+        raise InputError(f"unknown field {unknown[0]!r} (a request has {', '.join(REQUEST_FIELDS)})")
     inputs = payload["inputs"]
-    if MODEL.kind == "text":
-        if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
-            raise InputError('"inputs" must be a list of strings')
-        if not inputs:
-            raise InputError('"inputs" is empty')
-        LIMITS.check_texts(inputs)
-        for index, text in enumerate(inputs):
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:  # e.g. a lone surrogate from "\ud800" in the JSON
-                raise InputError(f"inputs[{index}] is not valid Unicode text (lone surrogate)") from None
-        answer: dict[str, Any] = MODEL.predict_texts(inputs, LIMITS)
-        return answer
+    if MODEL.kind != "tensor":
+        return MODEL.predict(inputs, payload.get("parameters"), LIMITS)
+    if payload.get("parameters"):
+        raise InputError("this model takes no parameters")
     if not isinstance(inputs, dict) or not all(isinstance(v, list) for v in inputs.values()):
         raise InputError('"inputs" must be an object of named arrays: {"name": [[...], ...]}')
     result: dict[str, Any] = MODEL.predict_tensors(inputs, LIMITS)
@@ -150,12 +147,36 @@ def _http_request(event: Any) -> tuple[str, str] | None:
     return str(method).upper(), str(path)
 
 
-def _http(status: int, body: dict[str, Any], allow: str = "") -> dict[str, Any]:
+def _http(status: int, body: Any, allow: str = "") -> dict[str, Any]:
     headers = {"content-type": "application/json"}
     if allow:
         headers["allow"] = allow
     return {"statusCode": status, "headers": headers, "body": json.dumps(body, allow_nan=False),
             "isBase64Encoded": False}
+
+
+def _header(event: dict[str, Any], name: str) -> str:
+    headers = event.get("headers")
+    if not isinstance(headers, dict):
+        return ""
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == name and isinstance(value, str):
+            return value
+    return ""
+
+
+def media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def raw_payload(content_type: str, body: bytes) -> Any:
+    """A request from a non-JSON body: an image file POSTed as is (`Content-Type: image/jpeg`) is one input."""
+    kind = media_type(content_type)
+    if kind.startswith("image/") or kind == "application/octet-stream":
+        if MODEL.kind != "image":
+            raise InputError(f"this model does not take {kind} bodies: POST JSON like {{\"inputs\": [...]}}")
+        return {"inputs": [body]}
+    raise InputError(f"unsupported Content-Type {kind!r}: POST application/json (or an image for image models)")
 
 
 def _decode_body(event: dict[str, Any]) -> Any:
@@ -164,10 +185,19 @@ def _decode_body(event: dict[str, Any]) -> Any:
         raise InputError('empty request body: POST a JSON object like {"inputs": [...]}')
     if not isinstance(body, str):
         raise InputError("request body must be a JSON string")
+    content_type = _header(event, "content-type")
+    raw: bytes | None = None
     if event.get("isBase64Encoded"):
         try:
-            body = base64.b64decode(body, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+            raw = base64.b64decode(body, validate=True)
+        except binascii.Error:
+            raise InputError("request body is not valid base64") from None
+    if content_type and media_type(content_type) not in ("application/json", "text/json", "text/plain", ""):
+        return raw_payload(content_type, raw if raw is not None else body.encode("utf-8", "surrogateescape"))
+    if raw is not None:
+        try:
+            body = raw.decode("utf-8")
+        except UnicodeDecodeError:
             raise InputError("request body is not valid base64-encoded UTF-8") from None
     return parse_json(body)
 
@@ -191,7 +221,7 @@ def respond(method: str, path: str, payload: Callable[[], Any]) -> dict[str, Any
         return _http(500, {"error": "internal error"})
 
 
-def handler(event: Any, context: Any = None) -> dict[str, Any]:
+def handler(event: Any, context: Any = None) -> Any:
     """Lambda entry point; never raises: bad input is a 400/413 (or `{"error"}`), anything else a 500."""
     request = _http_request(event)
     if request is not None:
@@ -205,5 +235,5 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
         return {"error": "internal error"}
 
 
-__all__ = ["LIMITS", "MODEL", "ROUTES", "InputError", "LimitError", "handler", "health", "parse_json", "respond",
-           "route"]
+__all__ = ["LIMITS", "MODEL", "ROUTES", "InputError", "LimitError", "handler", "health", "media_type", "parse_json",
+           "raw_payload", "respond", "route"]

@@ -1,18 +1,35 @@
 """Load an optimized model folder once and answer predictions. Shipped as-is inside every artifact.
 
-Only the standard library, numpy, onnxruntime and (for text models) tokenizers may be imported here:
-this file runs on Lambda/Cloud Run where torch and slimserve are absent. The folder's `slimserve.json`
-manifest carries a `runtime` section that says how to tokenize, which output to read and how to pool.
+Only the standard library, numpy, onnxruntime, tokenizers (text models) and Pillow (image models) may be
+imported here: this file runs on Lambda/Cloud Run where torch and slimserve are absent. The folder's
+`slimserve.json` manifest carries a `runtime` section that says how to tokenize, which output to read and
+how to pool.
+
+Each task family has its own shipped module (`task_*.py`, listed in `TASK_MODULES`) with one contract:
+
+    PARAMETERS                      task -> the request "parameters" it accepts, with their defaults
+    read_parameters(values) -> dict the parameters (defaults filled in, names checked) validated
+                                    (InputError on a bad value)
+    setup(model) -> None            optional, once at load (e.g. the tokenizer's truncation for the task)
+    encode(model, inputs, parameters, limits) -> Encoded
+                                    validate "inputs" (InputError/LimitError), build the ONNX feeds
+    decode(model, outputs, encoded, parameters) -> Any
+                                    the response body, shaped like the transformers pipeline's answer
+
+`LoadedModel.predict` runs that contract; slimserve's own evaluation calls `encode`/`decode` directly so
+the numbers it reports come from the code that answers requests in production.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -50,6 +67,54 @@ class LimitError(InputError):
     """The request is well formed but asks for more work than one request may (HTTP 413)."""
 
     status = 413
+
+
+# task -> the shipped module that encodes its requests and decodes its answers (see the module docstring).
+TASK_MODULES: dict[str, str] = {
+    "feature-extraction": "task_text",
+    "text-classification": "task_text",
+    "image-classification": "task_image",
+    "token-classification": "task_tokens",
+    "question-answering": "task_qa",
+    "text-ranking": "task_pairs",
+}
+
+
+@dataclass
+class Encoded:
+    """One request turned into ONNX feeds, plus what `decode` needs to answer it (offsets, spans, sizes).
+
+    `count` is how many inputs the request held; `single` says the caller sent one input rather than a
+    list, so the answer is not wrapped in a list (as transformers pipelines do)."""
+
+    feeds: dict[str, np.ndarray]
+    count: int
+    context: Any = None
+    single: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def task_module(task: str) -> ModuleType:
+    """The shipped module of `task` (flat beside this file in an artifact, a package inside slimserve)."""
+    name = TASK_MODULES.get(task)
+    if name is None:
+        raise ValueError(f"this runtime does not serve task {task!r}")
+    if __package__:
+        return importlib.import_module(f"{__package__}.{name}")
+    return importlib.import_module(name)
+
+
+def check_parameter_names(raw: Any, accepted: Mapping[str, Any]) -> dict[str, Any]:
+    """`raw` as a dict whose keys the task knows; an unknown one is the caller's 400, never ignored."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InputError('"parameters" must be a JSON object')
+    unknown = sorted(set(raw) - set(accepted))
+    if unknown:
+        known = ", ".join(sorted(accepted)) or "none"
+        raise InputError(f"unknown parameter {unknown[0]!r} (this model takes: {known})")
+    return dict(raw)
 
 
 # Defaults for manifests that predate the limits (the optimizer records them in `runtime`).
@@ -185,14 +250,42 @@ class LoadedModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.kind: str = self.spec["kind"]
         self.max_batch: int = int(self.spec.get("max_batch", DEFAULT_MAX_BATCH))
-        self.tokenizer = None
-        if self.kind == "text":
+        self.tokenizer: Any = None
+        if self.spec.get("tokenizer"):
             from tokenizers import Tokenizer
 
             tok = Tokenizer.from_file(str(self.root / self.spec["tokenizer"]))
             tok.enable_truncation(max_length=int(self.spec["max_length"]))
             tok.enable_padding(pad_id=int(self.spec.get("pad_id", 0)), pad_token=self.spec.get("pad_token", "[PAD]"))
             self.tokenizer = tok
+        self.task: str = str(self.spec["task"])
+        self.module: ModuleType | None = task_module(self.task) if self.kind != "tensor" else None
+        if self.module is not None and hasattr(self.module, "setup"):
+            self.module.setup(self)
+
+    # -- every task but raw tensors --------------------------------------------------------------
+    def parameters(self, raw: Any) -> dict[str, Any]:
+        """The request's "parameters", checked by name here and by value in the task's module."""
+        assert self.module is not None
+        defaults: dict[str, Any] = self.module.PARAMETERS[self.task]
+        known = check_parameter_names(raw, defaults)
+        values: dict[str, Any] = self.module.read_parameters({**defaults, **known})
+        return values
+
+    def encode_request(self, inputs: Any, parameters: dict[str, Any], limits: RequestLimits | None = None) -> Encoded:
+        assert self.module is not None
+        encoded: Encoded = self.module.encode(self, inputs, parameters, limits)
+        return encoded
+
+    def decode_outputs(self, outputs: dict[str, np.ndarray], encoded: Encoded, parameters: dict[str, Any]) -> Any:
+        assert self.module is not None
+        return self.module.decode(self, outputs, encoded, parameters)
+
+    def predict(self, inputs: Any, parameters: Any = None, limits: RequestLimits | None = None) -> Any:
+        """The answer to `{"inputs": inputs, "parameters": parameters}`, within `limits` when given."""
+        values = self.parameters(parameters)
+        encoded = self.encode_request(inputs, values, limits)
+        return self.decode_outputs(self.run(encoded.feeds), encoded, values)
 
     # -- text models ---------------------------------------------------------------------------
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
@@ -232,25 +325,9 @@ class LoadedModel:
         """The request limits the manifest (or the environment) sets for this model."""
         return RequestLimits.from_spec(self.spec, environ, row_elements(self.session.get_inputs()))
 
-    def predict_texts(self, texts: list[str], limits: RequestLimits | None = None) -> dict[str, Any]:
-        """`{"embeddings": [...]}` for feature extraction, `{"labels", "scores"}` for classification.
-
-        With `limits` (the handler's), the padded batch is refused before the model runs when it is
-        over the token budget; slimserve's own evaluation passes none."""
-        if limits is not None:
-            limits.check_texts(texts)
-        feeds = self.encode(texts)
-        if limits is not None and feeds:
-            batch, length = next(iter(feeds.values())).shape[:2]
-            limits.check_tokens(int(batch), int(length))
-        primary = self.postprocess(self.run(feeds), feeds)
-        if self.spec["task"] == "text-classification":
-            logits = primary - primary.max(axis=-1, keepdims=True)
-            probs = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
-            best = probs.argmax(axis=-1)
-            labels = self.spec.get("labels") or [f"LABEL_{i}" for i in range(probs.shape[-1])]
-            return {"labels": [labels[i] for i in best], "scores": [float(probs[n, i]) for n, i in enumerate(best)]}
-        return {"embeddings": primary.tolist()}
+    def predict_texts(self, texts: list[str], limits: RequestLimits | None = None) -> Any:
+        """The answer to `{"inputs": texts}` (see task_text); kept for callers that only have texts."""
+        return self.predict(texts, None, limits)
 
     # -- tensor models -------------------------------------------------------------------------
     def predict_tensors(self, inputs: dict[str, Any], limits: RequestLimits | None = None) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""What each task family adds to the shared export/evaluate flow (see base.Family)."""

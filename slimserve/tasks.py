@@ -1,0 +1,76 @@
+"""The tasks slimserve serves: one table that detection, `--task`, `--list-tasks` and the README read.
+
+A task is what the shipped handler answers (request and response shapes follow the Hugging Face
+Inference API and `transformers` pipelines) and how fidelity is judged. Which model heads may serve it is
+decided by the head's architecture suffix (`...ForTokenClassification`), so a forced `--task` that does
+not fit the model's head is refused before anything is exported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    family: str             # text | image | tensor: which runtime extras the artifact needs
+    heads: tuple[str, ...]  # architecture suffixes that can serve it ("Model": any bare encoder)
+    optimum_task: str       # the task optimum's exporter is asked for
+    request: str
+    response: str
+    metric: str             # the fidelity metric `mean`/`min` hold, ranked by compare/build
+    metric_doc: str
+    default_min_fidelity: float
+
+
+TASKS: tuple[Task, ...] = (
+    Task("feature-extraction", "text", ("Model", "ForSequenceClassification", "ForTokenClassification",
+                                        "ForQuestionAnswering", "ForMaskedLM"), "feature-extraction",
+         '{"inputs": ["text", ...]}', '{"embeddings": [[float, ...], ...]}',
+         "cosine", "per-text cosine of the embeddings vs PyTorch", 0.99),
+    Task("text-classification", "text", ("ForSequenceClassification",), "text-classification",
+         '{"inputs": ["text", ...], "parameters": {"top_k": 1|null, "function_to_apply": "softmax"}}',
+         '[{"label": str, "score": float}, ...] (a list per text with top_k)',
+         "cosine", "per-text cosine of the logits vs PyTorch (top-1 agreement reported)", 0.99),
+    Task("text-ranking", "text", ("ForSequenceClassification",), "text-classification",
+         '{"inputs": {"query": str, "documents": [str, ...]}} or {"inputs": [[str, str], ...]}',
+         '[{"index": int, "score": float, "text": str}, ...] ranked (pairs: [float, ...])',
+         "spearman", "Spearman rank correlation of the scores per query vs PyTorch (score cosine reported)", 0.95),
+    Task("token-classification", "text", ("ForTokenClassification",), "token-classification",
+         '{"inputs": ["text", ...], "parameters": {"aggregation_strategy": "simple"}}',
+         '[[{"entity_group": str, "word": str, "start": int, "end": int, "score": float}, ...], ...]',
+         "entity_f1", "entity-level F1 vs the PyTorch model's entities (token-label agreement reported)", 0.95),
+    Task("question-answering", "text", ("ForQuestionAnswering",), "question-answering",
+         '{"inputs": [{"question": str, "context": str}], "parameters": {"top_k": 1, "max_answer_len": 15}}',
+         '{"answer": str, "score": float, "start": int, "end": int} (a list when top_k > 1)',
+         "exact_match", "answer-span exact match vs the PyTorch model (start/end agreement reported)", 0.95),
+    Task("image-classification", "image", ("ForImageClassification",), "image-classification",
+         '{"inputs": ["<base64 image>", ...], "parameters": {"top_k": 5}} or a raw image/* body',
+         '[[{"label": str, "score": float}, ...], ...]',
+         "top1_agreement", "top-1 label agreement vs PyTorch (top-5 overlap and logit cosine reported)", 0.95),
+    Task("tensor", "tensor", (), "",
+         '{"inputs": {"name": [[...]], ...}}', '{"outputs": {"name": [[...]], ...}}',
+         "cosine", "per-sample cosine of all outputs vs onnxruntime/PyTorch on the original", 0.99),
+)
+
+BY_NAME = {task.name: task for task in TASKS}
+HF_TASKS = tuple(task.name for task in TASKS if task.name != "tensor")
+
+
+def get_task(name: str) -> Task:
+    return BY_NAME[name]
+
+
+def tasks_for_architecture(arch: str) -> tuple[str, ...]:
+    """Tasks a model whose architecture is `arch` can serve, best first (the first is the default)."""
+    if not arch:
+        return ("feature-extraction",)
+    fits = [task.name for task in TASKS if any(arch.endswith(head) for head in task.heads)]
+    if arch.endswith("ForSequenceClassification"):  # a classifier's default is classification, not ranking
+        fits.sort(key=lambda name: name != "text-classification")
+    elif arch.endswith("ForImageClassification"):
+        fits = ["image-classification"]
+    elif not arch.endswith("Model"):
+        fits.sort(key=lambda name: name == "feature-extraction")
+    return tuple(fits)
