@@ -23,7 +23,7 @@ import numpy as np
 from slimserve.optimizer.exported import ReferenceRunner
 from slimserve.optimizer.fidelity import Fidelity
 from slimserve.optimizer.sources import HfFolderSource
-from slimserve.runtime.model_runtime import Encoded, LoadedModel
+from slimserve.runtime.model_runtime import Encoded, LoadedModel, RequestLimits
 
 Outputs = dict[str, np.ndarray]
 
@@ -67,6 +67,15 @@ class Family(Protocol):
     def fidelity(self, model: LoadedModel, batches: Sequence[EvalBatch], *, reference_name: str,
                  eval_source: str) -> Fidelity:
         """`metric`, `mean` and `min` are the family's headline metric (per sample); more in `details`."""
+        ...
+
+    def sample_inputs(self, runtime: dict[str, Any]) -> Any:
+        """The `inputs` of one typical request (what `check` times as the first and warm inference)."""
+        ...
+
+    def worst_inputs(self, runtime: dict[str, Any], limits: RequestLimits) -> tuple[Any, str]:
+        """The `inputs` of the most expensive request `limits` accept, and a short description of it
+        (`check` measures its time and memory; the deployment's memory and timeout come from it)."""
         ...
 
 

@@ -179,9 +179,14 @@ def worst_event(manifest: dict[str, Any]) -> WorstRequest:
     characters long (the most the tokenizer is asked to read). Tensors: as many rows as `max_batch` and
     `max_elements` allow, dynamic non-batch dimensions at 1, zeros.
     """
+    from slimserve.optimizer.families.base import family_for
     from slimserve.runtime.model_runtime import RequestLimits
 
     runtime = manifest["runtime"]
+    family = family_for(str(runtime.get("task", "")))
+    if family is not None:
+        family_inputs, description = family.worst_inputs(runtime, RequestLimits.from_spec(runtime, environ={}))
+        return WorstRequest({"inputs": family_inputs}, description)
     if runtime["kind"] == "text":
         limits = RequestLimits.from_spec(runtime, environ={})
         max_length = int(runtime.get("max_length") or 512)
@@ -209,6 +214,11 @@ def worst_event(manifest: dict[str, Any]) -> WorstRequest:
 
 def sample_event(manifest: dict[str, Any]) -> dict[str, Any]:
     """A representative direct-invocation event: one sentence, or one row of zeros per tensor input."""
+    from slimserve.optimizer.families.base import family_for
+
+    family = family_for(str(manifest["runtime"].get("task", "")))
+    if family is not None:
+        return {"inputs": family.sample_inputs(manifest["runtime"])}
     if manifest["runtime"]["kind"] == "text":
         return {"inputs": ["Serverless inference should start fast and stay small."]}
     inputs: dict[str, Any] = {}
