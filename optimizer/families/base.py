@@ -69,8 +69,9 @@ class Family(Protocol):
         """`metric`, `mean` and `min` are the family's headline metric (per sample); more in `details`."""
         ...
 
-    def sample_inputs(self, runtime: dict[str, Any]) -> Any:
-        """The `inputs` of one typical request (what `check` times as the first and warm inference)."""
+    def sample_inputs(self, runtime: dict[str, Any], batch: int = 1) -> Any:
+        """The `inputs` of a typical request carrying `batch` items (texts, images, questions, documents):
+        what `check` times as the first inference and `compare` as warm batch-1/batch-8 latency."""
         ...
 
     def worst_inputs(self, runtime: dict[str, Any], limits: RequestLimits) -> tuple[Any, str]:

@@ -72,16 +72,21 @@ def measure_latency(folder: Path, runs: int = 20, threads: int = 1) -> Latency:
     model = LoadedModel(folder, threads=threads)
     load_ms = (time.perf_counter() - started) * 1000
 
-    fixed = None if model.kind == "text" else _fixed_batch(model)
+    from slimserve.optimizer.families.base import family_for
+
+    family = family_for(model.task)
+    fixed = None if model.kind != "tensor" else _fixed_batch(model)
     batches = (fixed,) if fixed else (1, 8)
 
     def call(batch: int) -> None:
-        if model.kind == "text":
+        if family is not None:
+            model.predict(family.sample_inputs(model.spec, batch))
+        elif model.kind == "text":
             model.predict_texts(list(SAMPLE_TEXTS[:batch]))
         else:
             model.predict_tensors(requests[batch])
 
-    requests = {} if model.kind == "text" else {b: _tensor_request(model, b) for b in batches}
+    requests = {} if model.kind != "tensor" else {b: _tensor_request(model, b) for b in batches}
     medians = {batch: warm_median_ms(functools.partial(call, batch), runs) for batch in batches}
     b8 = medians.get(8)
     return Latency(load_ms=round(load_ms, 2), batch1_ms=round(medians[batches[0]], 3),
