@@ -80,13 +80,14 @@ def measure_latency(folder: Path, runs: int = 20, threads: int = 1) -> Latency:
 
     def call(batch: int) -> None:
         if family is not None:
-            model.predict(family.sample_inputs(model.spec, batch))
+            model.predict(family_requests[batch])
         elif model.kind == "text":
             model.predict_texts(list(SAMPLE_TEXTS[:batch]))
         else:
             model.predict_tensors(requests[batch])
 
     requests = {} if model.kind != "tensor" else {b: _tensor_request(model, b) for b in batches}
+    family_requests = {} if family is None else {b: family.sample_inputs(model.spec, b) for b in batches}
     medians = {batch: warm_median_ms(functools.partial(call, batch), runs) for batch in batches}
     b8 = medians.get(8)
     return Latency(load_ms=round(load_ms, 2), batch1_ms=round(medians[batches[0]], 3),
