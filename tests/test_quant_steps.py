@@ -316,12 +316,17 @@ def test_int8_dynamic_convnet_with_constant_node_weights(tmp_path: Path) -> None
     assert err < 0.05
 
 
-@pytest.mark.parametrize(
-    "spec", [int8_weight.SPEC, int4_weight.SPEC, fp16.SPEC, int8_static.SPEC], ids=lambda s: s.name
-)
+@pytest.mark.parametrize("spec", [int8_weight.SPEC, fp16.SPEC, int8_static.SPEC], ids=lambda s: s.name)
 def test_convnet_other_steps(spec: StepSpec, tmp_path: Path) -> None:
     _, _dst, err = _apply(spec, "convnet", tmp_path)
     assert err < TOLERANCE[spec.name]
+
+
+def test_int4_refuses_a_model_with_nothing_to_make_4bit(tmp_path: Path) -> None:
+    """A pure CNN has no MatMul for MatMulNBits: an "int4" result would be a mislabelled int8-weight model."""
+    with pytest.raises(SlimserveError, match="nothing can become 4-bit") as caught:
+        _apply(int4_weight.SPEC, "convnet", tmp_path)
+    assert "int8" in (caught.value.hint or "")
 
 
 @pytest.mark.parametrize("kind", ["control", "lstm"])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimserve.errors import ToolError, first_line
+from slimserve.errors import SlimserveError, ToolError, first_line
 from slimserve.optimizer import graph_tools, int8_rewrites, matmul_analysis, nbits, onnx_io
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
@@ -113,8 +113,11 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: st
         n8 += int8_rewrites.quantize_embeddings(model, "gather-mul")
     except (ValueError, KeyError, IndexError) as exc:
         raise ToolError(f"{step}: cannot rewrite the weights of {Path(src).name}: {first_line(exc)}") from exc
-    if not q4 and not emb:
-        notes += ("no MatMul with a constant 2-D weight and no embedding table: nothing became 4-bit",)
+    if not q4 and not emb:  # an "int4" model with no 4-bit weight would be a mislabelled int8-weight one
+        raise SlimserveError(f"{step} does not apply to {Path(src).name}: it has no MatMul with a constant 2-D "
+                             "weight and no embedding table, so nothing can become 4-bit (onnxruntime has no "
+                             "4-bit convolution)",
+                             hint="use int8-weight, int8-dynamic or int8-static for convolutional models")
     onnx_io.save_model(model, Path(dst), step)
     graph_tools.check_session(Path(dst), step)
     notes += (
