@@ -74,3 +74,19 @@ def tasks_for_architecture(arch: str) -> tuple[str, ...]:
     elif not arch.endswith("Model"):
         fits.sort(key=lambda name: name == "feature-extraction")
     return tuple(fits)
+
+
+# The sentence tasks record how their cosine was judged ("top1+cosine" for logits, "abs_error" for tensors):
+# `mean` is a cosine for all of them.
+_COSINE_METRICS = ("cosine", "top1+cosine", "abs_error")
+
+
+def ranked_metric(metric: str | None) -> str:
+    """The metric a manifest's fidelity `mean` holds (what --min-fidelity and rankings compare)."""
+    return "cosine" if metric in (None, *_COSINE_METRICS) else str(metric)
+
+
+def default_min_fidelity(metric: str | None) -> float:
+    """The floor compare recommends above when --min-fidelity is not given, per metric."""
+    name = ranked_metric(metric)
+    return next((task.default_min_fidelity for task in TASKS if task.metric == name), 0.99)

@@ -25,6 +25,7 @@ from slimserve.profiles.rules import DeploymentFacts, RuleOptions, evaluate, val
 from slimserve.profiles.schema import Profile
 from slimserve.progress import NULL_PROGRESS, Progress
 from slimserve.report import Report, make_report
+from slimserve.tasks import ranked_metric
 
 
 @dataclass(frozen=True)
@@ -123,11 +124,6 @@ def model_summary(bundle: ModelBundle) -> dict[str, Any]:
             "fidelity": None if manifest.fidelity is None else manifest.fidelity.to_dict()}
 
 
-def _metric_name(metric: str | None) -> str:
-    """The metric `mean` holds: the sentence tasks' "top1+cosine" and "abs_error" still rank by cosine."""
-    return "cosine" if metric in (None, "top1+cosine", "abs_error") else str(metric)
-
-
 def facts_for(bundle: ModelBundle, options: CheckOptions, package: PackageSize, cold_start: ColdStart) -> DeploymentFacts:
     fidelity = bundle.manifest.fidelity
     mean = None if fidelity is None else fidelity.mean
@@ -135,7 +131,7 @@ def facts_for(bundle: ModelBundle, options: CheckOptions, package: PackageSize, 
     return DeploymentFacts(package=package, cold_start=cold_start, python=options.python, arch=options.arch,
                            fidelity_mean=None if mean is None else float(mean),
                            fidelity_min=None if worst is None else float(worst),
-                           fidelity_metric=_metric_name(None if fidelity is None else fidelity.metric),
+                           fidelity_metric=ranked_metric(None if fidelity is None else fidelity.metric),
                            host_vcpus=options.host_vcpus)
 
 

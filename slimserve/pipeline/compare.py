@@ -40,6 +40,7 @@ from slimserve.report.comparison import (
     platform_reason,
 )
 from slimserve.selection import Budgets, Row, choose, pareto_frontier
+from slimserve.tasks import default_min_fidelity, ranked_metric
 
 __all__ = ["CandidateResult", "CompareOptions", "Comparison", "Fidelity", "Machine", "platform_reason"]
 
@@ -47,7 +48,6 @@ DEFAULT_PLATFORMS = ("aws-lambda-zip", "aws-lambda-container")
 DEFAULT_RECIPES = ("fp32", "fp16", "int8", "int8-dynamic", "int4-weight")
 # The recommendation (no budgets given) is the smallest, then fastest-starting, candidate that fits every
 # chosen platform and keeps at least this mean cosine: the level below which embeddings visibly drift.
-DEFAULT_MIN_FIDELITY = 0.99
 CANDIDATES_DIR = "candidates"
 OUTPUT_FILES = ("compare.json", "compare.md")  # written by these renderers; compare.png by compare_plot
 
@@ -94,7 +94,8 @@ def evaluate_candidate(result: CandidateResult, profiles: Sequence[Profile], opt
     fidelity = result.fidelity
     facts = DeploymentFacts(package=result.package, cold_start=result.cold_start, python=options.python,
                             arch=options.arch, fidelity_mean=fidelity.mean if fidelity else None,
-                            fidelity_min=fidelity.min if fidelity else None)
+                            fidelity_min=fidelity.min if fidelity else None,
+                            fidelity_metric=ranked_metric(fidelity.metric if fidelity else None))
     report = check_facts(path or result.folder, profiles, facts, CheckOptions(
         memory_mb=options.memory_mb, python=options.python, arch=options.arch))
     return replace(result, verdicts=report.platforms)
@@ -102,16 +103,19 @@ def evaluate_candidate(result: CandidateResult, profiles: Sequence[Profile], opt
 
 def recommend(candidates: Sequence[CandidateResult], profiles: Sequence[Profile],
               min_fidelity: float | None) -> tuple[str | None, str]:
-    """Smallest deployment (then fastest cold start) that fits every platform above the fidelity floor."""
-    floor = DEFAULT_MIN_FIDELITY if min_fidelity is None else min_fidelity
+    """Smallest deployment (then fastest cold start) that fits every platform above the fidelity floor
+    (--min-fidelity, else the default of the task's metric: slimserve.tasks)."""
+    metric = ranked_metric(next((c.fidelity.metric for c in candidates if c.fidelity is not None), None))
+    floor = default_min_fidelity(metric) if min_fidelity is None else min_fidelity
+    label = "mean cosine" if metric == "cosine" else f"mean {metric}"
     names = [p.name for p in profiles]
     rows = [candidate_row(c) for c in candidates if c.ok and all(candidate_row(c).fits.get(n, False) for n in names)]
     pick = choose(rows, Budgets(min_fidelity=floor))
     where = " and ".join(names)
     if pick is None:
-        return None, (f"no candidate fits {where} with mean cosine ≥ {floor}: "
+        return None, (f"no candidate fits {where} with {label} ≥ {floor}: "
                       "try other recipes, a lower --min-fidelity, or another platform")
-    return pick.recipe, (f"smallest deployment that fits {where} with mean cosine ≥ {floor} "
+    return pick.recipe, (f"smallest deployment that fits {where} with {label} ≥ {floor} "
                          f"({pick.fidelity_mean:.4f}), then fastest cold start")
 
 
@@ -146,7 +150,7 @@ def validate(recipes: Sequence[str], platforms: Sequence[str | Profile], options
     if options.jobs < 1:
         raise SlimserveError(f"--jobs must be at least 1, got {options.jobs}")
     if options.min_fidelity is not None and not 0 < options.min_fidelity <= 1:
-        raise SlimserveError(f"--min-fidelity is a mean cosine in (0, 1], got {options.min_fidelity}")
+        raise SlimserveError(f"--min-fidelity is a fidelity in (0, 1] (the task's metric), got {options.min_fidelity}")
     profiles = resolve_profiles(list(platforms) or list(DEFAULT_PLATFORMS), profile_files)
     validate_options(CheckOptions(memory_mb=options.memory_mb, runs=options.runs), profiles)
     Target.parse(options.python, options.arch)  # validates with one line

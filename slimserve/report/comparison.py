@@ -36,7 +36,7 @@ class CompareOptions:
     runs: int = 3  # fresh processes per cold-start measurement
     latency_runs: int = 20
     jobs: int = 1  # threads for building candidates; measuring is always one at a time
-    min_fidelity: float | None = None  # floor for the recommendation (default DEFAULT_MIN_FIDELITY)
+    min_fidelity: float | None = None  # floor for the recommendation (default: the metric's, slimserve.tasks)
 
 
 @dataclass(frozen=True)
