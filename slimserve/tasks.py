@@ -66,6 +66,8 @@ def tasks_for_architecture(arch: str) -> tuple[str, ...]:
     """Tasks a model whose architecture is `arch` can serve, best first (the first is the default)."""
     if not arch:
         return ("feature-extraction",)
+    if arch.endswith("HeadModel"):  # GPT2LMHeadModel, T5WithLMHeadModel: generation heads, not encoders
+        return ()
     fits = [task.name for task in TASKS if any(arch.endswith(head) for head in task.heads)]
     if arch.endswith("ForSequenceClassification"):  # a classifier's default is classification, not ranking
         fits.sort(key=lambda name: name != "text-classification")
@@ -90,3 +92,15 @@ def default_min_fidelity(metric: str | None) -> float:
     """The floor compare recommends above when --min-fidelity is not given, per metric."""
     name = ranked_metric(metric)
     return next((task.default_min_fidelity for task in TASKS if task.metric == name), 0.99)
+
+
+def markdown_table() -> str:
+    """The README's task table (tests/test_tasks.py keeps the README in step with this table)."""
+    def cell(text: str) -> str:
+        return "`" + text.replace("|", "\\|") + "`"
+
+    lines = ["| task | request | response | fidelity metric (default floor) |", "|---|---|---|---|"]
+    for task in TASKS:
+        lines.append(f"| `{task.name}` | {cell(task.request)} | {cell(task.response)} | "
+                     f"`{task.metric}` ({task.default_min_fidelity}): {task.metric_doc} |")
+    return "\n".join(lines)
