@@ -1,0 +1,197 @@
+"""Extractive question answering: export additions, the PyTorch reference and answer-span fidelity.
+
+Fidelity is judged on what callers see: the answer span the shipped runtime decodes (default
+parameters, i.e. the pipeline's) from the candidate's start/end logits against the span it decodes from
+the original PyTorch model's logits on the same windows. Per question, exact match is 1.0 when the top
+answer's (start, end) character span is identical; `mean`/`min` are over questions. Start and end
+agreement (each end of the span on its own), the per-window cosine of the logits and the largest score
+difference of an agreeing answer are reported in `details`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.optimizer.exported import ReferenceRunner
+from slimserve.optimizer.families.base import EvalBatch, EvalSet
+from slimserve.optimizer.fidelity import Fidelity
+from slimserve.optimizer.sources import HfFolderSource
+from slimserve.runtime import task_qa
+from slimserve.runtime.model_runtime import CHARS_PER_TOKEN, LoadedModel
+
+BUILTIN_EVAL = "qa_eval.jsonl"
+BUILTIN_CALIB = "qa_calib.jsonl"
+QUESTIONS_PER_REQUEST = 4
+OUTPUTS = ("start_logits", "end_logits")
+EVAL_HINT = 'the --eval file takes JSON lines like {"question": "...", "context": "..."}'
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    norms = float(np.linalg.norm(a64) * np.linalg.norm(b64))
+    return 1.0 if norms == 0 else float(np.clip(a64 @ b64 / norms, -1.0, 1.0))
+
+
+def _top(answer: Any) -> dict[str, Any] | None:
+    """The best answer of one input (the pipeline answers a dict, a ranked list, or [] if none)."""
+    if isinstance(answer, dict):
+        return answer
+    return answer[0] if answer else None
+
+
+def _span(answer: dict[str, Any] | None) -> tuple[int | None, int | None]:
+    """(start, end) of an answer; (None, None) when the pipeline found none."""
+    return (None, None) if answer is None else (int(answer["start"]), int(answer["end"]))
+
+
+def read_pairs(text: str, origin: str) -> list[dict[str, str]]:
+    """JSON lines of {"question", "context"}: one clear error naming the line if one is not."""
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise SlimserveError(f"{origin} line {number} is not JSON", hint=EVAL_HINT) from None
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) and record[k].strip()
+                                                   for k in ("question", "context")):
+            raise SlimserveError(f"{origin} line {number} needs non-empty string fields 'question' and 'context'",
+                                 hint=EVAL_HINT)
+        pairs.append({"question": record["question"], "context": record["context"]})
+    if not pairs:
+        raise SlimserveError(f"{origin} holds no question/context pairs", hint=EVAL_HINT)
+    return pairs
+
+
+def builtin_pairs(name: str) -> list[dict[str, str]]:
+    data = resources.files("slimserve.optimizer").joinpath("data", name).read_text(encoding="utf-8")
+    return read_pairs(data, f"built-in {name}")
+
+
+def _requests(pairs: list[dict[str, str]]) -> list[Any]:
+    return [pairs[i:i + QUESTIONS_PER_REQUEST] for i in range(0, len(pairs), QUESTIONS_PER_REQUEST)]
+
+
+class QaFamily:
+    tasks = task_qa.TASKS
+
+    def runtime_spec(self, source: HfFolderSource, export_dir: Path, base: dict[str, Any]) -> dict[str, Any]:
+        """The base text spec plus what the pipeline reads from the tokenizer (which side is padded and
+        truncated, the CLS and pad ids, the default window) and the window limits."""
+        from transformers import AutoTokenizer
+
+        if not base.get("tokenizer"):
+            raise SlimserveError(f"{source.path} has no tokenizer: question answering needs one",
+                                 hint="save the model's tokenizer (tokenizer.json) in the folder")
+        tokenizer = AutoTokenizer.from_pretrained(str(export_dir), local_files_only=True)  # type: ignore[no-untyped-call]  # transformers is untyped
+        max_positions = int(base["max_length"])
+        max_seq_len = min(max_positions, task_qa.DEFAULT_MAX_SEQ_LEN)
+        windows = task_qa.DEFAULT_MAX_WINDOWS
+        spec = {key: value for key, value in base.items() if key not in ("output", "pooling", "normalize")}
+        cls_id, pad_id = tokenizer.cls_token_id, tokenizer.pad_token_id
+        spec.update({
+            "labels": None, "outputs": list(OUTPUTS),
+            "padding_side": str(tokenizer.padding_side), "truncation_side": str(tokenizer.truncation_side),
+            "cls_id": None if cls_id is None else int(cls_id),
+            "pad_token_id": None if pad_id is None else int(pad_id),
+            "max_seq_len": max_seq_len, "max_windows": windows,
+            # one request may hold one context of max_windows windows (or as many windows over several
+            # inputs); a context is refused by characters only far beyond what that many windows hold
+            "max_tokens": windows * max_seq_len, "max_chars": windows * max_positions * CHARS_PER_TOKEN,
+        })
+        return spec
+
+    def reference(self, source: HfFolderSource) -> ReferenceRunner:
+        """AutoModelForQuestionAnswering on exactly the feeds (windows) the ONNX model gets."""
+        import torch
+        from transformers import AutoModelForQuestionAnswering
+
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*")
+        try:
+            model = AutoModelForQuestionAnswering.from_pretrained(
+                str(source.path), use_safetensors=not source.allow_pickle or None, local_files_only=True,
+                trust_remote_code=source.trust_remote_code)
+            model.eval()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ToolError(f"cannot load {source.path} with PyTorch for the reference outputs: "
+                            f"{first_line(exc)}") from exc
+
+        def run(feed: Any) -> dict[str, np.ndarray]:
+            inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()}
+            with torch.inference_mode():
+                out = model(**inputs)
+            return {"start_logits": out.start_logits.float().numpy(), "end_logits": out.end_logits.float().numpy()}
+
+        return run
+
+    def eval_set(self, task: str, eval_path: Path | None) -> EvalSet:
+        """Requests of QUESTIONS_PER_REQUEST pairs: the built-in set (some contexts span several windows;
+        calibration kept apart), or the user's JSON lines (then also used to calibrate)."""
+        if eval_path is not None:
+            try:
+                content = Path(eval_path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SlimserveError(f"cannot read --eval file {eval_path}: {exc}", hint=EVAL_HINT) from None
+            pairs = read_pairs(content, str(eval_path))
+            requests = _requests(pairs)
+            return EvalSet(requests=requests, calibration=requests,
+                           description=f"{eval_path} ({len(pairs)} questions)")
+        pairs = builtin_pairs(BUILTIN_EVAL)
+        return EvalSet(requests=_requests(pairs), calibration=_requests(builtin_pairs(BUILTIN_CALIB)),
+                       description=f"built-in {BUILTIN_EVAL} ({len(pairs)} questions)")
+
+    def fidelity(self, model: LoadedModel, batches: Sequence[EvalBatch], *, reference_name: str,
+                 eval_source: str) -> Fidelity:
+        parameters = model.parameters(None)
+        exact: list[float] = []
+        starts: list[float] = []
+        ends: list[float] = []
+        score_diffs: list[float] = []
+        cosines: list[float] = []
+        for batch in batches:
+            for name in OUTPUTS:
+                ref_shape, cand_shape = np.shape(batch.reference[name]), np.shape(batch.candidate[name])
+                if ref_shape != cand_shape:
+                    raise ValueError(f"output {name} changed shape: {ref_shape} -> {cand_shape}")
+            ref = model.decode_outputs(batch.reference, batch.encoded, parameters)
+            cand = model.decode_outputs(batch.candidate, batch.encoded, parameters)
+            if batch.encoded.single:
+                ref, cand = [ref], [cand]
+            for r_answer, c_answer in zip(ref, cand):
+                r, c = _top(r_answer), _top(c_answer)
+                r_span, c_span = _span(r), _span(c)
+                exact.append(float(r_span == c_span))
+                starts.append(float(r_span[0] == c_span[0]))
+                ends.append(float(r_span[1] == c_span[1]))
+                if r is not None and c is not None and r_span == c_span:
+                    score_diffs.append(abs(float(r["score"]) - float(c["score"])))
+            per_input = zip(task_qa.window_logits(batch.reference, batch.encoded),
+                            task_qa.window_logits(batch.candidate, batch.encoded))
+            for (r_starts, r_ends), (c_starts, c_ends) in per_input:
+                for rs, re_, cs, ce in zip(r_starts, r_ends, c_starts, c_ends):
+                    cosines.append(_cosine(np.concatenate([rs, re_], axis=1), np.concatenate([cs, ce], axis=1)))
+        if not exact:
+            raise ValueError("no evaluation questions")
+        details = {"start_agreement": round(float(np.mean(starts)), 6),
+                   "end_agreement": round(float(np.mean(ends)), 6),
+                   "logit_cosine_mean": round(float(np.mean(cosines)), 6),
+                   "logit_cosine_min": round(float(np.min(cosines)), 6),
+                   "windows": float(len(cosines)),
+                   "max_score_diff": round(max(score_diffs, default=0.0), 6)}
+        return Fidelity(metric="exact_match", output=",".join(OUTPUTS), mean=round(float(np.mean(exact)), 6),
+                        min=round(float(np.min(exact)), 6), samples=len(exact), reference=reference_name,
+                        eval_source=eval_source, details=details)
+
+
+FAMILY = QaFamily()
