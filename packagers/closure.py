@@ -1,6 +1,6 @@
 """The runtime closure: a site-packages folder of exactly what inference imports, for one target.
 
-`build_closure(target, text)` downloads the pinned wheels for the target's Python and architecture,
+`build_closure(target, extra)` downloads the pinned wheels for the target's Python and architecture,
 unpacks them, trims what inference never touches (`slim.py`), compiles bytecode with the target's own
 interpreter (unchecked-hash .pyc: Lambda's read-only filesystem cannot write a cache), rewrites each
 `*.dist-info/RECORD` to list exactly the shipped files, smoke-tests it (import + one inference in a fresh
@@ -36,7 +36,7 @@ from typing import Any
 
 from slimserve.errors import ToolError, first_line
 from slimserve.packagers.interpreters import find_python
-from slimserve.packagers.slim import slim_tree, strip_native
+from slimserve.packagers.slim import PILLOW_UNUSED_LIBS, slim_tree, strip_native
 from slimserve.packagers.target import ELF_MACHINE, Target
 from slimserve.packagers.wheels import PINS_FILE, Pin, download_wheel, read_pins, unpack_wheel
 from slimserve.progress import NULL_PROGRESS, Progress
@@ -52,6 +52,8 @@ LAYER_PREFIX = "/opt/python"
 # which the 30 MB layer budget needs. Cost: tracebacks show file and line but not the source text.
 KEEP_SOURCES = False
 INFO_NAME = "closure.json"
+# The requirements extras a runtime closure can carry (packagers/runtime/requirements.txt markers).
+EXTRAS = ("", "text", "image")
 # Strip symbol tables from extension modules (only when the target's arch is this machine's, so the smoke
 # test can prove the result): 0.6 MB zipped off the MiniLM text layer, which sits close to its 30 MB budget.
 STRIP_NATIVE = True
@@ -76,28 +78,45 @@ def strip_tool(target: Target) -> str | None:
     return (proc.stdout.splitlines() or ["strip"])[0].strip()
 
 
-def closure_key(target: Target, text: bool, pins: tuple[Pin, ...], compiler: str | None,
+def extra_name(text: bool | str) -> str:
+    """The requirements `extra` a model's runtime needs: "text" (tokenizers), "image" (Pillow) or "" (tensor
+    models). Older callers pass a bool: text or not."""
+    if isinstance(text, bool):
+        return "text" if text else ""
+    if text not in EXTRAS:
+        raise ValueError(f"unknown runtime extra {text!r} (one of {', '.join(repr(e) for e in EXTRAS)})")
+    return text
+
+
+def closure_key(target: Target, text: bool | str, pins: tuple[Pin, ...], compiler: str | None,
                 prefix: str = LAYER_PREFIX) -> str:
-    material = json.dumps({"format": CLOSURE_FORMAT, "python": target.python, "arch": target.arch,
-                           "text": text, "pins": [str(p) for p in pins], "bytecode": compiler,
-                           "sources": KEEP_SOURCES, "strip": strip_tool(target), "prefix": prefix}, sort_keys=True)
-    digest = hashlib.sha256(material.encode()).hexdigest()[:16]
-    return f"{target.key}-{'text' if text else 'tensor'}-{digest}"
+    extra = extra_name(text)
+    fields: dict[str, Any] = {"format": CLOSURE_FORMAT, "python": target.python, "arch": target.arch,
+                              "text": extra == "text", "pins": [str(p) for p in pins], "bytecode": compiler,
+                              "sources": KEEP_SOURCES, "strip": strip_tool(target), "prefix": prefix}
+    if extra not in ("text", ""):  # text and tensor keys stay what they were before extras existed
+        fields["extra"] = extra
+        fields["pillow_trim"] = PILLOW_UNUSED_LIBS  # image closures are rebuilt when Pillow's trimming changes
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{target.key}-{extra or 'tensor'}-{digest}"
 
 
-def build_closure(target: Target, text: bool, cache_dir: Path | None = None,
+def build_closure(target: Target, text: bool | str, cache_dir: Path | None = None,
                   progress: Progress = NULL_PROGRESS, prefix: str = LAYER_PREFIX) -> Path:
     """The site-packages folder for `target` (cached); inference imports need nothing else.
+
+    `text` is the runtime extra the model needs (`extra_name`): "text", "image", "" or a bool (text or not).
 
     `prefix` is the absolute path the folder will have where it runs (its bytecode records it).
     """
     if not prefix.startswith("/"):
         raise ValueError(f"closure prefix must be absolute, got {prefix!r}")
-    pins = read_pins(target, text)
+    extra = extra_name(text)
+    pins = read_pins(target, extra)
     python = find_python(target.python)
     compiler = _interpreter_version(python) if python else None
     root = Path(cache_dir) if cache_dir is not None else cache_root()
-    final = root / closure_key(target, text, pins, compiler, prefix)
+    final = root / closure_key(target, extra, pins, compiler, prefix)
     if (final / INFO_NAME).is_file() and (final / "site").is_dir():
         return final / "site"
     root.mkdir(parents=True, exist_ok=True)
@@ -120,10 +139,10 @@ def build_closure(target: Target, text: bool, cache_dir: Path | None = None,
             stage.advance()
             _rewrite_records(site)
             if python is not None and _native_arch_matches(target):
-                _smoke_test(python, site, text)
+                _smoke_test(python, site, extra)
             stage.advance()
         info = {"format": CLOSURE_FORMAT, "target": {"python": target.python, "arch": target.arch},
-                "text": text, "pins": [str(p) for p in pins], "wheels": [w.name for w in wheels],
+                "text": extra == "text", "extra": extra, "pins": [str(p) for p in pins], "wheels": [w.name for w in wheels],
                 "bytecode": compiler or "none: no python" + target.python + " on this machine",
                 "sources": KEEP_SOURCES, "trimmed_bytes": trimmed, "stripped_bytes": stripped, "strip": strip_tool(target), "pins_file": PINS_FILE.name,
                 "prefix": prefix}
@@ -217,7 +236,18 @@ assert abs(float((m @ m.T).trace()) - float((m * m).sum())) < 1e-6  # BLAS-backe
 x = numpy.arange(4, dtype=numpy.float32).reshape(1, 4)
 (y,) = sess.run(None, {"x": x})
 assert (y == x + x).all(), y
-if sys.argv[3] == "1":
+if sys.argv[3] == "image":
+    import io
+    from PIL import Image
+    from PIL import ImageOps
+    for fmt in ("PNG", "JPEG", "WEBP", "GIF", "BMP"):  # every decoder the image handler opens
+        buf = io.BytesIO()
+        Image.new("RGB", (5, 3), (200, 10, 30)).save(buf, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+        im = Image.open(io.BytesIO(buf.getvalue()), formats=["PNG", "JPEG", "WEBP", "GIF", "BMP"])
+        im = ImageOps.exif_transpose(im).convert("RGB").resize((4, 4), Image.Resampling.BICUBIC)
+        assert numpy.asarray(im).shape == (4, 4, 3), fmt
+    Image.init()  # every plugin imports without the trimmed libraries
+if sys.argv[3] == "text":
     from tokenizers import Tokenizer
     tok = Tokenizer.from_str('{"version":"1.0","model":{"type":"WordLevel","vocab":{"[UNK]":0,"hi":1},"unk_token":"[UNK]"},"pre_tokenizer":{"type":"Whitespace"}}')
     assert tok.encode("hi there").ids == [1, 0]
@@ -227,12 +257,12 @@ print("ok")
 """
 
 
-def _smoke_test(python: Path, site: Path, text: bool) -> None:
+def _smoke_test(python: Path, site: Path, extra: str) -> None:
     """Import the closure alone (no dev venv) and run one tiny ONNX graph: proves the trimming is safe."""
     with tempfile.TemporaryDirectory(prefix="slimserve-smoke-") as tmp:
         model = Path(tmp) / "add.onnx"
         model.write_bytes(_add_model_bytes())
-        proc = subprocess.run([str(python), "-I", "-S", "-c", _SMOKE, str(site), str(model), "1" if text else "0"],
+        proc = subprocess.run([str(python), "-I", "-S", "-c", _SMOKE, str(site), str(model), extra or "tensor"],
                               capture_output=True, text=True, cwd=tmp, check=False, timeout=300)
     if proc.returncode != 0 or "ok" not in proc.stdout:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if "Error" in ln or "error" in ln]

@@ -134,7 +134,7 @@ def package_container(
 ) -> ContainerArtifacts:
     """Write OUT (Dockerfile + context, OCI layout, manifest) atomically; push when `push_ref` is given.
 
-    `closure` overrides the runtime closure folder (default: `build_closure(target, bundle.is_text)`).
+    `closure` overrides the runtime closure folder (default: `build_closure(target, bundle.runtime_extra)`).
     A failure at any point (registry, build, push) leaves a previous OUT untouched and no partial one.
     """
     push_to = Reference.parse(push_ref) if push_ref else None  # credentials in it are refused before any work
@@ -150,7 +150,7 @@ def package_container(
     if closure is None:
         from slimserve.packagers.closure import build_closure
 
-        closure = build_closure(target, bundle.is_text, progress=progress, prefix="/" + spec.packages_dir.strip("/"))
+        closure = build_closure(target, bundle.runtime_extra, progress=progress, prefix="/" + spec.packages_dir.strip("/"))
     entries = role_entries(bundle, spec, closure, _server_site(target, spec))
 
     with atomic_dir(Path(out), inputs=[bundle.model_path]) as stage:
@@ -235,7 +235,7 @@ def container_image_size(
     if closure is None:
         from slimserve.packagers.closure import build_closure
 
-        closure = build_closure(target, bundle.is_text, prefix="/" + spec.packages_dir.strip("/"))
+        closure = build_closure(target, bundle.runtime_extra, prefix="/" + spec.packages_dir.strip("/"))
     entries = role_entries(bundle, spec, closure, _server_site(target, spec))
     base = fetch_base(ref, oci_platform(target), client)
     with tempfile.TemporaryDirectory(prefix="slimserve-image-") as tmp:

@@ -2,7 +2,8 @@
 
 function.zip layout (extracted to /var/task):   lambda_handler.py, model_runtime.py, task_*.py,
                                                 model/slimserve.json, model/model.onnx, model/tokenizer.json ...
-layer.zip layout (extracted to /opt):           python/numpy, python/onnxruntime, python/tokenizers, *.dist-info
+layer.zip layout (extracted to /opt):           python/numpy, python/onnxruntime, python/tokenizers (text)
+                                                or python/PIL (images), *.dist-info
 
 `lambda_package_size` is THE package-size measurement `check` uses: it builds the same two zips with the
 same functions as `package_lambda`, in a temporary folder, and weighs them.
@@ -106,7 +107,7 @@ def _zip(path: Path, entries: dict[str, Path | bytes]) -> ZipArtifact:
 def build_zips(bundle: ModelBundle, target: Target, folder: Path,
                progress: Progress = NULL_PROGRESS) -> tuple[ZipArtifact, ZipArtifact, Path]:
     """layer.zip and function.zip in `folder`; returns them and the closure they were made from."""
-    closure = build_closure(target, bundle.is_text, progress=progress)
+    closure = build_closure(target, bundle.runtime_extra, progress=progress)
     with progress.stage("zip layer and function", total=2) as stage:
         layer = _zip(folder / "layer.zip", dict(tree_entries(closure, "python")))
         stage.advance()
@@ -158,6 +159,13 @@ def request_limits(bundle: ModelBundle) -> dict[str, int]:
         if all(isinstance(d, int) and d > 0 for shape in shapes for d in shape[1:]):
             row = sum(math.prod(d for d in shape[1:] if isinstance(d, int)) for shape in shapes)
     limits = RequestLimits.from_spec(runtime.spec(), environ={}, row_elements=row).as_dict()
+    if runtime.kind == "image":
+        from slimserve.runtime.task_image import PixelLimits
+
+        image = runtime.spec().get("image") or {}
+        pixels = PixelLimits.from_spec(image if isinstance(image, dict) else {}, environ={})
+        return {"max_batch": limits["max_batch"], "max_pixels": pixels.max_pixels,
+                "max_request_pixels": pixels.max_request_pixels}
     relevant = ("max_batch", "max_chars", "max_tokens") if runtime.kind == "text" else ("max_batch", "max_elements")
     return {key: limits[key] for key in relevant}
 
@@ -176,7 +184,7 @@ def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: in
     verdict = _lambda_verdict(check)
     with atomic_dir(out, inputs=[bundle.model_path]) as staging:
         layer, function, closure = build_zips(bundle, target, staging, progress)
-        (staging / "template.yaml").write_text(sam_template(target, memory, bundle.is_text, timeout_s),
+        (staging / "template.yaml").write_text(sam_template(target, memory, bundle.runtime_extra or False, timeout_s),
                                                encoding="utf-8")
         manifest = artifact_manifest(bundle, target, memory, layer, function, closure, check, timeout_s)
         write_manifest(staging, manifest)
@@ -244,9 +252,14 @@ def checks_record(verdict: PlatformVerdict, package: PackageSize, cold: ColdStar
     return record
 
 
-def sam_template(target: Target, memory: int, text: bool = True, timeout_s: int = DEFAULT_TIMEOUT_S) -> str:
-    """An AWS SAM template (cfn-lint clean): the layer, the function, and an IAM-authenticated function URL."""
-    libraries = "onnxruntime, numpy, tokenizers" if text else "onnxruntime, numpy"
+LAYER_LIBRARIES = {"text": "onnxruntime, numpy, tokenizers", "image": "onnxruntime, numpy, Pillow", "": "onnxruntime, numpy"}
+
+
+def sam_template(target: Target, memory: int, text: bool | str = True, timeout_s: int = DEFAULT_TIMEOUT_S) -> str:
+    """An AWS SAM template (cfn-lint clean): the layer, the function, and an IAM-authenticated function URL.
+
+    `text` is the runtime extra ("text", "image", "") or, as older callers pass it, text or not."""
+    libraries = LAYER_LIBRARIES[("text" if text else "") if isinstance(text, bool) else text]
     return f"""AWSTemplateFormatVersion: "2010-09-09"
 Transform: AWS::Serverless-2016-10-31
 Description: slimserve model endpoint ({target.lambda_runtime}, {target.arch})
@@ -292,10 +305,12 @@ def _limits_section(memory: int, timeout_s: int, limits: dict[str, int] | None, 
     """DEPLOY.md's account of what one request may ask for and why memory and timeout are what they are."""
     limits = limits or {}
     rows = "\n".join(f"| `{key}` | {value:,} | `{env}` | {what} |" for key, env, what in (
-        ("max_batch", "SLIMSERVE_MAX_BATCH", "texts (or tensor rows) per request"),
+        ("max_batch", "SLIMSERVE_MAX_BATCH", "texts, images (or tensor rows) per request"),
         ("max_chars", "SLIMSERVE_MAX_TEXT_CHARS", "characters per text, refused before tokenizing"),
         ("max_tokens", "SLIMSERVE_MAX_TOKENS", "texts × padded tokens after truncation, per request"),
         ("max_elements", "SLIMSERVE_MAX_ELEMENTS", "numbers per tensor request, all inputs together"),
+        ("max_pixels", "SLIMSERVE_MAX_PIXELS", "width × height of one image, read from its header before decoding"),
+        ("max_request_pixels", "SLIMSERVE_MAX_REQUEST_PIXELS", "pixels of all images of one request together"),
     ) if key in limits for value in (limits[key],))
     if cold is not None and cold.worst_ms is not None and verdict is not None and verdict.timeout_s is not None:
         measured = (f"`check` ran the largest request these limits accept ({cold.worst_request}) in a fresh "
@@ -318,6 +333,11 @@ The handler refuses, with a 413 naming the limit (`{{"error": ...}}` when invoke
 {measured}
 Raising a limit through its variable makes requests larger than the ones measured: raise `MemorySize`
 and `Timeout` with it (or rerun `check` with the limit written into the model's `slimserve.json`).
+Lambda itself refuses a request body over 6 MB (synchronous invoke payload) before the handler runs:
+a function URL or API Gateway answers 413 and a direct invoke fails with `RequestEntityTooLargeException`.
+Base64 adds a third, so a JSON request holds at most ~4.5 MB of image files; a raw `image/jpeg` body
+(binary media types enabled on API Gateway) is base64-encoded by Lambda too, so the same ~4.5 MB applies.
+Larger images: upload them to S3 and classify from there (resize on the client first).
 Routes over a function URL or API Gateway: `POST /`, `/predict`, `/invocations` predict; `GET /`, `/health`,
 `/healthz` answer health; other paths are a 404, other methods a 405. Malformed JSON is a 400.
 """

@@ -41,6 +41,13 @@ DROP_FILES_NUMPY2 = (
     "numpy/_core/_simd.cpython-*.so",              # SIMD test harness, imported only by numpy's tests
     "numpy/_core/_multiarray_tests.cpython-*.so",  # imported at init by numpy 1.x only
 )
+# Pillow (image models) keeps what the handler's decoders use: _imaging (JPEG, PNG via zlib, GIF, BMP, and
+# libtiff/openjp2/xcb it links) and _webp. Gone: AVIF (5 MB, the handler does not open AVIF; Pillow's AVIF
+# plugin tolerates its absence), fonts (FreeType, HarfBuzz, Brotli, libpng used only by FreeType), colour
+# management (lcms2), Tk, ImageMath and morphology: ~9 MB unzipped. The smoke test decodes PNG, JPEG and WebP.
+PILLOW_UNUSED_LIBS = ("libavif-*.so*", "libfreetype-*.so*", "libharfbuzz-*.so*", "libbrotlicommon-*.so*",
+                      "libbrotlidec-*.so*", "libpng16-*.so*", "liblcms2-*.so*")
+
 # Directory names removed wherever they occur.
 DROP_DIR_NAMES = ("tests", "__pycache__")
 # File name patterns removed wherever they occur (outside *.dist-info).
@@ -51,6 +58,9 @@ DROP_FILES = (
     "_umath_tests.cpython-*.so", "_rational_tests.cpython-*.so", "_struct_ufunc_tests.cpython-*.so",
     "_operand_flag_tests.cpython-*.so",
     "libonnxruntime.so.*",            # ORT's C API for native callers; the Python module links ORT statically
+    *(f"{name}.cpython-*.so" for name in ("_avif", "_imagingft", "_imagingcms", "_imagingtk", "_imagingmath",
+                                          "_imagingmorph")),
+    *PILLOW_UNUSED_LIBS,
 )
 
 

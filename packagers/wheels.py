@@ -30,11 +30,13 @@ class Pin:
         return f"{self.name}=={self.version}"
 
 
-def read_pins(target: Target, text: bool, path: Path = PINS_FILE) -> tuple[Pin, ...]:
-    """The exact `name==version` pins that apply to `target` (markers see the target's Python)."""
+def read_pins(target: Target, text: bool | str, path: Path = PINS_FILE) -> tuple[Pin, ...]:
+    """The exact `name==version` pins that apply to `target` (markers see the target's Python).
+
+    `text` is the requirements extra to include ("text", "image", ""); a bool means "text" or none."""
     env = {"python_version": target.python, "python_full_version": target.python + ".0",
            "platform_machine": target.wheel_arch, "sys_platform": "linux", "platform_system": "Linux",
-           "implementation_name": "cpython", "extra": "text" if text else ""}
+           "implementation_name": "cpython", "extra": ("text" if text else "") if isinstance(text, bool) else text}
     pins: dict[str, Pin] = {}
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("#") else ""

@@ -43,6 +43,12 @@ class ModelBundle:
         return self.manifest.runtime.kind == "text"
 
     @property
+    def runtime_extra(self) -> str:
+        """The runtime closure's requirements extra: "text" (tokenizers), "image" (Pillow) or "" (tensors)."""
+        kind = self.manifest.runtime.kind
+        return kind if kind in ("text", "image") else ""
+
+    @property
     def task(self) -> str:
         return self.manifest.runtime.task
 

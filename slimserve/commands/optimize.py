@@ -58,8 +58,8 @@ def render_optimize_table(manifest: dict[str, Any]) -> None:
               help="Steps joined by '+', options in parentheses: int8, prune-ffn-25+int4-weight(block=64). "
                    "See --list-recipes.")
 @click.option("--task", type=click.Choice(SUPPORTED_TASKS), help="Task of a Hugging Face folder (detected if omitted).")
-@click.option("--eval", "eval_path", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Evaluation inputs: JSON lines with 'text' (text models) or an .npz of named arrays.")
+@click.option("--eval", "eval_path", type=click.Path(path_type=Path, exists=True),
+              help="Evaluation inputs: JSON lines with 'text' (text models), a folder of images (image models) or an .npz of named arrays.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="1x3x224x224",
               help="Input shape for a PyTorch factory; repeat once per input.")
 @click.option("--input-dtype", type=click.Choice(TENSOR_DTYPES), default="float32", show_default=True,

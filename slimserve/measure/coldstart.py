@@ -3,7 +3,8 @@
 Each run starts `pythonX.Y -I -S` (no user site, no site-packages, no PYTHON* variables, no cwd on the
 path) whose `sys.path` is the deployable folders followed by the interpreter's own standard library.
 A probe inside it times, with `time.perf_counter`:
-  import_ms            import numpy + onnxruntime (+ tokenizers for text models): the layer's cost
+  import_ms            import numpy + onnxruntime (+ tokenizers for text models, + Pillow for image
+                       models): the layer's cost
   load_ms              import the handler module = Lambda's init phase (manifest, session, tokenizer)
   first_inference_ms   the first `handler(sample)` call
   warm_ms              median of `warm_runs` further calls
@@ -41,6 +42,7 @@ sys.path[:0] = json.loads(sys.argv[1])
 sample = json.loads(sys.argv[2])
 warm_runs = int(sys.argv[3])
 text = sys.argv[4] == "1"
+image = sys.argv[4] == "image"
 worst_file = sys.argv[5]
 cpus = int(sys.argv[6])
 if hasattr(os, "sched_setaffinity"):
@@ -60,6 +62,8 @@ t0 = time.perf_counter()
 import numpy, onnxruntime
 if text:
     import tokenizers
+if image:
+    import PIL.Image, PIL.ImageOps
 t1 = time.perf_counter()
 import lambda_handler
 t2 = time.perf_counter()
@@ -116,9 +120,13 @@ def measure_cold_start(sys_path: list[Path], model_dir: Path, python: str, sampl
     else:
         exe, version, why = resolve_python(python)
         why = why or fallback
+    manifest_path = Path(model_dir) / "slimserve.json"
+    kind = ""
+    if text is None or manifest_path.is_file():
+        kind = json.loads(manifest_path.read_text(encoding="utf-8"))["runtime"]["kind"]
     if text is None:
-        manifest = json.loads((Path(model_dir) / "slimserve.json").read_text(encoding="utf-8"))
-        text = manifest["runtime"]["kind"] == "text"
+        text = kind == "text"
+    libraries = "1" if text else ("image" if kind == "image" else "0")  # what the probe imports in import_ms
     paths = json.dumps([str(Path(p).absolute()) for p in sys_path])
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
            "LANG": "C.UTF-8", "SLIMSERVE_MODEL_DIR": str(Path(model_dir).absolute())}
@@ -133,7 +141,7 @@ def measure_cold_start(sys_path: list[Path], model_dir: Path, python: str, sampl
         for _ in range(runs):
             proc = subprocess.run(
                 [str(exe), "-I", "-S", "-B", "-c", _PROBE, paths, json.dumps(sample), str(warm_runs),
-                 "1" if text else "0", worst_file, str(max(1, cpus))],
+                 libraries, worst_file, str(max(1, cpus))],
                 capture_output=True, text=True, cwd=cwd, env=env, timeout=600, check=False)
             lines = proc.stdout.strip().splitlines()
             if proc.returncode != 0 or not lines:
@@ -249,7 +257,7 @@ def cold_start_for_bundle(bundle: Any, target: Any, runs: int = 5, warm_runs: in
     if arch != host_arch:
         why = (why + "; " if why else "") + f"{target.arch} cannot run here: measured the {host_arch} build"
         arch = host_arch
-    closure = build_closure(Target(python=version, arch=arch), bundle.is_text)
+    closure = build_closure(Target(python=version, arch=arch), bundle.runtime_extra)
     with tempfile.TemporaryDirectory(prefix="slimserve-lambda-") as tmp:
         opt, task = Path(tmp) / "opt", Path(tmp) / "task"
         opt.mkdir()
