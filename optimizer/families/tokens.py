@@ -24,11 +24,12 @@ from slimserve.optimizer.families.base import EvalBatch, EvalSet
 from slimserve.optimizer.fidelity import Fidelity
 from slimserve.optimizer.sources import HfFolderSource
 from slimserve.runtime import task_tokens
-from slimserve.runtime.model_runtime import LoadedModel
+from slimserve.runtime.model_runtime import LoadedModel, RequestLimits
 
 BUILTIN_EVAL = "ner_eval.jsonl"
 BUILTIN_CALIB = "ner_calib.jsonl"
 TEXTS_PER_REQUEST = 8
+SAMPLE_TEXT = "Angela Merkel met Emmanuel Macron at the Élysée Palace in Paris on behalf of the European Union."
 FIDELITY_PARAMETERS = {"aggregation_strategy": "simple", "ignore_labels": ["O"], "stride": None}
 
 Entity = tuple[int, int, str]
@@ -103,6 +104,21 @@ class TokensFamily:
         texts = eval_inputs.builtin_texts(BUILTIN_EVAL)
         return EvalSet(requests=_batches(texts), calibration=_batches(eval_inputs.builtin_texts(BUILTIN_CALIB)),
                        description=f"built-in {BUILTIN_EVAL} ({len(texts)} texts)")
+
+    def sample_inputs(self, runtime: dict[str, Any], batch: int = 1) -> Any:
+        """`batch` copies of one news-like sentence with people, places and an organisation."""
+        return [SAMPLE_TEXT] * batch
+
+    def worst_inputs(self, runtime: dict[str, Any], limits: RequestLimits) -> tuple[Any, str]:
+        """As many texts of `max_chars` characters as the token budget runs at `max_length` tokens each:
+        the longest texts cost tokenizing every character, the model runs the budget, and decoding walks
+        every token (a `stride` request is bounded by the same token budget)."""
+        max_length = int(runtime.get("max_length") or 512)
+        count = max(1, min(limits.max_batch, limits.max_tokens // max_length))
+        filler = SAMPLE_TEXT + " "
+        text = (filler * (limits.max_chars // len(filler) + 1))[:limits.max_chars]
+        return [text] * count, (f"{count} texts × {limits.max_chars:,} characters (≤ {max_length} tokens each, "
+                                f"budget {limits.max_tokens:,} tokens)")
 
     def fidelity(self, model: LoadedModel, batches: Sequence[EvalBatch], *, reference_name: str,
                  eval_source: str) -> Fidelity:
