@@ -254,7 +254,9 @@ def open_image(data: bytes, index: int, limits: PixelLimits) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError:
-        raise LimitError(f"inputs[{index}] is too large in pixels (Pillow's decompression-bomb guard)") from None
+        raise LimitError(f"inputs[{index}] is too large: its header declares over {2 * (Image.MAX_IMAGE_PIXELS or 0)} "
+                         f"pixels > {limits.max_pixels} per image (max_pixels, {PIXEL_ENV['max_pixels']}; "
+                         "Pillow's own decompression-bomb guard refused it)") from None
     except MemoryError:
         raise
     except Exception:  # noqa: BLE001  # every way a hostile header fails is the caller's 400
