@@ -61,7 +61,7 @@ def awkward_images() -> dict[str, bytes]:
         "palette-transparent.gif": _encode(_photo(31, 45, 5).quantize(9), "GIF", transparency=0),
         "lossy.webp": _encode(_photo(129, 77, 6), "WEBP", quality=70),
         "tiny.bmp": _encode(_photo(7, 5, 7), "BMP"),
-        "sixteen-bit.png": _encode(Image.fromarray((np.arange(48 * 36, dtype=np.uint16).reshape(36, 48) * 37)), "PNG"),
+        "sixteen-bit.png": _encode(Image.fromarray(np.arange(48 * 36, dtype=np.uint16).reshape(36, 48) * 37), "PNG"),
         "cmyk.jpg": _encode(_photo(50, 40, 8).convert("CMYK"), "JPEG"),
     })
     return images
