@@ -1,7 +1,8 @@
 """Evaluation and calibration inputs: a user's --eval file, or the built-in varied samples.
 
-Text models read JSON lines with a `text` field; other models read an .npz of named arrays, or get
-seeded synthetic inputs from their declared shapes. Calibration never uses the evaluation texts when
+Text models read JSON lines with a `text` field; other models read an .npz of named arrays (sliced along
+axis 0), a folder of .npz files (one whole feed each), or get seeded synthetic inputs whose symbolic
+dimensions have realistic sizes the original model runs on (eval_shapes). Calibration never uses the evaluation texts when
 the built-in sets are used, so fidelity is not measured on the data the quantizer was tuned on.
 """
 
@@ -73,6 +74,27 @@ def load_npz(path: Path, input_names: Sequence[str]) -> list[Feed]:
     if count == 0:
         raise SlimserveError(f"{path} holds no samples")
     return [{n: arrays[n][i:i + 1] for n in input_names} for i in range(count)]
+
+
+def load_npz_folder(path: Path, input_names: Sequence[str]) -> list[Feed]:
+    """One whole feed per `.npz` file (sorted by name), arrays used as they are: recurrent states shaped
+    [2, batch, n], scalars and inputs whose first axis is not the batch cannot be sliced from one file."""
+    files = sorted(Path(path).glob("*.npz"))
+    if not files:
+        raise SlimserveError(f"--eval {path} holds no .npz files",
+                             hint="save one feed per file: numpy.savez(f'{i:04d}.npz', **{name: array, ...})")
+    feeds = []
+    for file in files:
+        try:
+            with np.load(file, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+        except (OSError, ValueError) as exc:
+            raise SlimserveError(f"cannot read {file} as .npz: {str(exc).splitlines()[0]}") from None
+        missing = [n for n in input_names if n not in arrays]
+        if missing:
+            raise SlimserveError(f"{file} lacks arrays for inputs {', '.join(missing)} (it has {', '.join(arrays) or 'none'})")
+        feeds.append({n: arrays[n] for n in input_names})
+    return feeds
 
 
 def synthetic_feeds(inputs: Sequence[dict[str, Any]], shapes: Sequence[tuple[int, ...]] = (),

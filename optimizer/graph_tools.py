@@ -26,7 +26,7 @@ def check_session(path: Path, step: str) -> None:
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # our one error line says it (see cli.quiet_onnxruntime)
     try:
         ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -51,7 +51,7 @@ def ort_optimize(src: Path, dst: Path, step: str, level: str = DEFAULT_LEVEL) ->
     opts.graph_optimization_level = levels[level]
     opts.optimized_model_filepath = str(dst)
     opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # our one error line says it (see cli.quiet_onnxruntime)
     if _needs_external(src):
         # ORT writes initializers beside the model when asked; required past the protobuf limit.
         opts.add_session_config_entry(

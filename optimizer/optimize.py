@@ -24,13 +24,13 @@ from slimserve.manifest import (
     sha256_tree,
     write_manifest,
 )
-from slimserve.optimizer import eval_inputs, step_options
+from slimserve.optimizer import eval_inputs, eval_shapes, step_options
 from slimserve.optimizer.exported import Exported
 from slimserve.optimizer.families.base import EvalBatch, Family, family_for
 from slimserve.optimizer.fidelity import Fidelity, compare_outputs
 from slimserve.optimizer.onnx_io import describe_model, load_onnx, model_files, ort_message, ort_session
 from slimserve.optimizer.recipes import parse_recipe
-from slimserve.optimizer.sources import HfFolderSource, OnnxSource, Source
+from slimserve.optimizer.sources import HfFolderSource, OnnxSource, Source, TabularSource
 from slimserve.optimizer.step_cache import StepCache, run_step
 from slimserve.optimizer.steps.base import StepContext
 from slimserve.progress import NULL_PROGRESS, Progress
@@ -59,6 +59,8 @@ class Prepared:
     # original model's raw outputs on it; empty for the sentence tasks and raw tensors
     encoded: list[Encoded] = field(default_factory=list)
     reference_outputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    # the evaluation feed at other sizes the original runs on, with its output shapes (check_input_sizes)
+    shape_probes: list[tuple[Feed, dict[str, tuple[int, ...]]]] = field(default_factory=list)
 
 
 def _onnx_source(source: OnnxSource) -> Exported:
@@ -81,6 +83,8 @@ def _source_digest(source: Source) -> tuple[str, str]:
     if isinstance(source, HfFolderSource):
         files = [p for p in source.path.rglob("*") if p.is_file() and ".git" not in p.parts]
         return str(source.path.absolute()), sha256_tree(files, source.path)
+    if isinstance(source, TabularSource):
+        return str(source.path.absolute()), sha256_file(source.path)
     return source.factory, ""
 
 
@@ -91,6 +95,10 @@ def export_source(source: Source, work_dir: Path) -> Exported:
         from slimserve.optimizer.export_hf import export_hf_folder
 
         return export_hf_folder(source, work_dir)
+    if isinstance(source, TabularSource):
+        from slimserve.optimizer.export_tabular import export_tabular
+
+        return export_tabular(source, work_dir)
     from slimserve.optimizer.export_torch import export_torch_module
 
     return export_torch_module(source, work_dir)
@@ -100,8 +108,12 @@ def _primary(model: LoadedModel | None, exported: Exported, outputs: dict[str, n
     """The output fidelity is judged on: post-processed text output, or all tensor outputs side by side."""
     if model is not None:
         return model.postprocess(outputs, feed)
-    names = sorted(outputs)
-    return np.concatenate([np.asarray(outputs[n], dtype=np.float64).reshape(outputs[n].shape[0], -1) for n in names], axis=1)
+    arrays = [np.asarray(outputs[n], dtype=np.float64) for n in sorted(outputs)]
+    leading = {a.shape[0] if a.ndim else 1 for a in arrays}
+    if len(leading) == 1:  # one row per batch item
+        return np.concatenate([a.reshape(a.shape[0] if a.ndim else 1, -1) for a in arrays], axis=1)
+    # outputs that do not share a batch axis (a recurrent state [2, batch, n] beside [batch, 1]): the feed is the sample
+    return np.concatenate([a.reshape(1, -1) for a in arrays], axis=1)
 
 
 def prepare(source: Source, work_dir: Path, eval_path: Path | None = None, progress: Progress = NULL_PROGRESS) -> Prepared:
@@ -117,6 +129,7 @@ def prepare(source: Source, work_dir: Path, eval_path: Path | None = None, progr
     family = family_for(exported.runtime.get("task", ""))
     if family is not None:
         return _prepare_family(source, exported, family, work_dir, eval_path, progress, export_seconds, start)
+    probes: list[tuple[Feed, dict[str, tuple[int, ...]]]] = []
     if exported.runtime["kind"] == "text":
         encoder = LoadedModel(exported.onnx_path.parent, threads=0, model_file=exported.onnx_path, spec=exported.runtime)
         texts = eval_inputs.load_texts(eval_path) if eval_path else eval_inputs.builtin_texts(eval_inputs.BUILTIN_EVAL)
@@ -127,15 +140,26 @@ def prepare(source: Source, work_dir: Path, eval_path: Path | None = None, progr
     else:
         encoder = None
         names = [i["name"] for i in info["inputs"]]
-        if eval_path:
+        if eval_path and Path(eval_path).is_dir():
+            feeds = eval_inputs.load_npz_folder(eval_path, names)
+            eval_source = f"{eval_path} ({len(feeds)} feeds)"
+        elif eval_path:
             if Path(eval_path).suffix != ".npz":
-                raise SlimserveError(f"--eval {eval_path}: models that do not take text need an .npz of named input arrays")
+                raise SlimserveError(f"--eval {eval_path}: models that do not take text need an .npz of named "
+                                     "input arrays, or a folder of .npz files (one feed each)")
             feeds = eval_inputs.load_npz(eval_path, names)
             eval_source = str(eval_path)
-        else:
+        elif exported.input_shapes:  # a PyTorch factory exported for the shapes the user declared
             feeds = eval_inputs.synthetic_feeds(info["inputs"], exported.input_shapes)
-            eval_source = f"synthetic seeded inputs ({len(feeds)} samples)"
+            eval_source = f"synthetic seeded inputs ({len(feeds)} samples; {eval_shapes.describe(feeds[0])})"
+        else:
+            synthetic = eval_shapes.synthetic_inputs(info["inputs"], exported.reference,
+                                                     pinned=dict(source.input_shapes)
+                                                     if isinstance(source, OnnxSource) else None)
+            feeds, eval_source = synthetic.feeds, synthetic.description
         calibration = feeds
+        probes = [(p, shapes) for p in eval_shapes.probe_feeds(feeds[0], info["inputs"])
+                  if (shapes := _output_shapes(exported.reference, p)) is not None]
     reference_primary = []
     with progress.stage("reference outputs", total=len(feeds)) as stage:
         for feed in feeds:
@@ -152,14 +176,41 @@ def prepare(source: Source, work_dir: Path, eval_path: Path | None = None, progr
                     reference_primary=reference_primary, eval_source=eval_source, export_seconds=export_seconds,
                     reference_seconds=time.perf_counter() - start, source_sha256=source_sha,
                     extra={"source_path": source_path},
-                    cache=StepCache.for_feeds(work_dir / "step-cache", calibration))
+                    cache=StepCache.for_feeds(work_dir / "step-cache", calibration), shape_probes=probes)
+
+
+def _output_shapes(run: Any, feed: Feed) -> dict[str, tuple[int, ...]] | None:
+    """The shapes of every output of `run` on `feed`, or None when it refuses the feed."""
+    try:
+        return {name: tuple(np.shape(value)) for name, value in run(feed).items()}
+    except Exception:  # noqa: BLE001  # outside the graph's own constraints: not a probe
+        return None
+
+
+def check_input_sizes(prepared: Prepared, model_file: Path) -> None:
+    """A recipe's model must run wherever the original runs: on the probes (the evaluation feed with its
+    symbolic dimensions halved and doubled), with the same output shapes. Stale shape annotations from a
+    quantizer's shape inference break exactly this."""
+    if not prepared.shape_probes:
+        return
+    session = ort_session(model_file)
+    names = [o.name for o in session.get_outputs()]
+    for feed, want in prepared.shape_probes:
+        shapes = _output_shapes(lambda f: dict(zip(names, session.run(None, dict(f)))), feed)
+        if shapes != want:
+            sizes = eval_shapes.describe(feed)
+            got = "fails" if shapes is None else f"answers shapes {shapes} instead of {want}"
+            raise ToolError(f"the optimized model {got} on inputs the original accepts ({sizes})",
+                            hint="try another recipe; report the model if a plain fp32 recipe does this")
 
 
 def _prepare_family(source: Source, exported: Exported, family: Family, work_dir: Path, eval_path: Path | None,
                     progress: Progress, export_seconds: float, start: float) -> Prepared:
     """Evaluation requests encoded by the shipped runtime, and the original model's outputs on them."""
     runtime = LoadedModel(exported.onnx_path.parent, threads=0, model_file=exported.onnx_path, spec=exported.runtime)
-    evalset = family.eval_set(runtime.task, eval_path)
+    eval_for_runtime = getattr(family, "eval_set_for_runtime", None)  # requests shaped by the model (tabular)
+    evalset = (eval_for_runtime(exported.runtime, eval_path) if eval_for_runtime is not None
+               else family.eval_set(runtime.task, eval_path))
     defaults = runtime.parameters(None)
 
     def encode(inputs: Any, what: str, index: int) -> Encoded:
@@ -272,7 +323,29 @@ def run_recipe(prepared: Prepared, recipe: str, dst: Path, progress: Progress = 
         current = result.path
     for path in model_files(current):
         shutil.copy2(path, dst / ("model.onnx" if path == current else path.name))
+    stale = drop_inferred_value_info(dst / "model.onnx", prepared.exported.onnx_path)
+    if stale and records:
+        records[-1]["notes"].append(f"{stale} shape annotations from the quantizer's shape inference were not "
+                                    "shipped (they can be wrong for input sizes other than the evaluation's)")
     return records, total
+
+
+def drop_inferred_value_info(model_file: Path, original: Path) -> int:
+    """Remove the top-level `value_info` the steps added (symbolic shape inference writes shapes that may
+    hold only for the sizes it saw: a model carrying them can refuse inputs the original accepts).
+    onnxruntime infers shapes itself; the original's own annotations are kept. Returns how many went."""
+    import onnx
+
+    model = load_onnx(model_file)  # graph only: external data files stay as they are
+    keep = {v.name for v in load_onnx(original).graph.value_info}
+    added = [v for v in model.graph.value_info if v.name not in keep]
+    if not added:
+        return 0
+    kept = [v for v in model.graph.value_info if v.name in keep]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    onnx.save_model(model, str(model_file))
+    return len(added)
 
 
 def make_candidate(prepared: Prepared, recipe: str, out_dir: Path, progress: Progress = NULL_PROGRESS) -> dict[str, Any]:
@@ -280,6 +353,7 @@ def make_candidate(prepared: Prepared, recipe: str, out_dir: Path, progress: Pro
     steps, recipe_seconds = run_recipe(prepared, recipe, out_dir, progress)
     model_path = out_dir / "model.onnx"
     ort_session(model_path)  # a candidate onnxruntime cannot load is an error, not a result
+    check_input_sizes(prepared, model_path)
     started = time.perf_counter()
     fidelity = evaluate(prepared, model_path, progress)
     eval_seconds = time.perf_counter() - started

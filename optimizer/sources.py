@@ -24,6 +24,7 @@ _SHAPE_RE = re.compile(r"^\d+(x\d+)*$")
 class OnnxSource:
     path: Path
     kind: Literal["onnx"] = "onnx"
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # --input-shape name=1x3x640x640, pinned
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,19 @@ class TorchSource:
     extra_sys_path: tuple[str, ...] = field(default=())
 
 
-Source = OnnxSource | HfFolderSource | TorchSource
+@dataclass(frozen=True)
+class TabularSource:
+    """A fitted scikit-learn estimator or pipeline (XGBoost/LightGBM scikit-learn models included): a
+    `.skops` file (loaded with skops' type allowlist) or, only with --allow-pickle, a `.joblib`/`.pkl`."""
+
+    path: Path
+    format: Literal["skops", "pickle"]
+    allow_pickle: bool = False
+    kind: Literal["tabular"] = "tabular"
+
+
+Source = OnnxSource | HfFolderSource | TorchSource | TabularSource
+TABULAR_SUFFIXES = {".skops": "skops", ".joblib": "pickle", ".pkl": "pickle", ".pickle": "pickle"}
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -56,6 +69,17 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if any(d <= 0 for d in dims):
         raise SlimserveError(f"--input-shape {text!r} has a zero dimension")
     return dims
+
+
+def parse_named_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """`images=1x3x640x640` -> ("images", (1, 3, 640, 640)); `sr=scalar` pins a rank-0 input."""
+    name, sep, dims = text.partition("=")
+    if not sep or not name.strip():
+        raise SlimserveError(f"--input-shape {text!r} for an .onnx file needs the input's name",
+                             hint="name each input: --input-shape images=1x3x640x640 (NAME=scalar for a rank-0 input)")
+    if dims.strip() == "scalar":
+        return name.strip(), ()
+    return name.strip(), parse_shape(dims)
 
 
 # Hub-style names that resolve to a model shipped in a Python package (the hub is never contacted).
@@ -97,14 +121,17 @@ def resolve_source(
     if task is not None and task not in SUPPORTED_TASKS:
         raise SlimserveError(f"unknown task {task!r}",
                              hint=f"choose one of: {', '.join(SUPPORTED_TASKS)} (slimserve optimize --list-tasks)")
-    if input_shapes and (path.exists() or not _FACTORY_RE.match(model)):
-        raise SlimserveError("--input-shape applies only to a PyTorch factory (package.module:factory)",
-                             hint="an .onnx file or a model folder declares its own inputs")
+    onnx_file = path.is_file() and path.suffix.lower() == ".onnx"
+    if input_shapes and not onnx_file and (path.exists() or not _FACTORY_RE.match(model)):
+        raise SlimserveError("--input-shape applies to an .onnx file (NAME=1x3x640x640) or a PyTorch factory",
+                             hint="a model folder declares its own inputs")
+    if path.is_file() and path.suffix.lower() in TABULAR_SUFFIXES:
+        return _tabular_file(path, allow_pickle)
     if path.is_file():
         if path.suffix.lower() != ".onnx":
             raise SlimserveError(f"{path} is a file but not an .onnx model",
                                  hint="pass an .onnx file, a Hugging Face model folder, or package.module:factory")
-        return OnnxSource(path=path)
+        return OnnxSource(path=path, input_shapes=tuple(parse_named_shape(s) for s in input_shapes))
     if path.is_dir():
         return _hf_folder(path, task, trust_remote_code, allow_pickle)
     if _FACTORY_RE.match(model) and not path.exists():
@@ -117,6 +144,16 @@ def resolve_source(
                            input_dtype=input_dtype)
     raise SlimserveError(f"{model} does not exist",
                          hint="pass an .onnx file, a Hugging Face model folder, or package.module:factory")
+
+
+def _tabular_file(path: Path, allow_pickle: bool) -> TabularSource:
+    """A scikit-learn model file; a pickle can run arbitrary code when loaded, so it needs --allow-pickle."""
+    fmt: Literal["skops", "pickle"] = "skops" if TABULAR_SUFFIXES[path.suffix.lower()] == "skops" else "pickle"
+    if fmt == "pickle" and not allow_pickle:
+        raise SlimserveError(f"{path} is a pickle, which can run arbitrary code when loaded",
+                             hint="save the model with skops (skops.io.dump(model, 'model.skops')), or pass "
+                                  "--allow-pickle if you trust this file")
+    return TabularSource(path=path, format=fmt, allow_pickle=allow_pickle)
 
 
 def _hf_folder(path: Path, task: str | None, trust_remote_code: bool, allow_pickle: bool) -> HfFolderSource:
@@ -141,10 +178,12 @@ def _hf_folder(path: Path, task: str | None, trust_remote_code: bool, allow_pick
     if "auto_map" in config and not trust_remote_code:
         raise SlimserveError(f"{path} needs custom model code from the folder (config.json has auto_map)",
                              hint="review that code, then pass --trust-remote-code")
+    cross_encoder = is_cross_encoder(path, config)
     library: Literal["transformers", "sentence_transformers"] = (
-        "sentence_transformers" if (path / "modules.json").is_file() else "transformers"
+        "sentence_transformers" if (path / "modules.json").is_file() and not cross_encoder else "transformers"
     )
-    return HfFolderSource(path=path, task=infer_task(config, library, task), library=library,
+    return HfFolderSource(path=path, task=infer_task(config, library, task, cross_encoder=cross_encoder),
+                          library=library,
                           trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
@@ -153,7 +192,23 @@ def architecture(config: dict[str, object]) -> str:
     return str(architectures[0]) if isinstance(architectures, list) and architectures else ""
 
 
-def infer_task(config: dict[str, object], library: str, forced: str | None = None) -> str:
+def is_cross_encoder(path: Path, config: dict[str, object]) -> bool:
+    """A sentence-transformers CrossEncoder folder: v5 writes modules.json plus
+    config_sentence_transformers.json with model_type "CrossEncoder"; v4 a `sentence_transformers` section in
+    config.json; older ones `sbert_ce_default_activation_function`. Its model is a plain sequence classifier
+    (exported as a transformers folder), its modules.json does not make it a sentence encoder."""
+    if isinstance(config.get("sentence_transformers"), dict) or config.get("sbert_ce_default_activation_function"):
+        return True
+    st_config = path / "config_sentence_transformers.json"
+    try:
+        data = json.loads(st_config.read_text(encoding="utf-8")) if st_config.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("model_type") == "CrossEncoder"
+
+
+def infer_task(config: dict[str, object], library: str, forced: str | None = None, *,
+               cross_encoder: bool = False) -> str:
     """Task from the folder itself (the Hub's task inference needs the network; this does not).
 
     A model whose head slimserve cannot serve is refused here, before any export; so is a forced task
@@ -170,6 +225,6 @@ def infer_task(config: dict[str, object], library: str, forced: str | None = Non
             raise SlimserveError(f"--task {forced} does not fit {what} (it can serve: {', '.join(fits)})",
                                  hint="drop --task to use the task the model was trained for")
         return forced
-    if "text-ranking" in fits and isinstance(config.get("sentence_transformers"), dict):
+    if "text-ranking" in fits and (cross_encoder or isinstance(config.get("sentence_transformers"), dict)):
         return "text-ranking"  # a sentence-transformers CrossEncoder saved with its activation
     return fits[0]

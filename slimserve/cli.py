@@ -58,6 +58,21 @@ def cli(ctx: click.Context, debug: bool, config: Path | None) -> None:
 
     ctx.obj = {"debug": debug}
     ctx.default_map = default_map(cli, ctx, config)  # click applies it as each command's defaults
+    if not debug and ctx.invoked_subcommand in ONNXRUNTIME_COMMANDS:
+        quiet_onnxruntime()
+
+
+# Commands that run onnxruntime in this process (the others never import it, and stay fast).
+ONNXRUNTIME_COMMANDS = ("optimize", "compare", "build", "check", "package")
+
+
+def quiet_onnxruntime() -> None:
+    """onnxruntime logs a failing node on stderr in red before raising; slimserve turns the exception into
+    its one `error:` line, so that log line is noise (kept with --debug). Sessions that set no severity
+    of their own use this default."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(4)
 
 
 def _error(message: str, hint: str | None = None) -> None:

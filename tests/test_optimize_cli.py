@@ -156,9 +156,14 @@ def test_bundle_deploys_only_the_files_optimize_listed(tiny_onnx: Path, tmp_path
         load_bundle(out)
 
 
-def test_input_shape_is_refused_for_sources_that_declare_inputs(tiny_onnx: Path, tmp_path: Path) -> None:
+def test_input_shape_of_an_onnx_file_names_its_input(tiny_onnx: Path, tmp_path: Path) -> None:
     result = run_cli("optimize", str(tiny_onnx), "-o", str(tmp_path / "o"), "--input-shape", "1x16")
-    assert_clean_error(result, contains="only to a PyTorch factory")
+    assert_clean_error(result, contains="needs the input's name")
+    result = run_cli("optimize", str(tiny_onnx), "-o", str(tmp_path / "o"), "--input-shape", "nope=1x16")
+    assert_clean_error(result, contains="'nope', which is not an input of the model")
+    result = run_cli("optimize", str(tiny_onnx), "-o", str(tmp_path / "o"), "--input-shape", "x=1x15")
+    assert_clean_error(result, contains="does not fit the model's declared shape")
+    assert not (tmp_path / "o").exists()
 
 
 def test_package_refuses_container_options_for_a_lambda_zip(tiny_onnx: Path, tmp_path: Path) -> None:
