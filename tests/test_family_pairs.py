@@ -357,7 +357,7 @@ def test_optimize_package_and_run_like_lambda(reranker: Path, nli: Path, tmp_pat
         assert fidelity["mean"] >= (0.999 if recipe == "fp32" else 0.95), fidelity  # the documented bar
         assert fidelity["details"]["score_cosine"] > 0.99
         pkg = tmp_path / f"{recipe}-pkg"
-        result = run_cli("package", str(out), "-o", str(pkg), "--platform", "aws-lambda-zip")
+        result = run_cli("package", str(out), "-o", str(pkg), "--target", "lambda", "--no-check")
         assert result.returncode == 0, result.stderr
         events = [{"inputs": {"query": QUERY, "documents": DOCUMENTS}, "parameters": {"return_documents": True}},
                   {"inputs": PAIRS},

@@ -43,6 +43,8 @@ def read_parameters(values: dict[str, Any]) -> dict[str, Any]:
     if top_k is not UNSET and top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise InputError('"top_k" must be a positive integer or null')
     function = values["function_to_apply"]
+    if isinstance(function, str):  # the pipeline takes any case ("SOFTMAX", "Sigmoid")
+        function = values["function_to_apply"] = function.lower()
     if function is not None and function not in FUNCTIONS:
         raise InputError(f'"function_to_apply" must be one of {", ".join(FUNCTIONS)}')
     return values
@@ -78,19 +80,25 @@ def encode(model: LoadedModel, inputs: Any, parameters: dict[str, Any], limits: 
 
 
 def default_function(spec: Mapping[str, Any], labels: int) -> str:
-    """What transformers' text-classification pipeline applies when the caller does not say."""
+    """What transformers' text-classification pipeline applies when the caller does not say: nothing on a
+    regression head, sigmoid for one label or multi-label models, softmax otherwise."""
+    if spec.get("problem_type") == "regression":
+        return "none"
     if spec.get("problem_type") == "multi_label_classification" or labels == 1:
         return "sigmoid"
     return "softmax"
 
 
 def scores(logits: np.ndarray, function: str) -> np.ndarray:
-    logits = np.asarray(logits, dtype=np.float64)
+    """The pipeline's formulas, in float32 as it computes them, so equal scores (and so the order of
+    labels) come out the same."""
+    logits = np.asarray(logits, dtype=np.float32)
     if function == "sigmoid":
-        return np.asarray(1.0 / (1.0 + np.exp(-logits)))
+        with np.errstate(over="ignore"):  # exp(-x) overflows to inf for very negative x: the score is 0
+            return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
     if function == "softmax":
         shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return np.asarray(shifted / shifted.sum(axis=-1, keepdims=True))
+        return np.asarray(shifted / shifted.sum(axis=-1, keepdims=True), dtype=np.float32)
     return logits
 
 
