@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,11 @@ from slimserve.optimizer.sources import TabularSource
 OPSET = {"": 17, "ai.onnx.ml": 3}
 MATRIX_INPUT = "input"
 DEFAULT_MAX_BATCH = 1024  # rows per request; max_elements bounds rows × features as well
-# Types a .skops file may name beyond skops' own default allowlist (numpy, scipy and scikit-learn types):
-# the estimators of the two boosting libraries slimserve converts, and the containers they keep.
-TRUSTED_PREFIXES = ("xgboost.", "lightgbm.")
+# Types a .skops file may name beyond skops' own default allowlist (numpy, scipy and most scikit-learn
+# estimators): the rest of scikit-learn (its Cython tree structures), the estimators of the two boosting
+# libraries slimserve converts and the container LightGBM keeps. Anything else (a user's own class, a
+# function, os/subprocess...) is refused unless --allow-pickle says the file is trusted.
+TRUSTED_PREFIXES = ("sklearn.", "xgboost.", "lightgbm.")
 TRUSTED_TYPES = ("collections.OrderedDict",)
 INSTALL_HINT = "pip install 'slimserve[tabular]' (skl2onnx, onnxmltools, skops, xgboost, lightgbm, pandas)"
 
@@ -231,11 +234,8 @@ def _register_boosters() -> None:
     try:
         from lightgbm import LGBMClassifier, LGBMRegressor
         from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
-        from onnxmltools.convert.lightgbm.shape_calculators.Classifier import (
-            calculate_linear_classifier_output_shapes as lgbm_classifier_shapes,
-        )
 
-        update_registered_converter(LGBMClassifier, "LightGbmLGBMClassifier", lgbm_classifier_shapes,
+        update_registered_converter(LGBMClassifier, "LightGbmLGBMClassifier", calculate_linear_classifier_output_shapes,
                                     convert_lightgbm, options=options)
         update_registered_converter(LGBMRegressor, "LightGbmLGBMRegressor", calculate_linear_regressor_output_shapes,
                                     convert_lightgbm, options={"split": None})
@@ -253,27 +253,104 @@ def initial_types(schema: Schema) -> list[tuple[str, Any]]:
             for f in schema.features]
 
 
+def _anonymous_boosters(estimator: Any) -> Any:
+    """A copy of `estimator` whose XGBoost boosters forget their feature names: onnxmltools reads split
+    features as `f<index>` only. The original (the reference) keeps its names."""
+    if not any(type(step).__module__.startswith("xgboost.") for step in _steps(estimator)):
+        return estimator
+    import copy
+
+    clone = copy.deepcopy(estimator)
+    for step in _steps(clone):
+        if type(step).__module__.startswith("xgboost.") and hasattr(step, "get_booster"):
+            step.get_booster().feature_names = None
+    return clone
+
+
+# A float32 feature x and a double threshold t: `x <= t` holds exactly when `x <= t32` with t32 the largest
+# float32 not above t (and `x < t` when `x < ` the smallest float32 not below t). The converters round t to
+# the NEAREST float32, which sends the rows between t and t32 down the other branch: LightGBM keeps double
+# thresholds (a measured 7% regression error on one diabetes row), scikit-learn's are midpoints of float32
+# values (rarely representable). Rounding each in the direction of its comparison keeps every float32 row
+# on the branch the original model takes.
+_ROUND_DOWN = ("BRANCH_LEQ", "BRANCH_GT")
+_ROUND_UP = ("BRANCH_LT", "BRANCH_GTE")
+
+
+def _exact_thresholds(attrs: dict[str, Any]) -> dict[str, Any]:
+    values, modes = attrs.get("nodes_values"), attrs.get("nodes_modes")
+    if values is not None and modes is not None:
+        exact = np.asarray(values, dtype=np.float64).reshape(-1)
+        rounded = exact.astype(np.float32)
+        names = [m.decode() if isinstance(m, bytes) else str(m) for m in modes]
+        for i, mode in enumerate(names):
+            if mode in _ROUND_DOWN and float(rounded[i]) > exact[i]:
+                rounded[i] = np.nextafter(rounded[i], np.float32(-np.inf))
+            elif mode in _ROUND_UP and float(rounded[i]) < exact[i]:
+                rounded[i] = np.nextafter(rounded[i], np.float32(np.inf))
+        attrs["nodes_values"] = rounded
+    for key, value in attrs.items():  # HistGradientBoosting passes numpy booleans where ONNX wants ints
+        if isinstance(value, list) and any(isinstance(v, (bool, np.bool_)) for v in value):
+            attrs[key] = [int(v) for v in value]
+    return attrs
+
+
+@contextmanager
+def _tree_nodes_fixed() -> Iterator[None]:
+    """skl2onnx's node factory, with tree-ensemble attributes made exact (see _exact_thresholds)."""
+    from skl2onnx.common import _container
+
+    original = _container.make_node
+
+    def make_node(op_type: str, inputs: Any, outputs: Any, name: Any = None, **attrs: Any) -> Any:
+        if op_type.startswith("TreeEnsemble"):
+            attrs = _exact_thresholds(attrs)
+        return original(op_type, inputs, outputs, name=name, **attrs)
+
+    _container.make_node = make_node
+    try:
+        yield
+    finally:
+        _container.make_node = original
+
+
 def convert(estimator: Any, schema: Schema) -> Any:
     """The ONNX model (probabilities as a tensor), or one clear error naming what could not be converted."""
     _require()
     from skl2onnx import convert_sklearn
 
     _register_boosters()
+    estimator = _anonymous_boosters(estimator)
     options: dict[int, dict[str, Any]] = {}
     if schema.task == "tabular-classification":
         options = {id(step): {"zipmap": False} for step in _steps(estimator) if hasattr(step, "classes_")}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _tree_nodes_fixed():
             warnings.simplefilter("ignore")
-            return convert_sklearn(estimator, initial_types=initial_types(schema), options=options,
+            model = convert_sklearn(estimator, initial_types=initial_types(schema), options=options,
                                    target_opset=dict(OPSET))
     except Exception as exc:  # noqa: BLE001  # skl2onnx raises RuntimeError, ValueError, NameError...
-        reason = first_line(exc)
+        reason = first_line(exc).split(" and attributes=")[0]
         if "Unable to find a shape calculator" in reason or "Unable to find" in reason:
             reason = f"skl2onnx has no converter for {reason.split('type ')[-1].split(chr(10))[0][:120]}"
         raise SlimserveError(f"cannot convert {schema.estimator} to ONNX: {reason[:300]}",
                              hint="supported: scikit-learn pipelines of scalers/encoders/ColumnTransformer with "
                                   "linear models, trees, forests, gradient boosting; XGBoost; LightGBM") from None
+    _dedupe_opsets(model)
+    return model
+
+
+def _dedupe_opsets(model: Any) -> None:
+    """skl2onnx can list the default domain twice (given a target opset per domain); onnxruntime keeps both
+    when it saves an optimized model, and its quantizer then refuses the file ("Failed to find proper
+    ai.onnx domain"). One entry per domain, the highest version."""
+    versions: dict[str, int] = {}
+    for entry in model.opset_import:
+        versions[entry.domain] = max(versions.get(entry.domain, 0), int(entry.version))
+    del model.opset_import[:]
+    for domain, version in versions.items():
+        entry = model.opset_import.add()
+        entry.domain, entry.version = domain, version
 
 
 def output_names(model: Any, schema: Schema) -> dict[str, str]:
