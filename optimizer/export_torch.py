@@ -60,6 +60,31 @@ def _input_names(module: Any, count: int) -> list[str]:
     return names if len(names) == count else [f"input_{i}" for i in range(count)]
 
 
+def _image_runtime(source: TorchSource, outputs: Any, output_names: list[str]) -> dict[str, Any]:
+    """An image classifier factory: its declared preprocessing, served by the image handler (task_image)."""
+    from slimserve.runtime.task_image import (
+        DEFAULT_MAX_BATCH,
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MAX_REQUEST_PIXELS,
+        FORMATS,
+    )
+
+    assert source.image is not None
+    shape = tuple(outputs[0].shape)
+    if len(source.input_shapes) != 1 or len(shape) != 2:
+        raise SlimserveError(f"{source.factory} is not an image classifier: it takes {len(source.input_shapes)} "
+                             f"input(s) and its first output has shape {list(shape)}",
+                             hint="--image-size serves a module mapping one 1x3xHxW tensor to 1xN logits")
+    labels = source.image.get("labels")
+    if labels is not None and len(labels) != shape[1]:
+        raise SlimserveError(f"--labels names {len(labels)} classes but {source.factory} outputs {shape[1]} logits")
+    image = {key: value for key, value in source.image.items() if key != "labels"}
+    image.update(formats=list(FORMATS), max_pixels=DEFAULT_MAX_PIXELS,
+                 max_request_pixels=DEFAULT_MAX_REQUEST_PIXELS)
+    return {"kind": "image", "task": "image-classification", "labels": labels, "output": output_names[0],
+            "max_batch": DEFAULT_MAX_BATCH, "image": image}
+
+
 def export_torch_module(source: TorchSource, work_dir: Path) -> Exported:
     try:
         import torch
@@ -97,7 +122,9 @@ def export_torch_module(source: TorchSource, work_dir: Path) -> Exported:
         values = result if isinstance(result, (tuple, list)) else (result,)
         return {n: v.detach().float().numpy() for n, v in zip(output_names, values)}
 
-    runtime = {"kind": "tensor", "task": "tensor", "max_batch": 64}
+    runtime: dict[str, Any] = {"kind": "tensor", "task": "tensor", "max_batch": 64}
+    if source.image is not None:
+        runtime = _image_runtime(source, outputs, output_names)
     return Exported(onnx_path=out_path, runtime=runtime, reference=run_module, reference_kind="pytorch",
                     input_shapes=source.input_shapes, input_dtype=source.input_dtype,
                     source_info={"factory": source.factory, "input_shapes": ["x".join(map(str, s)) for s in source.input_shapes],

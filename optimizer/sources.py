@@ -9,7 +9,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from slimserve.errors import SlimserveError
 from slimserve.tasks import HF_TASKS, tasks_for_architecture
@@ -44,6 +44,8 @@ class TorchSource:
     input_dtype: str = "float32"
     kind: Literal["torch"] = "torch"
     extra_sys_path: tuple[str, ...] = field(default=())
+    # An image classifier's declared preprocessing and labels (families.image.declared_image), or None
+    image: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

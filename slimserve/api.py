@@ -65,18 +65,38 @@ class Candidate:
 def optimize(model: PathLike, out: PathLike, *, recipe: str | None = None, task: str | None = None,
              eval_path: PathLike | None = None, input_shapes: Sequence[str] = (), input_dtype: str = "float32",
              trust_remote_code: bool = False, allow_pickle: bool = False,
+             image_size: int | None = None, resize: int | None = None, mean: Sequence[float] | None = None,
+             std: Sequence[float] | None = None, labels: PathLike | None = None, resample: str | None = None,
              progress: Progress = NULL_PROGRESS) -> Candidate:
     """Export `model` (an .onnx file, a Hugging Face folder, `package.module:factory` or a packaged model
-    name), apply `recipe` (default: the recommended int8) and measure fidelity; write the folder `out`."""
+    name), apply `recipe` (default: the recommended int8) and measure fidelity; write the folder `out`.
+
+    `image_size` (with `resize`, `mean`, `std`, `labels`, `resample`) declares a PyTorch factory an image
+    classifier preprocessed like torchvision's Resize(resize) + CenterCrop(image_size) + ToTensor +
+    Normalize(mean, std) (ImageNet's mean/std by default): it is then served by the image handler."""
+    import dataclasses
+
     from slimserve.atomic import atomic_dir
+    from slimserve.errors import SlimserveError
+    from slimserve.optimizer.families.image import factory_image
     from slimserve.optimizer.optimize import optimize as run_optimize
     from slimserve.optimizer.recipes import DEFAULT_RECIPE, parse_recipe
-    from slimserve.optimizer.sources import resolve_source
+    from slimserve.optimizer.sources import TorchSource, resolve_source
 
     recipe = recipe or DEFAULT_RECIPE
     parse_recipe(recipe)  # a misspelt recipe fails before the (slow) export
+    image = factory_image(image_size, resize, mean, std, Path(labels) if labels is not None else None, resample)
+    if image is not None and not input_shapes and not Path(model).exists():
+        input_shapes = (f"1x3x{image_size}x{image_size}",)
     source = resolve_source(str(model), task=task, input_shapes=tuple(input_shapes), input_dtype=input_dtype,
                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    if image is not None:
+        if not isinstance(source, TorchSource):
+            raise SlimserveError("--image-size and the image options apply only to a PyTorch factory "
+                                 "(package.module:factory)",
+                                 hint="a Hugging Face image model declares its preprocessing in "
+                                      "preprocessor_config.json")
+        source = dataclasses.replace(source, image=image)
     inputs = [Path(model)] if Path(model).exists() else []
     with tempfile.TemporaryDirectory(prefix="slimserve-") as work, \
             atomic_dir(Path(out), inputs=inputs) as staging:

@@ -356,3 +356,88 @@ def test_eval_folder_with_a_non_image_is_a_clean_error(tmp_path: Path) -> None:
     result = run_cli("optimize", str(folder), "-o", str(tmp_path / "out"), "--recipe", "fp32",
                      "--eval", str(evals / "cat.jpg"))
     assert_clean_error(result, code=2, contains="folder")
+
+
+# -- a PyTorch factory with preprocessing declared on the command line --------------------------------
+TINY_CNN = '''
+import torch
+from torch import nn
+
+
+def make() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 5))
+    with torch.no_grad():
+        model[-1].weight.mul_(20)  # trained-like margins (see _decisive)
+    return model
+'''
+FACTORY_MEAN, FACTORY_STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+def _torchvision_like(data: bytes, resize: int, crop: int) -> Any:
+    """transforms.Compose([Resize(resize), CenterCrop(crop), ToTensor(), Normalize(mean, std)]) written out
+    from torchvision's source (not installed here): PIL bilinear resize of the shortest edge, crop offsets
+    int(round((size - crop) / 2)), float32 / 255, then (x - mean) / std."""
+    import torch
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = resize, int(resize * long / short)
+    image = image.resize((new_short, new_long) if w <= h else (new_long, new_short), Image.Resampling.BILINEAR)
+    tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+    height, width = tensor.shape[1:]
+    top, left = round((height - crop) / 2.0), round((width - crop) / 2.0)
+    tensor = tensor[:, top:top + crop, left:left + crop]
+    mean = torch.tensor(FACTORY_MEAN, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(FACTORY_STD, dtype=torch.float32)[:, None, None]
+    return ((tensor - mean) / std)[None]
+
+
+@pytest.mark.slow
+def test_factory_with_declared_preprocessing_is_served_as_an_image_classifier(tmp_path: Path) -> None:
+    import sys
+
+    import torch
+
+    require(__import__("shutil").which("python3.12"), "python3.12")
+    (tmp_path / "tinycnn.py").write_text(TINY_CNN)
+    (tmp_path / "labels.txt").write_text("cat\ndog\nbird\nfish\nfrog\n")
+    # --resize 39 then a 32 crop: offsets where torchvision's round() differs from transformers' floor
+    result = run_cli("optimize", "tinycnn:make", "-o", "out", "--recipe", "fp32", "--image-size", "32",
+                     "--resize", "39", "--mean", ",".join(map(str, FACTORY_MEAN)),
+                     "--std", ",".join(map(str, FACTORY_STD)), "--labels", "labels.txt", "--format", "json",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads(result.stdout)
+    assert manifest["runtime"]["kind"] == "image" and manifest["runtime"]["labels"] == ["cat", "dog", "bird", "fish", "frog"]
+    assert manifest["fidelity"]["metric"] == "top1_agreement" and manifest["fidelity"]["mean"] == 1.0
+    package = _package(tmp_path / "out", tmp_path / "pkg")
+
+    images = list(awkward_images().values())[:10]
+    answers = run_like_lambda(package, tmp_path / "run", "3.12",
+                              [{"inputs": [b64(d) for d in images], "parameters": {"top_k": 5}}])["responses"][0]
+    sys.path.insert(0, str(tmp_path))
+    try:
+        model = __import__("tinycnn").make().eval()
+    finally:
+        sys.path.remove(str(tmp_path))
+    labels = ["cat", "dog", "bird", "fish", "frog"]
+    for data, answer in zip(images, answers):
+        with torch.no_grad():
+            probs = torch.softmax(model(_torchvision_like(data, 39, 32)), dim=-1)[0].numpy()
+        order = np.argsort(-probs, kind="stable")
+        assert [a["label"] for a in answer] == [labels[i] for i in order], (answer, probs)
+        np.testing.assert_allclose([a["score"] for a in answer], probs[order], atol=1e-5)
+
+
+def test_image_options_are_refused_where_they_do_not_apply(tmp_path: Path) -> None:
+    folder = _vit_folder(tmp_path / "vit")
+    result = run_cli("optimize", str(folder), "-o", str(tmp_path / "out"), "--image-size", "32")
+    assert_clean_error(result, code=2, contains="PyTorch factory")
+    result = run_cli("optimize", "tinycnn:make", "-o", str(tmp_path / "out"), "--resize", "40")
+    assert_clean_error(result, code=2, contains="--image-size")
+    result = run_cli("optimize", "tinycnn:make", "-o", str(tmp_path / "out"), "--image-size", "32", "--resize", "16")
+    assert_clean_error(result, code=2, contains="smaller")

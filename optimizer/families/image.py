@@ -183,6 +183,79 @@ def preprocessing_steps(folder: Path) -> tuple[str, Steps]:
     return name, steps
 
 
+RESAMPLE_NAMES = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
+def declared_image(image_size: int, resize: int | None, mean: Sequence[float], std: Sequence[float],
+                   labels: Path | None, resample: str = "bilinear") -> dict[str, Any]:
+    """The runtime `image` section of a PyTorch factory whose preprocessing is declared on the command line:
+    torchvision's `Compose([Resize(resize, interpolation), CenterCrop(image_size), ToTensor(),
+    Normalize(mean, std)])` on a PIL RGB image, reproduced exactly (PIL resize, torchvision's crop offsets,
+    float32 division by 255)."""
+    if image_size < 1:
+        raise SlimserveError(f"--image-size must be positive, got {image_size}")
+    edge = image_size if resize is None else resize
+    if edge < image_size:
+        raise SlimserveError(f"--resize {edge} is smaller than --image-size {image_size}",
+                             hint="--resize is the shortest edge before the center crop of --image-size")
+    if resample not in RESAMPLE_NAMES:
+        raise SlimserveError(f"unknown --resample {resample!r}", hint=f"choose one of {', '.join(RESAMPLE_NAMES)}")
+    for name, values in (("--mean", mean), ("--std", std)):
+        if len(values) != 3:
+            raise SlimserveError(f"{name} needs 3 comma-separated numbers (R,G,B), got {len(values)}")
+    if any(v == 0 for v in std):
+        raise SlimserveError("--std must not contain 0")
+    steps: Steps = [{"op": "resize", "shortest_edge": edge, "resample": RESAMPLE_NAMES[resample]},
+                    {"op": "center_crop", "height": image_size, "width": image_size, "rounding": "torchvision"},
+                    {"op": "rescale", "divide": 255.0},
+                    {"op": "normalize", "mean": [float(v) for v in mean], "std": [float(v) for v in std]}]
+    task_image.Preprocessor({"steps": steps})
+    return {"processor": "declared (torchvision Resize + CenterCrop + ToTensor + Normalize)", "steps": steps,
+            "labels": read_labels(labels) if labels is not None else None}
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def factory_image(image_size: int | None, resize: int | None, mean: Sequence[float] | None,
+                  std: Sequence[float] | None, labels: Path | None, resample: str | None) -> dict[str, Any] | None:
+    """The command line's declared image preprocessing (None when no image option was given)."""
+    if image_size is None:
+        given = [name for name, value in (("--resize", resize), ("--mean", mean), ("--std", std),
+                                          ("--labels", labels), ("--resample", resample)) if value is not None]
+        if given:
+            raise SlimserveError(f"{given[0]} needs --image-size", hint="e.g. --image-size 224 --resize 256")
+        return None
+    return declared_image(image_size, resize, mean or IMAGENET_MEAN, std or IMAGENET_STD, labels,
+                          resample or "bilinear")
+
+
+def read_labels(path: Path) -> list[str]:
+    """Class names, index order: a text file with one per line, or JSON (a list, or {"0": name, ...})."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SlimserveError(f"cannot read --labels {path}: {exc}") from None
+    if Path(path).suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SlimserveError(f"--labels {path} is not valid JSON: {exc}") from None
+        if isinstance(data, dict):
+            try:
+                return [str(data[k]) for k in sorted(data, key=int)]
+            except ValueError:
+                raise SlimserveError(f"--labels {path}: keys must be class indices") from None
+        if isinstance(data, list):
+            return [str(v) for v in data]
+        raise SlimserveError(f"--labels {path} must hold a list of names or an index -> name object")
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise SlimserveError(f"--labels {path} is empty", hint="one class name per line, in output order")
+    return labels
+
+
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
@@ -299,7 +372,8 @@ class ImageFamily:
             raise ValueError(f"logits changed shape: {reference.shape} -> {candidate.shape}")
         cosine = per_sample_cosine(reference, candidate)
         agree = np.asarray(top1)
-        return Fidelity(metric="top1_agreement", output="logits", mean=round(float(agree.mean()), 6),
+        output = str(model.spec.get("output") or "logits")
+        return Fidelity(metric="top1_agreement", output=output, mean=round(float(agree.mean()), 6),
                         min=round(float(agree.min()), 6), samples=len(top1), reference=reference_name,
                         eval_source=eval_source, top1_agreement=round(float(agree.mean()), 6),
                         details={"top5_overlap": round(float(np.mean(top5)), 6),

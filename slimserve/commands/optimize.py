@@ -50,6 +50,14 @@ def render_optimize_table(manifest: dict[str, Any]) -> None:
         console.print(f"note: {note}", soft_wrap=True)
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    """`0.485,0.456,0.406` -> (0.485, 0.456, 0.406)."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not comma-separated numbers like 0.485,0.456,0.406") from None
+
+
 @click.command("optimize")
 @click.argument("model")
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True,
@@ -64,6 +72,17 @@ def render_optimize_table(manifest: dict[str, Any]) -> None:
               help="Input shape for a PyTorch factory; repeat once per input.")
 @click.option("--input-dtype", type=click.Choice(TENSOR_DTYPES), default="float32", show_default=True,
               help="Element type of the --input-shape tensors for a PyTorch factory.")
+@click.option("--image-size", type=click.IntRange(min=1), metavar="PX",
+              help="A factory image classifier's input size: served like torchvision's Resize(--resize) + "
+                   "CenterCrop(PX) + ToTensor + Normalize(--mean, --std), images in, labels out.")
+@click.option("--resize", type=click.IntRange(min=1), metavar="PX",
+              help="Shortest edge before the center crop (default: --image-size).")
+@click.option("--mean", type=_floats, metavar="R,G,B", help="Normalisation mean (default: ImageNet's).")
+@click.option("--std", type=_floats, metavar="R,G,B", help="Normalisation std (default: ImageNet's).")
+@click.option("--labels", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Class names in output order: one per line, or JSON (list or index -> name).")
+@click.option("--resample", type=click.Choice(["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]),
+              help="Resize filter (default: bilinear, torchvision's).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code shipped in the model folder.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle-based checkpoints (pytorch_model.bin).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -74,7 +93,9 @@ def render_optimize_table(manifest: dict[str, Any]) -> None:
               callback=lambda ctx, _p, v: _list_tasks(ctx, v),
               help="List the tasks slimserve serves (request, response, fidelity metric) and exit.")
 def command(model: str, output: Path, recipe: str, task: str | None, eval_path: Path | None,
-            input_shapes: tuple[str, ...], input_dtype: str, trust_remote_code: bool, allow_pickle: bool, fmt: str) -> None:
+            input_shapes: tuple[str, ...], input_dtype: str, image_size: int | None, resize: int | None,
+            mean: tuple[float, ...] | None, std: tuple[float, ...] | None, labels: Path | None, resample: str | None,
+            trust_remote_code: bool, allow_pickle: bool, fmt: str) -> None:
     """Export MODEL (an .onnx file, a Hugging Face folder, or package.module:factory) and apply a recipe."""
     from slimserve.api import optimize
     from slimserve.ui import progress_for
@@ -82,7 +103,8 @@ def command(model: str, output: Path, recipe: str, task: str | None, eval_path: 
     with progress_for(sys.stderr) as progress:
         candidate = optimize(model, output, recipe=recipe, task=task, eval_path=eval_path, input_shapes=input_shapes,
                              input_dtype=input_dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                             progress=progress)
+                             image_size=image_size, resize=resize, mean=mean, std=std, labels=labels,
+                             resample=resample, progress=progress)
     if fmt == "json":
         click.echo(json.dumps(candidate.manifest.to_dict(), indent=2))
     else:

@@ -16,7 +16,8 @@ them, with the same Pillow calls and numpy numerics:
   resize        PIL Image.resize on the uint8 RGB image, same filter id; `height`/`width`, or
                 `shortest_edge` (long side int(edge * long / short), get_resize_output_image_size)
   center_crop   transformers.image_transforms.center_crop, zero padding when the crop is larger
-  rescale       float64 multiply, then float32
+                (`"rounding": "torchvision"`: torchvision's CenterCrop offsets and padding instead)
+  rescale       float64 multiply, then float32 (`"divide"`: float32 division, torchvision's ToTensor)
   normalize     (x - mean) / std in float32, channels last
   flip_channel_order  RGB -> BGR (MobileViT)
 then channels first, stacked into `pixel_values`.
@@ -119,7 +120,10 @@ class Preprocessor:
             if array is None:
                 array = np.asarray(image)
             if op == "center_crop":
-                array = center_crop(array, int(step["height"]), int(step["width"]))
+                crop = center_crop_torchvision if step.get("rounding") == "torchvision" else center_crop
+                array = crop(array, int(step["height"]), int(step["width"]))
+            elif op == "rescale" and "divide" in step:
+                array = array.astype(np.float32) / np.float32(step["divide"])
             elif op == "rescale":
                 array = (array.astype(np.float64) * float(step["factor"])).astype(np.float32)
             elif op == "normalize":
@@ -162,6 +166,20 @@ def center_crop(array: np.ndarray, crop_height: int, crop_width: int) -> np.ndar
     padded[top_pad:top_pad + height, left_pad:left_pad + width] = array
     top, bottom, left, right = top + top_pad, bottom + top_pad, left + left_pad, right + left_pad
     return padded[max(0, top):min(new_height, bottom), max(0, left):min(new_width, right)]
+
+
+def center_crop_torchvision(array: np.ndarray, crop_height: int, crop_width: int) -> np.ndarray:
+    """torchvision.transforms.functional.center_crop on a channels-last array: zero padding split with the
+    extra pixel after, then offsets int(round((size - crop) / 2))."""
+    height, width = array.shape[:2]
+    pad_h = ((crop_height - height) // 2, (crop_height - height + 1) // 2) if crop_height > height else (0, 0)
+    pad_w = ((crop_width - width) // 2, (crop_width - width + 1) // 2) if crop_width > width else (0, 0)
+    if pad_h != (0, 0) or pad_w != (0, 0):
+        array = np.pad(array, (pad_h, pad_w, *([(0, 0)] * (array.ndim - 2))))
+        height, width = array.shape[:2]
+    top = round((height - crop_height) / 2.0)
+    left = round((width - crop_width) / 2.0)
+    return array[top:top + crop_height, left:left + crop_width]
 
 
 _STATE: weakref.WeakKeyDictionary[Any, tuple[Preprocessor, PixelLimits]] = weakref.WeakKeyDictionary()
