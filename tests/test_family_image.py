@@ -441,3 +441,49 @@ def test_image_options_are_refused_where_they_do_not_apply(tmp_path: Path) -> No
     assert_clean_error(result, code=2, contains="--image-size")
     result = run_cli("optimize", "tinycnn:make", "-o", str(tmp_path / "out"), "--image-size", "32", "--resize", "16")
     assert_clean_error(result, code=2, contains="smaller")
+
+
+@pytest.mark.slow
+def test_container_http_front_takes_a_raw_jpeg_body(built: dict[str, Path], tmp_path: Path) -> None:
+    """The container's WSGI app (http_app) over the same function files and image closure, in a fresh
+    python3.12 that sees nothing else: a raw image/jpeg POST answers like the pipeline on one image."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    from slimserve.packagers.interpreters import find_python
+    from slimserve.runtime import RUNTIME_DIR
+
+    python = find_python("3.12")
+    require(python, "python3.12")
+    task, opt = tmp_path / "task", tmp_path / "opt"
+    with zipfile.ZipFile(built["convnext-fp32-pkg"] / "function.zip") as zf:
+        zf.extractall(task)
+    with zipfile.ZipFile(built["convnext-fp32-pkg"] / "layer.zip") as zf:
+        zf.extractall(opt)
+    shutil.copy(RUNTIME_DIR / "http_app.py", task / "http_app.py")
+    jpeg = _encode(_photo(150, 110, 13), "JPEG", quality=90)
+    (tmp_path / "body.jpg").write_bytes(jpeg)
+    script = (
+        "import io, json, sys\n"
+        f"sys.path[:0] = [{str(task)!r}, {str(opt / 'python')!r}]\n"
+        "import http_app\n"
+        f"body = open({str(tmp_path / 'body.jpg')!r}, 'rb').read()\n"
+        "out = []\n"
+        "for ctype, data in (('image/jpeg', body), ('image/png', b'not a png')):\n"
+        "    env = {'REQUEST_METHOD': 'POST', 'PATH_INFO': '/predict', 'CONTENT_TYPE': ctype,\n"
+        "           'CONTENT_LENGTH': str(len(data)), 'wsgi.input': io.BytesIO(data)}\n"
+        "    status = []\n"
+        "    answer = json.loads(b''.join(http_app.app(env, lambda s, h: status.append(s))))\n"
+        "    out.append([status[0], answer])\n"
+        "print(json.dumps(out))\n"
+    )
+    run = subprocess.run([str(python), "-I", "-S", "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120, check=False, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+                                                        "SLIMSERVE_MODEL_DIR": str(task / "model")})
+    assert run.returncode == 0, run.stderr[-2000:]
+    (ok_status, answer), (bad_status, bad) = json.loads(run.stdout.strip().splitlines()[-1])
+    assert ok_status.startswith("200") and bad_status.startswith("400"), (ok_status, bad_status, bad)
+    expected = _pipeline(built["convnext"])(b64(jpeg))
+    assert [a["label"] for a in answer] == [e["label"] for e in expected]
+    np.testing.assert_allclose([a["score"] for a in answer], [e["score"] for e in expected], atol=1e-4)
