@@ -37,7 +37,7 @@ from slimserve.packagers.reproducible import tree_entries
 from slimserve.packagers.target import Target
 from slimserve.runtime import RUNTIME_DIR
 
-IMPORTS = {"tensor": "import numpy, onnxruntime",
+IMPORTS = {"tensor": "import numpy, onnxruntime", "text": "import numpy, onnxruntime, tokenizers",
            "image": "import numpy, onnxruntime, PIL.Image, PIL.ImageOps, PIL.JpegImagePlugin",
            "pillow-only": "import PIL.Image, PIL.ImageOps, PIL.JpegImagePlugin"}
 
@@ -87,7 +87,7 @@ def layer_numbers(python: str, runs: int) -> dict[str, dict[str, float]]:
         raise SystemExit(f"python{python} is needed for the import timings")
     result: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, extra in (("tensor", ""), ("image", "image")):
+        for name, extra in (("tensor", ""), ("text", "text"), ("image", "image")):
             site = build_closure(Target(python), extra)
             unzipped = write_zip(Path(tmp) / f"{name}.zip", dict(tree_entries(site, "python")))
             zipped = (Path(tmp) / f"{name}.zip").stat().st_size
@@ -191,17 +191,18 @@ def request_numbers(runs: int) -> tuple[dict[str, float], dict[str, int], int]:
 def render(cpu: str, layers: dict[str, dict[str, float]], times: dict[str, float], sizes: dict[str, int],
            runs: int, python: str) -> str:
     mb = 1e6
-    tensor, image = layers["tensor"], layers["image"]
+    tensor, image, text = layers["tensor"], layers["image"], layers["text"]
     return f"""# Image runtime: Pillow's cost and a JPEG request vs tensor JSON
 
 Command: `.venv/bin/python benchmarks/image_runtime.py --runs {runs} --write benchmarks/results/image_runtime.md`
 CPU: {cpu}. Target python{python} x86_64 closures as `slimserve package --target lambda` builds them.
 
-## Layer (numpy + onnxruntime, + Pillow for image models)
+## Layer (numpy + onnxruntime, + tokenizers for text models, + Pillow for image models)
 
 | closure | layer.zip zipped | unzipped | import (median of {runs} fresh `-I -S` processes) |
 |---|---:|---:|---:|
 | tensor (numpy, onnxruntime) | {tensor['zipped'] / mb:.2f} MB | {tensor['unzipped'] / mb:.2f} MB | {tensor['import_tensor']:.0f} ms |
+| text (+ tokenizers) | {text['zipped'] / mb:.2f} MB | {text['unzipped'] / mb:.2f} MB | {text['import_text']:.0f} ms |
 | image (+ Pillow, trimmed) | {image['zipped'] / mb:.2f} MB | {image['unzipped'] / mb:.2f} MB | {image['import_image']:.0f} ms |
 | Pillow's share | +{(image['zipped'] - tensor['zipped']) / mb:.2f} MB | +{(image['unzipped'] - tensor['unzipped']) / mb:.2f} MB | {image['import_pillow-only']:.0f} ms alone |
 
@@ -223,7 +224,7 @@ answer. The tensor body is {sizes['tensor'] / sizes['image']:.0f}× the JPEG req
 synchronous payload limit allows about one such image per request. A phone-sized photo costs its full
 decode and resize: the handler decodes every pixel as transformers does (JPEG draft-mode downscaling would
 be faster but changes the pixels the model sees). Import times are noisy on this shared 2-core machine
-(Pillow alone measured 25 to 61 ms across runs); byte counts are exact.
+(Pillow alone: 25 to 70 ms across three runs of this script); byte counts are exact.
 """
 
 
