@@ -306,6 +306,25 @@ def test_limits_are_413(reranker_fp32: Path) -> None:
     assert len(model.predict({"query": "q", "documents": ["d"] * 4}, None, limits)) == 4
 
 
+def test_sample_and_worst_requests_are_accepted_at_the_limits(reranker_fp32: Path, nli_fp32: Path) -> None:
+    """What `check` and `compare` send: served as is, and the worst one is right at the limits."""
+    from slimserve.optimizer.families.pairs import FAMILY
+    from slimserve.runtime.model_runtime import LimitError, RequestLimits
+
+    for out, ranking in ((reranker_fp32, True), (nli_fp32, False)):
+        model = _loaded(out)
+        limits = RequestLimits.from_spec(model.spec, environ={})
+        sample = FAMILY.sample_inputs(model.spec, 8)
+        assert isinstance(sample, dict) == ranking
+        assert len(model.predict(sample, None, limits)) == 8
+        worst, description = FAMILY.worst_inputs(model.spec, limits)
+        count = limits.max_tokens // MAX_LENGTH
+        assert len(worst) == min(count, limits.max_batch) and f"{len(worst)} pairs" in description
+        assert len(model.predict(worst, None, limits)) == len(worst)
+        with pytest.raises(LimitError):
+            model.predict([[worst[0][0] + "x", worst[0][1]]], None, limits)
+
+
 # -- fidelity -----------------------------------------------------------------------------------------
 def test_spearman_matches_scipy_and_defines_the_edges() -> None:
     from scipy.stats import spearmanr
@@ -357,8 +376,12 @@ def test_optimize_package_and_run_like_lambda(reranker: Path, nli: Path, tmp_pat
         assert fidelity["mean"] >= (0.999 if recipe == "fp32" else 0.95), fidelity  # the documented bar
         assert fidelity["details"]["score_cosine"] > 0.99
         pkg = tmp_path / f"{recipe}-pkg"
-        result = run_cli("package", str(out), "-o", str(pkg), "--target", "lambda", "--no-check")
+        check = () if recipe == "fp32" else ("--no-check",)  # fp32: `check` runs the worst accepted request
+        result = run_cli("package", str(out), "-o", str(pkg), "--target", "lambda", *check)
         assert result.returncode == 0, result.stderr
+        if recipe == "fp32":
+            checks = json.loads((pkg / "slimserve.json").read_text())["package"]["checks"]
+            assert checks["fits"] and "64 pairs × 2 texts" in checks["cold_start"]["worst_request"], checks
         events = [{"inputs": {"query": QUERY, "documents": DOCUMENTS}, "parameters": {"return_documents": True}},
                   {"inputs": PAIRS},
                   {"inputs": {"query": QUERY, "documents": DOCUMENTS}, "parameters": {"top_k": 0}}]

@@ -25,10 +25,17 @@ from slimserve.optimizer.families.base import EvalBatch, EvalSet
 from slimserve.optimizer.fidelity import Fidelity, per_sample_cosine
 from slimserve.optimizer.sources import HfFolderSource
 from slimserve.runtime import task_pairs
-from slimserve.runtime.model_runtime import LoadedModel
+from slimserve.runtime.model_runtime import LoadedModel, RequestLimits
 
 BUILTIN_EVAL = "pairs_eval.jsonl"
 BUILTIN_CALIB = "pairs_calib.jsonl"
+SAMPLE_QUERY = "how do I reset a forgotten router password"
+SAMPLE_DOCUMENTS = (
+    "Hold the reset button on the back of the router for thirty seconds to restore the factory settings.",
+    "Log in to the admin page at 192.168.1.1 with the password printed on the router's label.",
+    "Wi-Fi 6 offers higher throughput than Wi-Fi 5 in crowded apartment buildings.",
+    "Our bakery opens at seven every morning except Sunday.",
+)
 EVAL_HINT = '--eval takes JSON lines like {"query": "...", "documents": ["...", "..."]}'
 # torch.nn activation class -> the name task_pairs applies (any other one cannot be shipped without torch)
 TORCH_ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity", "Tanh": "tanh", "ReLU": "relu",
@@ -194,6 +201,24 @@ class PairsFamily:
         return EvalSet(requests=requests, calibration=_builtin(BUILTIN_CALIB),
                        description=f"built-in {BUILTIN_EVAL} ({len(requests)} queries, "
                                    f"{sum(len(r) for r in requests)} pairs)")
+
+    def sample_inputs(self, runtime: dict[str, Any], batch: int = 1) -> Any:
+        """A query with `batch` candidate documents (pairs for a multi-label model, which cannot rank)."""
+        documents = [SAMPLE_DOCUMENTS[i % len(SAMPLE_DOCUMENTS)] for i in range(batch)]
+        if int(runtime.get("num_labels") or 1) == 1:
+            return {"query": SAMPLE_QUERY, "documents": documents}
+        return [[SAMPLE_QUERY, doc] for doc in documents]
+
+    def worst_inputs(self, runtime: dict[str, Any], limits: RequestLimits) -> tuple[Any, str]:
+        """As many pairs as the token budget runs at `max_length` tokens each, both texts of every pair
+        `max_chars` long: the tokenizer reads the most characters, truncation cuts both sides, and the model
+        runs the whole budget. Pairs, so any cross-encoder (one score or several) accepts it."""
+        max_length = int(runtime.get("max_length") or 512)
+        count = max(1, min(limits.max_batch, limits.max_tokens // max_length))
+        filler = SAMPLE_DOCUMENTS[0] + " "
+        text = (filler * (limits.max_chars // len(filler) + 1))[:limits.max_chars]
+        return [[text, text]] * count, (f"{count} pairs × 2 texts × {limits.max_chars:,} characters "
+                                        f"(≤ {max_length} tokens each pair, budget {limits.max_tokens:,} tokens)")
 
     def fidelity(self, model: LoadedModel, batches: Sequence[EvalBatch], *, reference_name: str,
                  eval_source: str) -> Fidelity:
