@@ -28,9 +28,11 @@ def capture(model: Any, names: Sequence[str], feeds: Sequence[Feed], step: str) 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     existing = {o.name for o in probe.graph.output}
+    types = _value_types(probe)
     for name in names:
         if name not in existing:
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            elem = types.get(name, onnx.TensorProto.FLOAT)
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
     options = ort.SessionOptions()
     options.intra_op_num_threads = min(2, os.cpu_count() or 1)
     options.inter_op_num_threads = 1
@@ -52,6 +54,25 @@ def capture(model: Any, names: Sequence[str], feeds: Sequence[Feed], step: str) 
         except Exception as exc:
             raise ToolError(f"{step}: onnxruntime failed on a calibration feed: {first_line(exc)}") from exc
         yield feed, [np.asarray(v) for v in values]
+
+
+def _value_types(model: Any) -> dict[str, int]:
+    """Element type of every value ONNX shape inference can type (a requested tensor that is a bool
+    condition or an int64 shape must be declared as such, or onnxruntime refuses the probe)."""
+    import onnx
+
+    types: dict[str, int] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model) if model.ByteSize() < 2**31 - 2**20 else model
+    except Exception:  # noqa: BLE001  # untyped values fall back to float, what most requested tensors are
+        inferred = model
+    graph = inferred.graph
+    for info in [*graph.value_info, *graph.input, *graph.output]:
+        if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
+            types[info.name] = info.type.tensor_type.elem_type
+    for init in graph.initializer:
+        types[init.name] = init.data_type
+    return types
 
 
 def subsample(rows: np.ndarray, limit: int = MAX_ROWS) -> np.ndarray:

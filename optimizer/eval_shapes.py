@@ -23,11 +23,12 @@ from slimserve.optimizer.onnx_io import ort_message
 Feed = dict[str, np.ndarray]
 Shape = tuple[int, ...]
 
-# Candidate sizes, most realistic first; image sides are multiples of 32 (every common stride divides them).
-IMAGE_SIDES = (224, 320, 640, 96)
-AUDIO_SAMPLES = (16000, 512, 1024, 8000)
-SEQUENCE_LENGTHS = (64, 16, 128, 256)
-OTHER_SIZES = (16, 64, 8, 32)
+# Candidate sizes, most realistic first, one per level. Image (height, width) pairs: squares whose sides
+# every common stride divides, then text-line crops (OCR recognizers take 48 x 320 and refuse squares).
+IMAGE_SIZES = ((224, 224), (320, 320), (640, 640), (48, 320), (32, 320), (96, 96))
+AUDIO_SAMPLES = (16000, 512, 1024, 8000, 16000, 512)
+SEQUENCE_LENGTHS = (64, 16, 128, 256, 32, 8)
+OTHER_SIZES = (16, 64, 8, 32, 4, 2)
 SAMPLE_RATE_NAMES = ("sr", "sample_rate", "sampling_rate", "samplerate")
 DEFAULT_SAMPLE_RATE = 16000
 
@@ -66,8 +67,12 @@ def classify(spec: Mapping[str, Any]) -> str:
     return "tensor"
 
 
-def _level_sizes(kind: str, level: int) -> int:
-    ladder = {"image": IMAGE_SIDES, "audio": AUDIO_SAMPLES, "sequence": SEQUENCE_LENGTHS}.get(kind, OTHER_SIZES)
+def _level_sizes(kind: str, level: int, width: bool = False) -> int:
+    """The size of a symbolic dimension at `level` (for an image, its height or its `width`)."""
+    if kind == "image":
+        height, wide = IMAGE_SIZES[level % len(IMAGE_SIZES)]
+        return wide if width else height
+    ladder = {"audio": AUDIO_SAMPLES, "sequence": SEQUENCE_LENGTHS}.get(kind, OTHER_SIZES)
     return ladder[level % len(ladder)]
 
 
@@ -81,24 +86,29 @@ def _shape_at(spec: Mapping[str, Any], kind: str, level: int, batch_names: set[s
     batch: a recurrent state [2, batch, 128]) at 1; every other symbolic dimension at the level's size,
     the same size wherever the graph uses the same dimension name (`named`, shared across inputs)."""
     dims = list(spec.get("shape") or [])
+    # A recurrent state laid out [layers, batch, hidden]: fixed leading dimension, the first symbolic one
+    # is the batch even when the exporter left it unnamed.
+    state_batch = next((i for i, d in enumerate(dims) if _fixed(d) is None), None) \
+        if len(dims) >= 3 and _fixed(dims[0]) is not None else None
     out: list[int] = []
     for index, dim in enumerate(dims):
         fixed = _fixed(dim)
         if fixed is not None:
             out.append(fixed)
-        elif (index == 0 and len(dims) > 1) or _is_batch(dim, batch_names):
+        elif (index == 0 and len(dims) > 1) or index == state_batch or _is_batch(dim, batch_names):
             out.append(1)
         elif isinstance(dim, str) and dim != "?" and dim in named:
             out.append(named[dim])
         else:
-            size = _level_sizes(kind, level)
+            channels_first = len(dims) == 4 and _fixed(dims[1]) in (1, 3, 4)
+            size = _level_sizes(kind, level, width=index == (3 if channels_first else 2))
             if isinstance(dim, str) and dim != "?":
                 named[dim] = size
             out.append(size)
     return tuple(out)
 
 
-LEVELS = 4
+LEVELS = len(IMAGE_SIZES)
 
 
 def plan_inputs(inputs: Sequence[Mapping[str, Any]], pinned: Mapping[str, Shape] | None = None) -> list[InputPlan]:

@@ -93,6 +93,24 @@ def detach_initializer_inputs(model: onnx.ModelProto) -> int:
     return removed
 
 
+def name_nodes(graph: onnx.GraphProto) -> int:
+    """Give every unnamed node of the main graph a unique name: the quantizers exclude, rank and report
+    nodes by name, and exporters (onnx.helper, some converters) leave names empty. Returns how many."""
+    used = {n.name for n in graph.node if n.name}
+    count = 0
+    for index, node in enumerate(graph.node):
+        if node.name:
+            continue
+        name, k = f"{node.op_type}_{index}", 0
+        while name in used:
+            k += 1
+            name = f"{node.op_type}_{index}_{k}"
+        node.name = name
+        used.add(name)
+        count += 1
+    return count
+
+
 def normalize_for_quant(src: Path, work_dir: Path, step: str) -> tuple[Path, tuple[str, ...]]:
     """A copy of `src` whose weights are plain initializers, ready for the quantizers.
 
@@ -106,6 +124,7 @@ def normalize_for_quant(src: Path, work_dir: Path, step: str) -> tuple[Path, tup
     removed = detach_initializer_inputs(model)
     if removed:
         notes.append(f"{removed} graph inputs that shadowed initializers were made constants")
+    name_nodes(model.graph)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     detached = onnx_io.save_model(model, work_dir / f"{step}-detached.onnx", step)
@@ -118,8 +137,36 @@ def normalize_for_quant(src: Path, work_dir: Path, step: str) -> tuple[Path, tup
     return folded, tuple(notes)
 
 
+def opset(path: Path) -> int:
+    """The default-domain opset of the model at `path`."""
+    model = onnx_io.read_model(path, "onnx", with_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def opset_at_least(src: Path, version: int, work_dir: Path, step: str) -> tuple[Path, tuple[str, ...]]:
+    """`src`, or a copy converted to opset `version` when it is older (onnx's version converter). When the
+    converter cannot, `src` is returned as it is with a note; callers then avoid what needs the newer opset."""
+    import onnx
+    from onnx import version_converter
+
+    current = opset(src)
+    if current >= version:
+        return Path(src), ()
+    try:
+        model = onnx_io.read_model(src, step)
+        converted = version_converter.convert_version(model, version)
+        onnx.checker.check_model(converted, full_check=False)
+        out = onnx_io.save_model(converted, Path(work_dir) / f"{step}-opset{version}.onnx", step)
+        check_session(out, step)
+    except Exception as exc:  # noqa: BLE001  # the converter lacks an adapter for some op: keep the original opset
+        note = (f"opset {current} could not be converted to {version} ({first_line(exc)}): "
+                "weights quantized per tensor instead of per channel")
+        return Path(src), (note,)
+    return out, (f"opset {current} converted to {version} for per-channel quantization",)
+
+
 def toposort(graph: onnx.GraphProto) -> None:
-    """Reorder `graph.node` topologically in place (stable), as onnx.checker requires.
+    """Reorder `graph.node` topologically in place (stable), as onnx.checker requires; subgraphs too.
 
     Some converters (onnxruntime's float16 tool) append the Casts they insert at the end of the list;
     ORT accepts that, onnx.checker and other runtimes do not. Inputs no node produces (graph inputs,
@@ -147,6 +194,10 @@ def toposort(graph: onnx.GraphProto) -> None:
         dst.CopyFrom(src)
     del graph.node[:]
     graph.node.extend(copies)
+    for node in graph.node:  # If/Loop/Scan bodies: the converter appends its Casts there too (Silero VAD)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                toposort(sub)
 
 
 def node_inputs(node: onnx.NodeProto) -> list[str]:

@@ -130,8 +130,11 @@ def quantize_linear_weights(
             continue
         if not conv and any(n.op_type == "Conv" for n in users):
             continue
+        # Only a weight every consumer reads directly as its input 1 is rewritten; a read from inside an
+        # If/Loop body (the consumer is the control-flow node) or in another position leaves it float.
         axes = {
-            _weight_axis(n, len(g.inits[name].dims)) if list(n.input).index(name) == 1 else None
+            _weight_axis(n, len(g.inits[name].dims)) if list(n.input)[1:2] == [name] and
+            list(n.input).count(name) == 1 else None
             for n in users
         }
         if len(axes) != 1 or None in axes:

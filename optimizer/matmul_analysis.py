@@ -50,7 +50,8 @@ def capture_inputs(
 
     model = onnx_io.read_model(model_path, STEP)
     graph_inputs = {i.name for i in model.graph.input}
-    wanted = sorted({n.input[0] for n in model.graph.node if n.name in set(node_names)} - graph_inputs)
+    names = set(node_names) - {""}  # an unnamed node cannot be told apart (graph_tools.name_nodes names them)
+    wanted = sorted({n.input[0] for n in model.graph.node if n.name in names} - graph_inputs)
     rows: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
     for _, values in activations.capture(model, wanted, feeds, STEP):
         for n, v in zip(wanted, values):

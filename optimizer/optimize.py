@@ -224,10 +224,12 @@ def _prepare_family(source: Source, exported: Exported, family: Family, work_dir
     encoded = [encode(r, "evaluation", i) for i, r in enumerate(evalset.requests)]
     calibration = [encode(r, "calibration", i).feeds for i, r in enumerate(evalset.calibration)]
     reference_outputs = []
+    family_reference = getattr(family, "reference_outputs", None)  # the original takes the request itself (tabular)
     with progress.stage("reference outputs", total=len(encoded)) as stage:
         for item in encoded:
             try:
-                reference_outputs.append(exported.reference(item.feeds))
+                reference_outputs.append(family_reference(exported, item) if family_reference is not None
+                                         else exported.reference(item.feeds))
             except Exception as exc:  # noqa: BLE001  # the user's model failing on its inputs: bad input
                 raise SlimserveError(f"the original model failed on the evaluation inputs: {ort_message(exc)}",
                                      hint="pass --eval with inputs the model accepts, or check the model") from None
@@ -370,7 +372,7 @@ def make_candidate(prepared: Prepared, recipe: str, out_dir: Path, progress: Pro
         "versions": library_versions(),
         "model": {"path": "model.onnx", "bytes": model_path.stat().st_size + data_bytes,
                   "sha256": sha256_file(model_path), "external_data": info["external_data"],
-                  "fp32_bytes": prepared.exported.onnx_path.stat().st_size,
+                  "fp32_bytes": sum(p.stat().st_size for p in model_files(prepared.exported.onnx_path)),
                   "inputs": info["inputs"], "outputs": info["outputs"], "opset": info["opset"]},
         "runtime": prepared.exported.runtime,
         "fidelity": fidelity.as_dict(),

@@ -67,12 +67,16 @@ ONNXRUNTIME_COMMANDS = ("optimize", "compare", "build", "check", "package")
 
 
 def quiet_onnxruntime() -> None:
-    """onnxruntime logs a failing node on stderr in red before raising; slimserve turns the exception into
-    its one `error:` line, so that log line is noise (kept with --debug). Sessions that set no severity
-    of their own use this default."""
+    """onnxruntime logs a failing node on stderr in red before raising, and its quantizer warns through
+    Python's root logger ("WARNING:root:Quantized bias ..."); slimserve turns failures into its one `error:`
+    line and records what matters in the result's notes, so both are noise (kept with --debug). Sessions
+    that set no severity of their own use this default."""
+    import logging
+
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(4)
+    logging.getLogger().setLevel(logging.ERROR)
 
 
 def _error(message: str, hint: str | None = None) -> None:

@@ -88,3 +88,76 @@ def recurrent_vad(path: Path, hidden: int = 128, frame: int = 256) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def over_2gb(path: Path, gigabytes: float = 2.1, width: int = 8192) -> Path:
+    """x[batch, width] -> MatMul chain whose float32 weights total `gigabytes` (past protobuf's 2 GB), stored
+    as external data in `<name>.data`. The weights repeat one seeded random block, so building is fast."""
+    per = width * width * 4
+    count = max(2, int(gigabytes * 2**30 // per) + 1)
+    block = (np.random.default_rng(0).standard_normal((width, 256)) / np.sqrt(width)).astype(np.float32)
+    nodes, inits = [], []
+    current = "x"
+    for i in range(count):
+        weight = np.tile(np.roll(block, i, axis=0), (1, width // 256))
+        tensor = numpy_helper.from_array(weight, f"w{i}")
+        inits.append(tensor)
+        nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [f"h{i}"]))
+        current = f"h{i}"
+    nodes.append(helper.make_node("Identity", [current], ["y"]))
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
+    return path
+
+
+def opset11_convnet(path: Path) -> Path:
+    """Conv+bias / Relu / Conv+bias / GlobalAveragePool / Gemm at opset 11, like PP-OCR's exports, whose
+    biases carry the names of ORT's fusions ("ConvAddFusion_Add_B_..."): per-channel QDQ needs opset 13."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "ConvAddFusion_Add_B_1"], ["a"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("Conv", ["b", "w2", "ConvAddFusion_Add_B_2"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["c"], ["d"]),
+        helper.make_node("GlobalAveragePool", ["d"], ["e"]),
+        helper.make_node("Flatten", ["e"], ["f"]),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1),
+    ]
+    inits = [_weight("w1", (32, 3, 3, 3), 6), _weight("ConvAddFusion_Add_B_1", (32,), 7),
+             _weight("w2", (64, 32, 3, 3), 8), _weight("ConvAddFusion_Add_B_2", (64,), 9),
+             _weight("w3", (4, 64), 10), _weight("b3", (4,), 11)]
+    graph = helper.make_graph(nodes, "cls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 48, 192])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 6
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def control_flow(path: Path) -> Path:
+    """x[n, 64] -> MatMul(w) -> If(sum > 0): then MatMul(h, w) ** 2, else h * 2: a weight read both by a
+    top-level node and from inside a branch, and a Pow (kept float32 by fp16) inside a branch."""
+    then_graph = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "w"], ["t0"]), helper.make_node("Pow", ["t0", "two"], ["t_out"])],
+        "then", [], [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, ["n", 64])])
+    else_graph = helper.make_graph([helper.make_node("Mul", ["h", "two"], ["e_out"])], "else", [],
+                                   [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, ["n", 64])])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["cond"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph),
+    ]
+    inits = [_weight("w", (64, 64), 12), numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    graph = helper.make_graph(nodes, "cf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

@@ -45,7 +45,7 @@ def test_npz_eval_inputs(tiny_onnx: Path, tmp_path: Path) -> None:
     npz = tmp_path / "eval.npz"
     np.savez(npz, x=np.random.default_rng(1).standard_normal((5, 16)).astype(np.float32))
     out = tmp_path / "o"
-    result = run_cli("optimize", str(tiny_onnx), "-o", str(out), "--recipe", "int8-weight", "--eval", str(npz))
+    result = run_cli("optimize", str(tiny_onnx), "-o", str(out), "--recipe", "fp16", "--eval", str(npz))
     assert result.returncode == 0, result.stderr
     assert _manifest(out)["fidelity"]["samples"] == 5
 

@@ -100,14 +100,14 @@ def test_list_recipes_shows_every_option_with_help() -> None:
 
 def test_manifest_records_resolved_options_and_the_config_file_sets_them(tmp_path: Path) -> None:
     model = build_tiny_onnx(tmp_path / "tiny.onnx", hidden=96)
-    (tmp_path / "slimserve.toml").write_text('[optimize]\nrecipe = "int8-weight(embeddings=none,block=64)"\n')
+    (tmp_path / "slimserve.toml").write_text('[optimize]\nrecipe = "int8-weight(embeddings=none,min_elements=64,block=64)"\n')
     result = run_cli("optimize", model.name, "-o", "out", "--format", "json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "out" / "slimserve.json").read_text())
-    assert manifest["recipe"] == "int8-weight(embeddings=none,block=64)"
+    assert manifest["recipe"] == "int8-weight(embeddings=none,min_elements=64,block=64)"
     (step,) = manifest["steps"]
-    assert step["step"] == "int8-weight(embeddings=none,block=64)"
-    assert step["options"] == {"matmul": "fold", "embeddings": "none", "conv": True, "min_elements": 4096,
+    assert step["step"] == "int8-weight(embeddings=none,min_elements=64,block=64)"
+    assert step["options"] == {"matmul": "fold", "embeddings": "none", "conv": True, "min_elements": 64,
                                "block": 64, "accuracy_level": 0, "search_clip": False}
     (tmp_path / "slimserve.toml").write_text('[optimize]\nrecipe = "int8-weight(blok=64)"\n')
     assert_clean_error(run_cli("optimize", model.name, "-o", "out2", cwd=tmp_path), contains="unknown option 'blok'")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slimserve.errors import ToolError, first_line
+from slimserve.errors import SlimserveError, ToolError, first_line
 from slimserve.optimizer import graph_tools, onnx_io
 from slimserve.optimizer.steps.base import StepContext, StepResult, StepSpec, option
 
@@ -126,6 +126,10 @@ def weights_only(src: Path, dst: Path, ctx: StepContext) -> StepResult:
             casts.append(helper.make_node("Cast", [half.name], [init.name], name=init.name + "_cast", to=1))
         else:
             keep.append(init)
+    if not casts:  # a "fp16" result with every weight still float32 would be mislabelled
+        raise SlimserveError(f"{STEP} does not apply to {Path(src).name}: no float32 weight of 4096 numbers or more "
+                             "in the main graph (weights inside If/Loop bodies are not converted)",
+                             hint="keep fp32 for this model")
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
     for k, node in enumerate(casts):
@@ -140,7 +144,21 @@ def run(src: Path, dst: Path, ctx: StepContext, options: Fp16Options) -> StepRes
     with ctx.progress.stage(f"{STEP}: float16 conversion"):
         if options.weights_only:
             return weights_only(Path(src), Path(dst), ctx)
+        if _has_subgraphs(Path(src)):
+            # onnxruntime's float16 converter puts the Casts a subgraph needs in the main graph, or returns
+            # outer-scope values as subgraph outputs (Silero VAD): models ORT refuses. Store the weights
+            # float16 instead (float32 compute), and say so.
+            result = weights_only(Path(src), Path(dst), ctx)
+            why = ("the model has control flow (If/Loop/Scan), which onnxruntime's float16 converter cannot "
+                   "rewrite: weights stored float16, compute float32")
+            return StepResult(path=result.path, details={**result.details, "weights_only": True},
+                              notes=(*result.notes, why))
         return convert(Path(src), Path(dst), ctx, PRECISION_BLOCK if options.precision_block else ())
+
+
+def _has_subgraphs(path: Path) -> bool:
+    model = onnx_io.read_model(path, STEP, with_data=False)
+    return any(attr.HasField("g") or len(attr.graphs) for node in model.graph.node for attr in node.attribute)
 
 
 SPEC = StepSpec(

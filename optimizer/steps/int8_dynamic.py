@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from slimserve.errors import ToolError, first_line
+from slimserve.errors import SlimserveError, ToolError, first_line
 from slimserve.optimizer import graph_tools, int8_rewrites, matmul_analysis, onnx_io
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
@@ -125,8 +125,13 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: DynamicOptions, step:
         n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger", "DynamicQuantizeLSTM")
         for n in model.graph.node
     )
+    if integer_ops == 0 and n_emb + n_fold == 0:  # an "int8" result that is the float model, mislabelled
+        raise SlimserveError(f"{step} does not apply to {Path(src).name}: no MatMul/Gemm/Conv/LSTM has a constant "
+                             "weight onnxruntime's quantizer can take (weights computed at run time, or inside "
+                             "control flow), and no embedding table",
+                             hint="keep fp32 or fp16 for this model")
     if integer_ops == 0:
-        notes += ("no MatMul/Gemm/Conv/LSTM with constant weights was quantized: the model is unchanged",)
+        notes += ("no MatMul/Gemm/Conv/LSTM was quantized for integer compute: only weight storage is int8",)
     notes += (
         (
             f"dynamic int8 ({'per-channel' if opts.per_channel else 'per-tensor'} {opts.weight_type} weights"

@@ -109,6 +109,11 @@ def _input_names(path: Path) -> set[str]:
     return {i.name for i in model.graph.input if i.name not in inits}
 
 
+# Per-channel QDQ needs DequantizeLinear's `axis` (opset 13); ORT's quantizer writes it on older models too,
+# which onnxruntime then refuses to load (PP-OCR's opset-11 exports).
+PER_CHANNEL_OPSET = 13
+
+
 def quantize(src: Path, dst: Path, ctx: StepContext, opts: StaticOptions, step: str = STEP) -> StepResult:
     """Static QDQ int8 of `src` into `dst`."""
     if not ctx.calibration:
@@ -125,6 +130,8 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: StaticOptions, step: 
         )
     work = Path(ctx.work_dir)
     prepared, notes = graph_tools.preprocess(Path(src), work, step)
+    prepared, upgraded = graph_tools.opset_at_least(prepared, PER_CHANNEL_OPSET, work, step)
+    notes += upgraded
     excluded = matmul_analysis.gelu_fed_matmuls(prepared) if opts.exclude_gelu else []
     # At most a sixth of the MatMuls by ranking (6 of MiniLM's 36), so small models still get quantized.
     budget = min(opts.exclude_ranked, len(matmul_analysis.constant_matmul_weights(prepared)) // 6)
@@ -152,7 +159,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: StaticOptions, step: 
             weight_type=QuantType.QUInt8 if opts.weight_type == "uint8" else QuantType.QInt8,
             op_types_to_quantize=list(opts.op_types),
             nodes_to_exclude=excluded,
-            per_channel=True,
+            per_channel=graph_tools.opset(prepared) >= PER_CHANNEL_OPSET,
             calibrate_method=methods[opts.method],
             extra_options=extra,
         )

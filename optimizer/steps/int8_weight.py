@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from slimserve.errors import ToolError, first_line
+from slimserve.errors import SlimserveError, ToolError, first_line
 from slimserve.optimizer import graph_tools, onnx_io
 from slimserve.optimizer.int8_rewrites import (
     EmbeddingMode,
@@ -87,8 +87,11 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int8WeightOptions, st
             n_lin = 0
     except (ValueError, KeyError, IndexError) as exc:
         raise ToolError(f"{step}: cannot rewrite the weights of {Path(src).name}: {first_line(exc)}") from exc
-    if n_emb + n_lin == 0:
-        notes += ("no float MatMul/Gemm/Conv weight or embedding table was large enough to quantize",)
+    if n_emb + n_lin == 0:  # an "int8" result that is the float model, mislabelled
+        raise SlimserveError(f"{step} does not apply to {Path(src).name}: no float MatMul/Gemm/Conv weight or "
+                             "embedding table is large enough to quantize (at least min_elements numbers, read "
+                             "directly by the node)",
+                             hint="keep fp32 or fp16 for this model, or lower int8-weight(min_elements=...)")
     onnx_io.save_model(model, Path(dst), step)
     graph_tools.check_session(Path(dst), step)
     return StepResult(
