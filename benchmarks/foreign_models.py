@@ -86,9 +86,9 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "?")
     vnni = "avx512_vnni" in Path("/proc/cpuinfo").read_text()
-    lines = ["# Recipes on real ONNX files from PyPI packages", "",
-             f"`.venv/bin/python benchmarks/foreign_models.py` on {cpu} ({'with' if vnni else 'without'} VNNI); "
-             "synthetic evaluation inputs chosen by slimserve (no --eval).", "",
+    how = (f"`.venv/bin/python benchmarks/foreign_models.py` on {cpu} ({'with' if vnni else 'without'} VNNI); "
+           "synthetic evaluation inputs chosen by slimserve (no --eval).")
+    lines = ["# Recipes on real ONNX files from PyPI packages", "", how, "",
              "| package | model | recipe | outcome | model.onnx | fidelity mean / min | evaluated on |",
              "|---|---|---|---|---:|---|---|"]
     for requirement, name, recipe, r in rows:
