@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from slimserve.packagers.interpreters import find_python
-from tests.conftest import require, run_cli
+from tests.conftest import assert_clean_error, require, run_cli
 from tests.helpers_lambda import run_like_lambda
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
@@ -42,6 +42,8 @@ CASES: list[tuple[str, str]] = [
     ("When was the museum in Porto built?", LONG),
     ("Who built the chapel in Riga, and how often was it repaired before the twentieth century began?", LONG),
     ("Quelle est la hauteur ?", "La tour mesure 330 mètres et fut achevée en 1889 à Paris."),
+    ("what?", "😀 emoji 🚀 café naïve\n\n\tTabs   and  spaces 東京 tower"),
+    ("who?", "   "),  # no context token at all: the pipeline's quirky empty answers
 ]
 PARAMETERS: list[dict[str, Any]] = [
     {},
@@ -264,6 +266,21 @@ def test_work_is_bounded_with_413s_naming_the_limit(optimized: Callable[[str, st
     small = LoadedModel(out)
     with pytest.raises(LimitError, match="> 2 per context"):
         small.predict(item, None, small.limits())
+
+
+def test_eval_file_is_used_and_a_bad_one_is_a_clean_error(qa_folder: Callable[[str], Path], tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text("".join(json.dumps({"question": q, "context": c}) + "\n" for q, c in CASES[:4]))
+    bad.write_text(json.dumps({"question": "q", "context": "c"}) + "\n" + json.dumps({"question": "no context"}) + "\n")
+    result = run_cli("optimize", str(qa_folder("bert")), "-o", str(tmp_path / "bad-out"), "--recipe", "fp32",
+                     "--eval", str(bad))
+    assert_clean_error(result, contains="line 2 needs non-empty string fields 'question' and 'context'")
+    result = run_cli("optimize", str(qa_folder("bert")), "-o", str(tmp_path / "out"), "--recipe", "fp32",
+                     "--eval", str(good), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    fidelity = json.loads(result.stdout)["fidelity"]
+    assert fidelity["eval_source"] == f"{good} (4 questions)" and fidelity["samples"] == 4
+    assert fidelity["mean"] == 1.0 and fidelity["details"]["windows"] > 4  # the long context: several windows
 
 
 def _lambda_events(items: list[dict[str, Any]]) -> list[Any]:
