@@ -44,6 +44,11 @@ def _quiet_libraries() -> None:
 def export_hf_folder(source: HfFolderSource, work_dir: Path) -> Exported:
     """Export offline (HF_HUB_OFFLINE) so a folder never triggers a download."""
     _require_export_extra()
+    from slimserve.optimizer.families.base import family_for
+
+    check_source = getattr(family_for(source.task), "check_source", None)
+    if check_source is not None:  # a family refuses what its handler cannot serve before any export
+        check_source(source)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from optimum.exporters.onnx import main_export
