@@ -268,6 +268,26 @@ def test_work_is_bounded_with_413s_naming_the_limit(optimized: Callable[[str, st
         small.predict(item, None, small.limits())
 
 
+def test_check_requests_are_accepted_and_the_worst_fills_the_window_budget(
+        optimized: Callable[[str, str], Path]) -> None:
+    from slimserve.optimizer.families.qa import FAMILY
+    from slimserve.runtime.model_runtime import LoadedModel
+
+    for arch in ("bert", "roberta"):
+        model = LoadedModel(optimized(arch, "fp32"))
+        limits = model.limits()
+        for batch in (1, 8):
+            answer = model.predict(FAMILY.sample_inputs(model.spec, batch), None, limits)
+            assert isinstance(answer, dict if batch == 1 else list)
+        inputs, description = FAMILY.worst_inputs(model.spec, limits)
+        assert isinstance(model.predict(inputs, None, limits), dict), description
+        encoded = model.encode_request(inputs, model.parameters(None), limits)
+        assert len(encoded.context[0].windows) == model.spec["max_windows"], description
+        longer = {**inputs, "context": inputs["context"] + " and one more sentence to read, at 56.12N 7.32W."}
+        with pytest.raises(Exception, match="max_windows|max_tokens"):
+            model.predict(longer, None, limits)
+
+
 def test_eval_file_is_used_and_a_bad_one_is_a_clean_error(qa_folder: Callable[[str], Path], tmp_path: Path) -> None:
     good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
     good.write_text("".join(json.dumps({"question": q, "context": c}) + "\n" for q, c in CASES[:4]))
@@ -312,8 +332,10 @@ def test_lambda_package_answers_like_the_pipeline(arch: str, optimized: Callable
         assert fidelity["metric"] == "exact_match" and fidelity["reference"] == "pytorch"
         assert fidelity["samples"] == 30 and fidelity["details"]["windows"] > fidelity["samples"]
         pkg = tmp_path / f"pkg-{recipe}"
-        result = run_cli("package", str(out), "--target", "lambda", "-o", str(pkg), "--no-check")
+        checked = recipe == "fp32"  # check runs the worst accepted request in a Lambda-like process
+        result = run_cli("package", str(out), "--target", "lambda", "-o", str(pkg), *(() if checked else ("--no-check",)))
         assert result.returncode == 0, result.stderr
+        assert ("checks" in json.loads((pkg / "slimserve.json").read_text())["package"]) == checked
         ran = run_like_lambda(pkg, tmp_path / f"run-{recipe}", "3.12", _lambda_events(items))
         assert ran["modules"] == []  # neither torch nor slimserve at run time
         single, many, impossible, ok, bad, too_long = ran["responses"]

@@ -26,12 +26,16 @@ from slimserve.optimizer.families.base import EvalBatch, EvalSet
 from slimserve.optimizer.fidelity import Fidelity
 from slimserve.optimizer.sources import HfFolderSource
 from slimserve.runtime import task_qa
-from slimserve.runtime.model_runtime import CHARS_PER_TOKEN, LoadedModel
+from slimserve.runtime.model_runtime import CHARS_PER_TOKEN, LoadedModel, RequestLimits
 
 BUILTIN_EVAL = "qa_eval.jsonl"
 BUILTIN_CALIB = "qa_calib.jsonl"
 QUESTIONS_PER_REQUEST = 4
 OUTPUTS = ("start_logits", "end_logits")
+SAMPLE_QUESTION = "When was the lighthouse completed?"
+SAMPLE_CONTEXT = ("The Skerryvore lighthouse stands on a reef south-west of Tiree. It was designed by Alan "
+                  "Stevenson and completed in 1844; at 48 metres it is the tallest lighthouse in Scotland.")
+WORST_FILLER = SAMPLE_CONTEXT + " Keepers logged 2,417 storms (1844-1984) at 56.12N 7.32W; see log #A-17/b. "
 EVAL_HINT = 'the --eval file takes JSON lines like {"question": "...", "context": "..."}'
 
 
@@ -82,6 +86,45 @@ def _requests(pairs: list[dict[str, str]]) -> list[Any]:
     return [pairs[i:i + QUESTIONS_PER_REQUEST] for i in range(0, len(pairs), QUESTIONS_PER_REQUEST)]
 
 
+def worst_context_chars(tokenizer_file: Path, spec: dict[str, Any]) -> int:
+    """The longest prefix of the filler context (in characters) that the runtime still accepts with
+    default parameters: at most `max_windows` windows, and windows × `max_seq_len` within `max_tokens`.
+    Measured with the tokenizer the handler ships, by bisection on the window count."""
+    from tokenizers import Tokenizer
+
+    settings = task_qa.settings_from_spec(spec, environ={})
+    max_seq_len = settings.default_max_seq_len
+    stride = min(max_seq_len // 2, 128)
+    allowed = max(1, min(settings.max_windows, int(spec["max_tokens"]) // max_seq_len))
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    tok.no_padding()
+    tok.no_truncation()
+    question_tokens = len(tok.encode(SAMPLE_QUESTION, add_special_tokens=False).ids)
+    if max_seq_len - tok.num_special_tokens_to_add(True) - question_tokens <= stride:
+        return len(SAMPLE_CONTEXT)  # a window too small for the stride: no long context is ever accepted
+    tok.enable_truncation(max_length=max_seq_len, stride=stride,
+                          strategy="only_second" if settings.question_first else "only_first",
+                          direction=settings.truncation_side)
+    limit = int(spec["max_chars"])
+    filler = WORST_FILLER * (limit // len(WORST_FILLER) + 1)
+
+    def windows(chars: int) -> int:
+        context = filler[:chars]
+        pair = (SAMPLE_QUESTION, context) if settings.question_first else (context, SAMPLE_QUESTION)
+        return 1 + len(tok.encode(*pair).overflowing)
+
+    low, high = 1, limit
+    if windows(high) <= allowed:
+        return high
+    while low < high:  # the largest count of characters with windows(chars) <= allowed
+        middle = (low + high + 1) // 2
+        if windows(middle) <= allowed:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 class QaFamily:
     tasks = task_qa.TASKS
 
@@ -109,7 +152,25 @@ class QaFamily:
             # inputs); a context is refused by characters only far beyond what that many windows hold
             "max_tokens": windows * max_seq_len, "max_chars": windows * max_positions * CHARS_PER_TOKEN,
         })
+        spec["worst_context_chars"] = worst_context_chars(export_dir / str(spec["tokenizer"]), spec)
         return spec
+
+    def sample_inputs(self, runtime: dict[str, Any], batch: int = 1) -> Any:
+        """One question about a short paragraph (one window); `batch` > 1: a list of that many."""
+        item = {"question": SAMPLE_QUESTION, "context": SAMPLE_CONTEXT}
+        return item if batch == 1 else [item] * batch
+
+    def worst_inputs(self, runtime: dict[str, Any], limits: RequestLimits) -> tuple[Any, str]:
+        """One context as long as the limits accept: as many full windows as both `max_windows` and the
+        token budget allow (its length in characters was measured with the model's own tokenizer when
+        the manifest was written), so the model runs the whole budget at the full window length."""
+        max_seq_len = int(runtime.get("max_seq_len") or task_qa.DEFAULT_MAX_SEQ_LEN)
+        windows = max(1, min(int(runtime.get("max_windows") or task_qa.DEFAULT_MAX_WINDOWS),
+                             limits.max_tokens // max_seq_len))
+        chars = min(int(runtime.get("worst_context_chars") or len(SAMPLE_CONTEXT)), limits.max_chars)
+        context = (WORST_FILLER * (chars // len(WORST_FILLER) + 1))[:chars]
+        return ({"question": SAMPLE_QUESTION, "context": context},
+                f"1 question × {chars:,} characters of context (≤ {windows} windows of {max_seq_len} tokens)")
 
     def reference(self, source: HfFolderSource) -> ReferenceRunner:
         """AutoModelForQuestionAnswering on exactly the feeds (windows) the ONNX model gets."""
