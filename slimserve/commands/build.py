@@ -24,8 +24,10 @@ from slimserve.report.build_report import FORMATS, BuildResult
 @click.option("--target", type=click.Choice(["lambda", "container"]),
               help="Artifacts: lambda (layer + function zips) or container (OCI image). "
                    "Default: lambda for aws-lambda-zip, container for container platforms.")
-@click.option("--min-fidelity", type=click.FloatRange(min=0, max=1, min_open=True), metavar="X", default=0.99,
-              show_default=True, help="Budget: mean cosine fidelity at least X (the floor compare recommends by).")
+@click.option("--min-fidelity", type=click.FloatRange(min=0, max=1, min_open=True), metavar="X",
+              help="Budget: mean fidelity at least X, in the task's metric (cosine; entity F1, exact match, "
+                   "top-1 agreement, Spearman...: slimserve optimize --list-tasks). Default: the task's floor "
+                   "(0.99 cosine, 0.95 for the others).")
 @click.option("--max-cold-start", "max_cold_start_ms", type=click.FloatRange(min=0, min_open=True), metavar="MS",
               help="Budget: cold start at most MS milliseconds (measured here; projected onto the platform "
                    "when --memory is given).")

@@ -27,7 +27,7 @@ from slimserve.report import FORMATS
 @click.option("--max-cold-start", "max_cold_start_ms", type=click.FloatRange(min=0, min_open=True),
               metavar="MS", help="Fail when the projected cold start on the platform exceeds MS milliseconds.")
 @click.option("--min-fidelity", type=click.FloatRange(min=0, max=1, min_open=True), metavar="X",
-              help="Fail when the manifest's mean cosine fidelity is below X (e.g. 0.99).")
+              help="Fail when the manifest's mean fidelity (the task's metric) is below X (e.g. 0.99).")
 @click.option("--runs", type=click.IntRange(min=1, max=50), default=3, show_default=True,
               help="Fresh processes to time; the median is reported.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,

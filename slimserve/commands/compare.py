@@ -75,7 +75,8 @@ def format_option(formats: tuple[str, ...]) -> Callable[[Callable[..., Any]], Ca
 @click.option("--profile", "profile_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
               help="Your own platform profile file; repeatable.")
 @click.option("--min-fidelity", type=click.FloatRange(min=0, max=1, min_open=True), metavar="X",
-              help="Fidelity floor for the recommendation (mean cosine). Default: 0.99.")
+              help="Fidelity floor for the recommendation, in the task's metric (slimserve optimize --list-tasks). "
+                   "Default: the task's floor (0.99 cosine, 0.95 for the others).")
 @recipe_options
 @format_option(FORMATS)
 def command(model: str, out: Path, platforms: tuple[str, ...], profile_files: tuple[Path, ...],

@@ -109,6 +109,19 @@ def rows_for(comparison: Comparison, options: BuildOptions) -> tuple[list[Row], 
     return rows, basis
 
 
+def with_task_floor(options: BuildOptions, comparison: Comparison) -> BuildOptions:
+    """Without --min-fidelity, the budget is the default floor of the metric the candidates were judged
+    by (0.99 mean cosine; 0.95 entity F1, exact match, top-1 agreement, Spearman: slimserve.tasks)."""
+    if options.min_fidelity is not None:
+        return options
+    from dataclasses import replace
+
+    from slimserve.tasks import default_min_fidelity
+
+    metric = next((c.fidelity.metric for c in comparison.candidates if c.fidelity is not None), None)
+    return replace(options, min_fidelity=default_min_fidelity(metric))
+
+
 def decide(comparison: Comparison, options: BuildOptions) -> Decision:
     rows, basis = rows_for(comparison, options)
     budgets = options.budgets
@@ -205,6 +218,7 @@ def run_build(model: str, out: Path, options: BuildOptions, recipes: Sequence[st
     with atomic_dir(Path(out)) as staging:
         comparison = compare_into(staging, model, recipes, [profile], options.compare, eval_path, progress,
                                   prepared=prepared, source=source)
+        options = with_task_floor(options, comparison)
         decision = decide(comparison, options)
         result = BuildResult(out=Path(out).absolute(), comparison=comparison, decision=decision, target=target_kind)
         if decision.winner is not None:

@@ -77,7 +77,7 @@ def validate_options(options: CheckOptions, profiles: Sequence[Profile]) -> None
                                                       and math.isfinite(options.max_cold_start_ms)):
         raise SlimserveError(f"--max-cold-start must be a positive number of ms, got {options.max_cold_start_ms}")
     if options.min_fidelity is not None and not 0 < options.min_fidelity <= 1:
-        raise SlimserveError(f"--min-fidelity is a mean cosine in (0, 1], got {options.min_fidelity}")
+        raise SlimserveError(f"--min-fidelity is a fidelity in (0, 1] (the task's metric), got {options.min_fidelity}")
     for profile in profiles:
         validate_memory(profile, options.memory_mb)
 
