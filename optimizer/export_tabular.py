@@ -17,8 +17,8 @@ take the other branch: fidelity reports it).
 
 Classifiers are converted with zipmap off (probabilities as a tensor, not a list of dicts) and their
 `classes_` recorded as JSON values (ints stay ints, strings strings), which is what the handler answers.
-The reference is the original estimator's `predict`/`predict_proba` on a frame rebuilt from the feeds, so
-both see the same (float32) numbers.
+The reference is the original estimator's `predict`/`predict_proba` on the evaluation rows as they were
+read (float64 numbers, ints, strings), so fidelity includes what the graph's float32 inputs change.
 """
 
 from __future__ import annotations
@@ -397,9 +397,24 @@ def frame_from_feeds(schema: Schema, estimator: Any, feed: Feed) -> Any:
     return pd.DataFrame(columns)
 
 
+def frame_from_rows(schema: Schema, estimator: Any, rows: list[list[Any]]) -> Any:
+    """The estimator's input from request rows as sent (float64 numbers, ints kept): what a deployment
+    with scikit-learn would have passed it, so fidelity includes the graph's float32 inputs."""
+    if getattr(estimator, "feature_names_in_", None) is None:
+        return np.asarray(rows, dtype=np.float64)
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=[f.name for f in schema.features])
+
+
 def reference_runner(estimator: Any, schema: Schema, outputs: dict[str, str]) -> Any:
     def run(feed: Feed) -> dict[str, np.ndarray]:
-        frame = frame_from_feeds(schema, estimator, feed)
+        return predict(frame_from_feeds(schema, estimator, feed))
+
+    def run_rows(rows: list[list[Any]]) -> dict[str, np.ndarray]:
+        return predict(frame_from_rows(schema, estimator, rows))
+
+    def predict(frame: Any) -> dict[str, np.ndarray]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if schema.task == "tabular-regression":
@@ -412,6 +427,7 @@ def reference_runner(estimator: Any, schema: Schema, outputs: dict[str, str]) ->
                 result[outputs["scores"]] = np.asarray(estimator.decision_function(frame), dtype=np.float64)
         return result
 
+    run.rows = run_rows  # type: ignore[attr-defined]  # families/tabular.reference_outputs uses it
     return run
 
 

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 
 from slimserve.errors import SlimserveError
-from slimserve.optimizer.exported import ReferenceRunner
+from slimserve.optimizer.exported import Exported, ReferenceRunner
 from slimserve.optimizer.families.base import EvalBatch, EvalSet
 from slimserve.optimizer.fidelity import Fidelity
 from slimserve.optimizer.sources import HfFolderSource
 from slimserve.runtime import task_tabular
-from slimserve.runtime.model_runtime import LoadedModel, RequestLimits
+from slimserve.runtime.model_runtime import Encoded, LoadedModel, RequestLimits
 
 ROWS_PER_REQUEST = 64
 MAX_EVAL_ROWS = 5000
@@ -151,6 +151,14 @@ class TabularFamily:
     def reference(self, source: HfFolderSource) -> ReferenceRunner:
         raise SlimserveError(f"{source.path} is a Hugging Face folder, not a scikit-learn model",
                              hint="tabular models come from .skops (or, with --allow-pickle, .joblib/.pkl) files")
+
+    def reference_outputs(self, exported: Exported, encoded: Encoded) -> dict[str, np.ndarray]:
+        """The original estimator on the request's rows as sent (not the float32 feeds)."""
+        rows_runner = getattr(exported.reference, "rows", None)
+        if rows_runner is None:
+            return exported.reference(encoded.feeds)
+        outputs: dict[str, np.ndarray] = rows_runner(encoded.context)
+        return outputs
 
     def eval_set(self, task: str, eval_path: Path | None) -> EvalSet:
         if eval_path is None:
