@@ -171,6 +171,12 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: StaticOptions, step: 
         n_fold = int8_rewrites.quantize_linear_weights(model)
     except (ValueError, KeyError, IndexError) as exc:
         raise ToolError(f"{step}: cannot quantize the remaining float weights: {first_line(exc)}") from exc
+    quantized_ops = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+    if quantized_ops == 0 and n_emb + n_fold == 0:  # the float model under an int8 name
+        raise SlimserveError(f"{step} does not apply to {Path(src).name}: onnxruntime's quantizer found no "
+                             f"{'/'.join(opts.op_types)} node with a constant weight to quantize (weights computed "
+                             "at run time, or inside control flow)",
+                             hint="keep fp32 or fp16 for this model")
     onnx_io.save_model(model, Path(dst), step)
     graph_tools.check_session(Path(dst), step)
     notes += (
