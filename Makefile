@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL ?= all-MiniLM-L6-v2
 DEMO_OUT ?= demo-out
-EXTRAS := export,test,plot,container,lint
+EXTRAS := export,tabular,test,plot,container,lint
 
 .PHONY: demo test lint install system-deps clean
 

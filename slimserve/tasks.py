@@ -49,13 +49,24 @@ TASKS: tuple[Task, ...] = (
          '{"inputs": ["<base64 image>", ...], "parameters": {"top_k": 5}} or a raw image/* body',
          '[[{"label": str, "score": float}, ...], ...]',
          "top1_agreement", "top-1 label agreement vs PyTorch (top-5 overlap and logit cosine reported)", 0.95),
+    Task("tabular-classification", "tabular", (), "",
+         '{"inputs": [{"feature": value, ...}, ...]} or {"inputs": [[value, ...], ...]}',
+         '{"predictions": [label, ...], "probabilities": [[float, ...], ...]}',
+         "label_agreement", "predicted-label agreement vs the original estimator's predict "
+         "(max absolute probability error reported)", 0.99),
+    Task("tabular-regression", "tabular", (), "",
+         '{"inputs": [{"feature": value, ...}, ...]} or {"inputs": [[value, ...], ...]}',
+         '{"predictions": [float, ...]}',
+         "within_tolerance", "fraction of predictions within 1e-4 × the reference's range of the original "
+         "estimator's predict (max absolute error reported)", 0.99),
     Task("tensor", "tensor", (), "",
          '{"inputs": {"name": [[...]], ...}}', '{"outputs": {"name": [[...]], ...}}',
          "cosine", "per-sample cosine of all outputs vs onnxruntime/PyTorch on the original", 0.99),
 )
 
 BY_NAME = {task.name: task for task in TASKS}
-HF_TASKS = tuple(task.name for task in TASKS if task.name != "tensor")
+HF_TASKS = tuple(task.name for task in TASKS if task.family not in ("tensor", "tabular"))
+TABULAR_TASKS = tuple(task.name for task in TASKS if task.family == "tabular")
 
 
 def get_task(name: str) -> Task:

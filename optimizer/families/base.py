@@ -82,7 +82,8 @@ class Family(Protocol):
 
 # task -> the module in this package whose `FAMILY` serves it
 FAMILY_MODULES = {"image-classification": "image", "token-classification": "tokens",
-                  "question-answering": "qa", "text-ranking": "pairs"}
+                  "question-answering": "qa", "text-ranking": "pairs",
+                  "tabular-classification": "tabular", "tabular-regression": "tabular"}
 
 
 def family_for(task: str) -> Family | None:

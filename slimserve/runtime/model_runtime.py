@@ -77,6 +77,8 @@ TASK_MODULES: dict[str, str] = {
     "token-classification": "task_tokens",
     "question-answering": "task_qa",
     "text-ranking": "task_pairs",
+    "tabular-classification": "task_tabular",
+    "tabular-regression": "task_tabular",
 }
 
 
