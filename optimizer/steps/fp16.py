@@ -102,6 +102,13 @@ def convert(
         added.append(missing)
     else:
         raise ToolError(f"{STEP}: still unloadable after keeping {', '.join(added)} in float32")
+    from onnx import TensorProto
+
+    halves = sum(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer)
+    if halves == 0:  # e.g. tree ensembles: ai.onnx.ml attributes are not tensors the converter can halve
+        raise SlimserveError(f"{STEP} does not apply to {Path(src).name}: no weight became float16 (the model keeps "
+                             "its numbers in operators the float16 converter does not rewrite, such as tree "
+                             "ensembles)", hint="keep fp32 for this model")
     if added:
         notes += (f"kept float32 because ORT CPU has no float16 kernel: {', '.join(sorted(added))}",)
     notes += ("float16 compute is usually slower than float32 on CPU; this step mainly halves the file",)

@@ -32,7 +32,12 @@ def render_optimize_table(manifest: dict[str, Any]) -> None:
     table.add_row("model.onnx", f"{_size(model['bytes'])}{ratio}")
     metric = fidelity["metric"]
     table.add_row("fidelity", f"{metric} vs {fidelity['reference']} on {fidelity['output']}")
-    table.add_row("cosine mean / min", f"{fidelity['mean']:.5f} / {fidelity['min']:.5f}")
+    from slimserve.tasks import ranked_metric
+
+    table.add_row(f"{ranked_metric(metric).replace('_', ' ')} mean / min", f"{fidelity['mean']:.5f} / {fidelity['min']:.5f}")
+    for name, value in sorted((fidelity.get("details") or {}).items()):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            table.add_row(name.replace("_", " "), f"{value:.5g}")
     if "top1_agreement" in fidelity:
         table.add_row("top-1 agreement", f"{fidelity['top1_agreement']:.4f}")
     if "max_abs_error" in fidelity:
