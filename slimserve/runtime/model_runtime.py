@@ -15,6 +15,9 @@ Each task family has its own shipped module (`task_*.py`, listed in `TASK_MODULE
                                     validate "inputs" (InputError/LimitError), build the ONNX feeds
     decode(model, outputs, encoded, parameters) -> Any
                                     the response body, shaped like the transformers pipeline's answer
+    predict(model, inputs, parameters, limits) -> Any
+                                    optional, instead of one encode/run/decode: a task that runs the
+                                    model several times per request (text generation's decode loop)
 
 `LoadedModel.predict` runs that contract; slimserve's own evaluation calls `encode`/`decode` directly so
 the numbers it reports come from the code that answers requests in production.
@@ -286,6 +289,9 @@ class LoadedModel:
     def predict(self, inputs: Any, parameters: Any = None, limits: RequestLimits | None = None) -> Any:
         """The answer to `{"inputs": inputs, "parameters": parameters}`, within `limits` when given."""
         values = self.parameters(parameters)
+        assert self.module is not None
+        if hasattr(self.module, "predict"):  # a task that runs the model more than once (a generate loop)
+            return self.module.predict(self, inputs, values, limits)
         encoded = self.encode_request(inputs, values, limits)
         return self.decode_outputs(self.run(encoded.feeds), encoded, values)
 
