@@ -9,12 +9,15 @@ values) with the requested tensors added as outputs.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.optimizer import onnx_io
 from slimserve.optimizer.steps.base import Feed
 
 MAX_ROWS = 4096  # rows kept per tensor by `subsample`: enough for stable statistics, bounded memory
@@ -38,10 +41,16 @@ def capture(model: Any, names: Sequence[str], feeds: Sequence[Feed], step: str) 
     options.inter_op_num_threads = 1
     options.log_severity_level = 4  # our one error line says it (see cli.quiet_onnxruntime)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise ToolError(f"{step}: onnxruntime cannot load the model for calibration: {first_line(exc)}") from exc
+    with tempfile.TemporaryDirectory(prefix="slimserve-probe-") as tmp:
+        try:
+            if onnx_io.needs_external_data(probe):  # past protobuf's 2 GB: from a file with external data
+                session = ort.InferenceSession(str(onnx_io.save_model(probe, Path(tmp) / "probe.onnx", step)),
+                                               options, providers=["CPUExecutionProvider"])
+            else:
+                session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ToolError(f"{step}: onnxruntime cannot load the model for calibration: {first_line(exc)}") from exc
+    del probe  # the session holds its own copy of the weights
     wanted = {i.name for i in session.get_inputs()}
     for feed in feeds:
         inputs = {k: np.asarray(v) for k, v in feed.items() if k in wanted}
@@ -63,7 +72,7 @@ def _value_types(model: Any) -> dict[str, int]:
 
     types: dict[str, int] = {}
     try:
-        inferred = onnx.shape_inference.infer_shapes(model) if model.ByteSize() < 2**31 - 2**20 else model
+        inferred = model if onnx_io.needs_external_data(model) else onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001  # untyped values fall back to float, what most requested tensors are
         inferred = model
     graph = inferred.graph

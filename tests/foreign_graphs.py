@@ -90,11 +90,10 @@ def recurrent_vad(path: Path, hidden: int = 128, frame: int = 256) -> Path:
     return path
 
 
-def over_2gb(path: Path, gigabytes: float = 2.1, width: int = 8192) -> Path:
-    """x[batch, width] -> MatMul chain whose float32 weights total `gigabytes` (past protobuf's 2 GB), stored
-    as external data in `<name>.data`. The weights repeat one seeded random block, so building is fast."""
-    per = width * width * 4
-    count = max(2, int(gigabytes * 2**30 // per) + 1)
+def over_2gb(path: Path, count: int = 8, width: int = 8192) -> Path:
+    """x[batch, width] -> a chain of `count` MatMuls with [width, width] float32 weights: 8 x 256 MiB = 2 GiB,
+    one byte past what one protobuf can hold, stored as external data in `<name>.data`. The weights repeat
+    one seeded random block (rolled per layer), so building is fast."""
     block = (np.random.default_rng(0).standard_normal((width, 256)) / np.sqrt(width)).astype(np.float32)
     nodes, inits = [], []
     current = "x"
