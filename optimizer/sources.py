@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from slimserve.errors import SlimserveError
-from slimserve.tasks import HF_TASKS, tasks_for_architecture
+from slimserve.tasks import ENCODER_DECODER_HEADS, HF_TASKS, tasks_for_architecture
 
 SUPPORTED_TASKS = HF_TASKS
 TENSOR_DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8", "bool")
@@ -219,6 +219,11 @@ def infer_task(config: dict[str, object], library: str, forced: str | None = Non
     arch = architecture(config)
     fits = ("feature-extraction",) if library == "sentence_transformers" else tasks_for_architecture(arch)
     what = "a sentence-transformers model" if library == "sentence_transformers" else f"a {arch or 'bare'} model"
+    if not fits and (config.get("is_encoder_decoder") or arch.endswith(ENCODER_DECODER_HEADS)):
+        raise SlimserveError(f"slimserve cannot serve {what} yet: generation with encoder-decoder and "
+                             "multimodal models (T5, BART, Whisper, ...ForConditionalGeneration) is not supported yet",
+                             hint="decoder-only language models (...ForCausalLM, GPT2LMHeadModel) are served as "
+                                  "text-generation")
     if not fits:
         raise SlimserveError(f"slimserve cannot serve {what}: its head fits none of the supported tasks",
                              hint=f"supported: {', '.join(SUPPORTED_TASKS)} (slimserve optimize --list-tasks)")

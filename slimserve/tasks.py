@@ -49,6 +49,12 @@ TASKS: tuple[Task, ...] = (
          '{"inputs": ["<base64 image>", ...], "parameters": {"top_k": 5}} or a raw image/* body',
          '[[{"label": str, "score": float}, ...], ...]',
          "top1_agreement", "top-1 label agreement vs PyTorch (top-5 overlap and logit cosine reported)", 0.95),
+    Task("text-generation", "text", ("ForCausalLM", "LMHeadModel"), "text-generation-with-past",
+         '{"inputs": "prompt" | ["prompt", ...], "parameters": {"max_new_tokens": 32, "do_sample": false, '
+         '"temperature", "top_k", "top_p", "repetition_penalty", "seed", "stop": [str], "return_full_text": false}}',
+         '[{"generated_text": str, "details": {"finish_reason", "prompt_tokens", "generated_tokens", timings}}, ...]',
+         "next_token_agreement", "top-1 next-token agreement with PyTorch over teacher-forced prompt positions "
+         "(logit cosine and greedy-decode identical prefix reported)", 0.9),
     Task("tabular-classification", "tabular", (), "",
          '{"inputs": [{"feature": value, ...}, ...]} or {"inputs": [[value, ...], ...]}',
          '{"predictions": [label, ...], "probabilities": [[float, ...], ...]}',
@@ -73,12 +79,16 @@ def get_task(name: str) -> Task:
     return BY_NAME[name]
 
 
+# Encoder-decoder generation heads: served by no task yet (refused up front with its own message).
+ENCODER_DECODER_HEADS = ("ForConditionalGeneration", "T5WithLMHeadModel")
+
+
 def tasks_for_architecture(arch: str) -> tuple[str, ...]:
     """Tasks a model whose architecture is `arch` can serve, best first (the first is the default)."""
     if not arch:
         return ("feature-extraction",)
-    if arch.endswith("HeadModel"):  # GPT2LMHeadModel, T5WithLMHeadModel: generation heads, not encoders
-        return ()
+    if arch.endswith("HeadModel"):  # GPT2LMHeadModel: generation; T5WithLMHeadModel (encoder-decoder): none
+        return ("text-generation",) if arch.endswith("LMHeadModel") and arch not in ENCODER_DECODER_HEADS else ()
     fits = [task.name for task in TASKS if any(arch.endswith(head) for head in task.heads)]
     if arch.endswith("ForSequenceClassification"):  # a classifier's default is classification, not ranking
         fits.sort(key=lambda name: name != "text-classification")

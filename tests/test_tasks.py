@@ -37,6 +37,9 @@ def test_list_tasks_prints_every_task_with_its_shapes_and_metric() -> None:
     ("DebertaV2ForQuestionAnswering", "question-answering"),
     ("ViTForImageClassification", "image-classification"),
     ("ConvNextForImageClassification", "image-classification"),
+    ("LlamaForCausalLM", "text-generation"),
+    ("Qwen2ForCausalLM", "text-generation"),
+    ("GPT2LMHeadModel", "text-generation"),
 ])
 def test_task_is_detected_from_the_head(arch: str, task: str) -> None:
     assert infer_task({"architectures": [arch]}, "transformers") == task
@@ -47,12 +50,20 @@ def test_a_cross_encoder_is_a_ranker() -> None:
     assert infer_task(config, "transformers") == "text-ranking"
 
 
-@pytest.mark.parametrize("arch", ["GPT2LMHeadModel", "LlamaForCausalLM", "DetrForObjectDetection",
-                                  "WhisperForConditionalGeneration", "BertForNextSentencePrediction"])
+@pytest.mark.parametrize("arch", ["DetrForObjectDetection", "BertForNextSentencePrediction"])
 def test_a_head_no_task_fits_is_refused_with_the_supported_list(arch: str) -> None:
     with pytest.raises(SlimserveError) as caught:
         infer_task({"architectures": [arch]}, "transformers")
     assert arch in caught.value.message and "question-answering" in (caught.value.hint or "")
+
+
+@pytest.mark.parametrize("arch", ["T5ForConditionalGeneration", "BartForConditionalGeneration",
+                                  "WhisperForConditionalGeneration", "T5WithLMHeadModel"])
+def test_encoder_decoder_generation_is_refused_as_not_supported_yet(arch: str) -> None:
+    with pytest.raises(SlimserveError) as caught:
+        infer_task({"architectures": [arch], "is_encoder_decoder": True}, "transformers")
+    assert arch in caught.value.message and "not supported yet" in caught.value.message
+    assert "text-generation" in (caught.value.hint or "")
 
 
 @pytest.mark.parametrize(("arch", "forced"), [
@@ -68,6 +79,6 @@ def test_a_forced_task_that_does_not_fit_the_head_is_refused(arch: str, forced: 
 
 def test_every_hf_task_is_served_by_some_head() -> None:
     heads = {"BertModel", "BertForSequenceClassification", "BertForTokenClassification",
-             "BertForQuestionAnswering", "ViTForImageClassification"}
+             "BertForQuestionAnswering", "ViTForImageClassification", "LlamaForCausalLM"}
     served = {task for arch in heads for task in tasks_for_architecture(arch)}
     assert served == set(HF_TASKS)

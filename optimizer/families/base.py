@@ -83,7 +83,8 @@ class Family(Protocol):
 # task -> the module in this package whose `FAMILY` serves it
 FAMILY_MODULES = {"image-classification": "image", "token-classification": "tokens",
                   "question-answering": "qa", "text-ranking": "pairs",
-                  "tabular-classification": "tabular", "tabular-regression": "tabular"}
+                  "tabular-classification": "tabular", "tabular-regression": "tabular",
+                  "text-generation": "generation"}
 
 
 def family_for(task: str) -> Family | None:

@@ -82,6 +82,7 @@ TASK_MODULES: dict[str, str] = {
     "text-ranking": "task_pairs",
     "tabular-classification": "task_tabular",
     "tabular-regression": "task_tabular",
+    "text-generation": "task_generation",
 }
 
 

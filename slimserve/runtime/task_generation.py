@@ -1,0 +1,409 @@
+"""Text generation with a decoder-only language model: a generate loop over an ONNX graph with a KV cache.
+
+Shipped beside `model_runtime.py`; imports only numpy and tokenizers. The graph is optimum's
+`text-generation-with-past` export: one decoder taking `input_ids`, `attention_mask`, (`position_ids`) and
+`past_key_values.N.key/value`, answering `logits` and `present.N.key/value`. The prompt runs once with
+empty (length 0) past tensors; every later step feeds only the new token with the previous step's
+presents as the past, so no step re-runs the sequence.
+
+Request (Hugging Face Inference API): `{"inputs": "prompt" | ["prompt", ...], "parameters": {...}}` with
+`max_new_tokens` (32), `do_sample`, `temperature`, `top_k`, `top_p`, `repetition_penalty` (defaults: the
+model's generation_config.json, as transformers uses them; greedy when it has none), `seed` (null: a fresh
+one), `stop` (strings that end generation, kept in the text as transformers' `stop_strings` does; one may
+begin in the prompt),
+`return_full_text` (false, as the Inference API) and `details` (true: finish reason, token counts, the
+generated token ids, time to first token and tokens/s).
+`temperature` 0 means greedy. Answer: `[{"generated_text": str, "details": {...}}]`, one per prompt.
+
+Token choice replicates `transformers`' `generate`: the last position's float32 logits, the repetition
+penalty over every id of the sequence so far, then (sampling) temperature, top-k and top-p in that order;
+greedy is the argmax. Sampling draws from a numpy Generator seeded per request, so a seed reproduces the
+answer (not torch's draws). Text is decoded as the text-generation pipeline does: the whole sequence
+without special tokens, cleaned of tokenization spaces, minus the decoded prompt's length.
+
+Prompts run one at a time (no padding, so no position arithmetic can differ from transformers).
+Bounds: prompts per request (`max_batch`), characters per prompt (`max_chars`), prompt tokens +
+`max_new_tokens` within the model's context window, `max_new_tokens` within `max_new_tokens_limit`
+(`SLIMSERVE_MAX_NEW_TOKENS`) and all prompts' tokens + new tokens within `max_tokens`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if __package__:
+    from .model_runtime import Encoded, InputError, LimitError, RequestLimits
+else:  # flat in the artifact
+    from model_runtime import Encoded, InputError, LimitError, RequestLimits  # type: ignore[no-redef]
+
+if TYPE_CHECKING:
+    from .model_runtime import LoadedModel
+
+TASKS = ("text-generation",)
+PARAMETERS: dict[str, dict[str, Any]] = {
+    "text-generation": {"max_new_tokens": 32, "do_sample": None, "temperature": None, "top_k": None,
+                        "top_p": None, "repetition_penalty": None, "seed": None, "stop": None,
+                        "return_full_text": False, "details": True},
+}
+# What transformers' GenerationConfig uses when the model's generation_config.json says nothing.
+SAMPLING_DEFAULTS: dict[str, Any] = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0,
+                                     "repetition_penalty": 1.0}
+DEFAULT_MAX_NEW_TOKENS_LIMIT = 256
+NEW_TOKENS_ENV = "SLIMSERVE_MAX_NEW_TOKENS"
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+CHAT_HINT = "chat input (a list of {\"role\", \"content\"} messages) is not supported yet: send the prompt as text"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    ids: list[int]
+
+
+# -- parameters ---------------------------------------------------------------------------------------
+def _number(values: dict[str, Any], name: str) -> float | None:
+    value = values[name]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f'"{name}" must be a number')
+    return float(value)
+
+
+def _integer(values: dict[str, Any], name: str) -> int | None:
+    value = values[name]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f'"{name}" must be an integer')
+    return int(value)
+
+
+def _flag(values: dict[str, Any], name: str) -> bool | None:
+    value = values[name]
+    if value is not None and not isinstance(value, bool):
+        raise InputError(f'"{name}" must be true or false')
+    return value
+
+
+def read_parameters(values: dict[str, Any]) -> dict[str, Any]:
+    """Each value checked for type and range (None: the model's generation default, filled in later)."""
+    out: dict[str, Any] = dict(values)
+    max_new = _integer(values, "max_new_tokens")
+    if max_new is None or max_new < 1:
+        raise InputError('"max_new_tokens" must be a positive integer')
+    out["max_new_tokens"] = max_new
+    for name in ("do_sample", "return_full_text", "details"):
+        out[name] = _flag(values, name)
+    for name in ("return_full_text", "details"):
+        if out[name] is None:
+            raise InputError(f'"{name}" must be true or false')
+    temperature = _number(values, "temperature")
+    if temperature is not None and temperature < 0:
+        raise InputError('"temperature" must be 0 (greedy) or positive')
+    out["temperature"] = temperature
+    top_k = _integer(values, "top_k")
+    if top_k is not None and top_k < 0:
+        raise InputError('"top_k" must be 0 (off) or a positive integer')
+    out["top_k"] = top_k
+    top_p = _number(values, "top_p")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise InputError('"top_p" must be in (0, 1]')
+    out["top_p"] = top_p
+    penalty = _number(values, "repetition_penalty")
+    if penalty is not None and penalty <= 0:
+        raise InputError('"repetition_penalty" must be positive')
+    out["repetition_penalty"] = penalty
+    seed = _integer(values, "seed")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise InputError('"seed" must be an integer in [0, 2**63)')
+    out["seed"] = seed
+    out["stop"] = _stop_strings(values["stop"])
+    return out
+
+
+def _stop_strings(raw: Any) -> list[str]:
+    if raw is None:
+        return []
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
+        raise InputError('"stop" must be a non-empty string or a list of them')
+    if len(items) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_CHARS for s in items):
+        raise InputError(f'"stop" takes at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_CHARS} characters')
+    return list(items)
+
+
+def sampling(model: LoadedModel, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The request's values, else the model's generation_config.json, else transformers' defaults."""
+    model_defaults = model.spec.get("generation_defaults") or {}
+    chosen = {name: parameters[name] if parameters[name] is not None else model_defaults.get(name, default)
+              for name, default in SAMPLING_DEFAULTS.items()}
+    if chosen["temperature"] == 0:
+        chosen["do_sample"] = False
+    return chosen
+
+
+# -- inputs -------------------------------------------------------------------------------------------
+def setup(model: LoadedModel) -> None:
+    """Prompts are encoded whole (bounded by the limits, not truncated) and one at a time (no padding)."""
+    if model.tokenizer is None:
+        raise ValueError("a text-generation model needs its tokenizer")
+    model.tokenizer.no_truncation()
+    model.tokenizer.no_padding()
+
+
+def prompts(inputs: Any) -> tuple[list[str], bool]:
+    """The prompts of a request and whether it sent one string (answered as a one-element list anyway,
+    as the Inference API does)."""
+    if isinstance(inputs, str):
+        return [inputs], True
+    if isinstance(inputs, dict) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], dict)):
+        raise InputError(CHAT_HINT)
+    if not isinstance(inputs, list) or not all(isinstance(p, str) for p in inputs):
+        raise InputError('"inputs" must be a prompt string or a list of prompt strings')
+    if not inputs:
+        raise InputError('"inputs" is empty')
+    return list(inputs), False
+
+
+def _encode_prompts(model: LoadedModel, texts: list[str], limits: RequestLimits | None) -> list[Prompt]:
+    if limits is not None:
+        limits.check_texts(texts)
+    result = []
+    for index, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"inputs[{index}] is not valid Unicode text (lone surrogate)") from None
+        ids = list(model.tokenizer.encode(text, add_special_tokens=bool(model.spec.get("add_special_tokens", True))).ids)
+        if not ids:
+            raise InputError(f"inputs[{index}] is empty: the prompt needs at least one token")
+        result.append(Prompt(text=text, ids=ids))
+    return result
+
+
+def new_tokens_limit(spec: dict[str, Any], environ: Any = None) -> int:
+    env = os.environ if environ is None else environ
+    raw = env.get(NEW_TOKENS_ENV) or spec.get("max_new_tokens_limit") or DEFAULT_MAX_NEW_TOKENS_LIMIT
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{NEW_TOKENS_ENV} must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{NEW_TOKENS_ENV} must be a positive integer, got {value}")
+    return value
+
+
+def check_bounds(model: LoadedModel, items: list[Prompt], max_new_tokens: int, limits: RequestLimits | None) -> None:
+    """413 before any work: new tokens, each prompt's context and the whole request's token budget."""
+    limit = new_tokens_limit(model.spec)
+    if max_new_tokens > limit:
+        raise LimitError(f'"max_new_tokens" too large: {max_new_tokens} > {limit} per request '
+                         f"(max_new_tokens_limit, {NEW_TOKENS_ENV})")
+    window = int(model.spec.get("context_window") or 0)
+    for index, item in enumerate(items):
+        if window and len(item.ids) + max_new_tokens > window:
+            raise LimitError(f"inputs[{index}] too long: {len(item.ids)} prompt tokens + {max_new_tokens} new tokens "
+                             f"> the model's context window of {window} tokens")
+    total = sum(len(item.ids) + max_new_tokens for item in items)
+    if limits is not None and total > limits.max_tokens:
+        raise LimitError(f"request too large: {total} tokens (prompts + max_new_tokens each) > {limits.max_tokens} "
+                         "per request (max_tokens, SLIMSERVE_MAX_TOKENS): send fewer or shorter prompts")
+
+
+# -- the model's feeds --------------------------------------------------------------------------------
+def past_names(model: LoadedModel) -> dict[str, str]:
+    """past input name -> the present output that feeds it on the next step."""
+    pairs = {}
+    for name in model.input_types:
+        if name.startswith("past_key_values."):
+            present = "present." + name[len("past_key_values."):]
+            if present not in model.output_names:
+                raise ValueError(f"the model has input {name} but no output {present}")
+            pairs[name] = present
+    return pairs
+
+
+def empty_past(model: LoadedModel) -> dict[str, np.ndarray]:
+    """Length-0 past tensors: (1, kv heads, 0, head dim) read from the graph (the manifest as fallback)."""
+    fallback = model.spec.get("kv_shape") or {}
+    feeds: dict[str, np.ndarray] = {}
+    for arg in model.session.get_inputs():
+        if not arg.name.startswith("past_key_values."):
+            continue
+        dims = list(arg.shape)
+        shape = [1, dims[1] if isinstance(dims[1], int) else int(fallback["heads"]), 0,
+                 dims[3] if isinstance(dims[3], int) else int(fallback["head_dim"])]
+        feeds[arg.name] = np.zeros(shape, dtype=model.input_types[arg.name])
+    return feeds
+
+
+def step_feeds(model: LoadedModel, new_ids: list[int], total: int, past: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Feeds for `new_ids` following `total - len(new_ids)` cached tokens (all unpadded: mask of ones,
+    positions counting on, as transformers derives them from the mask)."""
+    start = total - len(new_ids)
+    columns = {"input_ids": np.asarray([new_ids], dtype=np.int64),
+               "attention_mask": np.ones((1, total), dtype=np.int64),
+               "position_ids": np.arange(start, total, dtype=np.int64)[None]}
+    feeds = dict(past)
+    for name, dtype in model.input_types.items():
+        if name in past:
+            continue
+        if name not in columns:
+            raise InputError(f"model input {name!r} cannot be built for generation")
+        feeds[name] = columns[name].astype(dtype, copy=False)
+    return feeds
+
+
+# -- choosing tokens (transformers' logits processors, in their order) ------------------------------
+def repetition_penalty(scores: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    picked = scores[seen]
+    scores[seen] = np.where(picked < 0, picked * penalty, picked / penalty)
+    return scores
+
+
+def top_k_filter(scores: np.ndarray, top_k: int) -> np.ndarray:
+    k = min(max(top_k, 1), scores.shape[-1])
+    kth = np.partition(scores, -k)[-k]
+    return np.where(scores < kth, -np.inf, scores).astype(np.float32)
+
+
+def top_p_filter(scores: np.ndarray, top_p: float) -> np.ndarray:
+    order = np.argsort(scores, kind="stable")  # ascending, as transformers sorts
+    ordered = scores[order].astype(np.float64)
+    probs = np.exp(ordered - ordered.max())
+    cumulative = np.cumsum(probs / probs.sum())
+    remove = cumulative <= 1 - top_p
+    remove[-1] = False  # min_tokens_to_keep = 1
+    out = scores.copy()
+    out[order[remove]] = -np.inf
+    return out
+
+
+def choose(logits: np.ndarray, sequence: list[int], settings: dict[str, Any], rng: np.random.Generator) -> int:
+    scores = np.array(logits, dtype=np.float32)
+    penalty = float(settings["repetition_penalty"])
+    if penalty != 1.0:
+        scores = repetition_penalty(scores, np.unique(np.asarray(sequence, dtype=np.int64)), penalty)
+    if not settings["do_sample"]:
+        return int(np.argmax(scores))
+    temperature = float(settings["temperature"])
+    if temperature != 1.0:
+        scores = scores / np.float32(temperature)
+    if settings["top_k"]:
+        scores = top_k_filter(scores, int(settings["top_k"]))
+    if float(settings["top_p"]) < 1.0:
+        scores = top_p_filter(scores, float(settings["top_p"]))
+    finite = scores.astype(np.float64)
+    probs = np.exp(finite - finite.max())
+    cumulative = np.cumsum(probs)
+    index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    return min(index, int(scores.shape[-1]) - 1)
+
+
+# -- text ---------------------------------------------------------------------------------------------
+def clean_up_tokenization(text: str) -> str:
+    """transformers' `clean_up_tokenization`, which the text-generation pipeline always applies."""
+    return (text.replace(" .", ".").replace(" ?", "?").replace(" !", "!").replace(" ,", ",").replace(" ' ", "'")
+            .replace(" n't", "n't").replace(" 'm", "'m").replace(" 's", "'s").replace(" 've", "'ve")
+            .replace(" 're", "'re"))
+
+
+def decode_text(model: LoadedModel, ids: list[int]) -> str:
+    return clean_up_tokenization(str(model.tokenizer.decode(ids, skip_special_tokens=True)))
+
+
+def new_text(model: LoadedModel, prompt_ids: list[int], generated: list[int]) -> str:
+    """The pipeline's NEW_TEXT: the whole sequence decoded, minus the decoded prompt's length."""
+    return decode_text(model, prompt_ids + generated)[len(decode_text(model, prompt_ids)):]
+
+
+def stopped(model: LoadedModel, prompt_ids: list[int], generated: list[int], stop: list[str]) -> bool:
+    """A stop string ends in the generated text (it may begin in the prompt, as transformers' stop_strings
+    match on the whole sequence's end). Checked after every token, so the first match ends generation."""
+    full = decode_text(model, prompt_ids + generated)
+    start = len(decode_text(model, prompt_ids))
+    return any(s in full[max(0, start - len(s) + 1):] for s in stop)
+
+
+# -- the loop -----------------------------------------------------------------------------------------
+def generate(model: LoadedModel, prompt: Prompt, max_new_tokens: int, settings: dict[str, Any],
+             stop: list[str], rng: np.random.Generator, *, stop_at_eos: bool = True,
+             ) -> tuple[list[int], str, dict[str, Any]]:
+    """Generated ids, why generation ended and timings; the prompt runs once, then one token per step.
+    (`stop_at_eos` False: exactly `max_new_tokens`, as fidelity's greedy-prefix comparison wants.)"""
+    eos = {int(i) for i in model.spec.get("eos_token_ids") or []} if stop_at_eos else set()
+    names = past_names(model)
+    started = time.perf_counter()
+    sequence = list(prompt.ids)
+    generated: list[int] = []
+    past = empty_past(model)
+    new_ids = list(prompt.ids)
+    reason = "length"
+    first_token_s = 0.0
+    while len(generated) < max_new_tokens:
+        outputs = model.run(step_feeds(model, new_ids, len(sequence), past))
+        logits = np.asarray(outputs["logits"][0, -1], dtype=np.float32)
+        token = choose(logits, sequence, settings, rng)
+        if not generated:
+            first_token_s = time.perf_counter() - started
+        generated.append(token)
+        sequence.append(token)
+        if token in eos:
+            reason = "eos_token"
+            break
+        if stop and stopped(model, prompt.ids, generated, stop):
+            reason = "stop_sequence"
+            break
+        past = {name: outputs[present] for name, present in names.items()}
+        new_ids = [token]
+    seconds = time.perf_counter() - started
+    rest = seconds - first_token_s
+    timings = {"time_to_first_token_s": round(first_token_s, 6), "seconds": round(seconds, 6),
+               "tokens_per_s": round((len(generated) - 1) / rest, 3) if len(generated) > 1 and rest > 0 else None}
+    return generated, reason, timings
+
+
+def predict(model: LoadedModel, inputs: Any, parameters: dict[str, Any], limits: RequestLimits | None) -> Any:
+    texts, _single = prompts(inputs)
+    items = _encode_prompts(model, texts, limits)
+    max_new = int(parameters["max_new_tokens"])
+    check_bounds(model, items, max_new, limits)
+    settings = sampling(model, parameters)
+    rng = np.random.default_rng(parameters["seed"])
+    answers = []
+    for item in items:
+        generated, reason, timings = generate(model, item, max_new, settings, parameters["stop"], rng)
+        text = new_text(model, item.ids, generated)
+        answer: dict[str, Any] = {"generated_text": item.text + text if parameters["return_full_text"] else text}
+        if parameters["details"]:
+            answer["details"] = {"finish_reason": reason, "prompt_tokens": len(item.ids),
+                                 "generated_tokens": len(generated), "token_ids": generated, **timings}
+        answers.append(answer)
+    return answers
+
+
+# -- evaluation: the prompt teacher-forced in one run (the family's fidelity reads its logits) -------
+def encode(model: LoadedModel, inputs: Any, parameters: dict[str, Any], limits: RequestLimits | None) -> Encoded:
+    """One prompt as a single forward pass with an empty past: what slimserve's evaluation runs on both
+    models (every position's next-token logits). Serving goes through `predict`."""
+    texts, single = prompts(inputs)
+    items = _encode_prompts(model, texts, limits)
+    if len(items) != 1:
+        raise InputError("evaluation encodes one prompt per request")
+    item = items[0]
+    feeds = step_feeds(model, item.ids, len(item.ids), empty_past(model))
+    return Encoded(feeds=feeds, count=1, context=item, single=single)
+
+
+def decode(model: LoadedModel, outputs: dict[str, np.ndarray], encoded: Encoded, parameters: dict[str, Any]) -> Any:
+    """The greedy next token at every prompt position (what teacher-forced fidelity compares)."""
+    logits = np.asarray(outputs["logits"], dtype=np.float32)[0]
+    return [int(t) for t in np.argmax(logits, axis=-1)]

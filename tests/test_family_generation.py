@@ -1,0 +1,367 @@
+"""Text generation (issue 13): the shipped generate loop against transformers' own `generate` and pipeline.
+
+Two tiny random-initialised decoder-only architectures from their configs (no hub): Llama (grouped-query
+attention, 2 KV heads, a tokenizer that adds a BOS token) and GPT-2 (a byte-level BPE tokenizer adding
+nothing, EOS = BOS). Both tokenizers are byte-level BPE trained here on a few sentences. Every answer of
+slimserve's runtime (`task_generation`, running slimserve's ONNX export with its KV cache) is compared with
+the original PyTorch model: greedy token ids with `model.generate(do_sample=False)`, text with
+`pipeline("text-generation")`, the sampling filters with transformers' own logits processors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from slimserve.packagers.interpreters import find_python
+from slimserve.runtime.model_runtime import InputError, LimitError, LoadedModel
+from tests.conftest import assert_clean_error, require, run_cli
+from tests.helpers_lambda import run_like_lambda
+
+TRAIN_TEXT = ["The quick brown fox jumps over the lazy dog.", "Serverless inference scales to zero when idle.",
+              "Small language models run on CPUs with 4-bit weights.", "Once upon a time, there was a keeper!",
+              "What's the weather like today? It's sunny, isn't it?", "def f(x):\n    return x * 2\n"] * 20
+PROMPTS = ["The quick brown fox", "Once upon a time, there was", "Q: What's the weather like?\nA:",
+           "def f(x):\n", "Serverless"]
+NEW_TOKENS = 32
+ARCHS = ("llama", "gpt2")
+
+
+def _tokenizer(bos: bool) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    special = ["<s>", "</s>", "<pad>"] if bos else ["<|endoftext|>"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(TRAIN_TEXT, trainer)
+    names = ["input_ids", "attention_mask"]
+    if bos:  # Llama-style: the tokenizer adds <s> in front of every prompt
+        bpe.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                           special_tokens=[("<s>", bpe.token_to_id("<s>"))])
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                            model_input_names=names)
+    else:
+        bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>",
+                                            eos_token="<|endoftext|>", model_input_names=names)
+    tokenizer.model_max_length = 128
+    return tokenizer
+
+
+def _build(folder: Path, arch: str, eos_token_id: int | None = None) -> Path:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = _tokenizer(bos=arch == "llama")
+    model: Any
+    if arch == "llama":
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)
+        model = LlamaForCausalLM(config)
+    else:
+        config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        model = GPT2LMHeadModel(config)
+    if eos_token_id is not None:
+        model.generation_config.eos_token_id = eos_token_id
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    built: dict[str, Path] = {}
+
+    def build(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = _build(tmp_path_factory.mktemp(arch) / "model", arch)
+        return built[arch]
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def optimized(folder: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
+    """(arch, recipe) -> the `slimserve optimize` output folder, built once per module."""
+    built: dict[tuple[str, str], Path] = {}
+
+    def build(arch: str, recipe: str) -> Path:
+        if (arch, recipe) not in built:
+            out = tmp_path_factory.mktemp(f"{arch}-{recipe}") / "out"
+            result = run_cli("optimize", str(folder(arch)), "-o", str(out), "--recipe", recipe, "--format", "json")
+            assert result.returncode == 0, result.stderr
+            built[(arch, recipe)] = out
+        return built[(arch, recipe)]
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def torch_model(folder: Callable[[str], Path]) -> Callable[[str], tuple[Any, Any]]:
+    """arch -> (PyTorch model, transformers tokenizer), loaded from the folder slimserve was given."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    made: dict[str, tuple[Any, Any]] = {}
+
+    def load(arch: str) -> tuple[Any, Any]:
+        if arch not in made:
+            model = AutoModelForCausalLM.from_pretrained(folder(arch))
+            model.eval()
+            made[arch] = (model, AutoTokenizer.from_pretrained(folder(arch)))
+        return made[arch]
+
+    return load
+
+
+def _generate(model: Any, tok: Any, prompt: str, **kwargs: Any) -> list[int]:
+    """transformers' generate on one prompt: the new token ids."""
+    import torch
+
+    encoded = tok(prompt, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**encoded, max_new_tokens=NEW_TOKENS, pad_token_id=tok.eos_token_id, **kwargs)
+    return [int(t) for t in out[0, encoded["input_ids"].shape[1]:]]
+
+
+# -- greedy: token-identical to transformers ----------------------------------------------------------
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_is_token_identical_to_generate_and_text_to_the_pipeline(
+        arch: str, optimized: Callable[[str, str], Path], torch_model: Callable[[str], tuple[Any, Any]]) -> None:
+    from transformers import pipeline
+
+    model, tokenizer = torch_model(arch)
+    runtime = LoadedModel(optimized(arch, "fp32"))
+    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    answers = runtime.predict(PROMPTS, {"max_new_tokens": NEW_TOKENS})
+    assert len(answers) == len(PROMPTS)
+    for prompt, answer in zip(PROMPTS, answers):
+        expected = _generate(model, tokenizer, prompt, do_sample=False)
+        assert answer["details"]["token_ids"] == expected, prompt
+        assert answer["details"]["prompt_tokens"] == len(tokenizer(prompt)["input_ids"])
+        new = pipe(prompt, max_new_tokens=NEW_TOKENS, do_sample=False, return_full_text=False)[0]["generated_text"]
+        assert answer["generated_text"] == new
+        full = runtime.predict(prompt, {"max_new_tokens": NEW_TOKENS, "return_full_text": True, "details": False})
+        assert full == pipe(prompt, max_new_tokens=NEW_TOKENS, do_sample=False)  # no details: the pipeline's shape
+    fidelity = json.loads((optimized(arch, "fp32") / "slimserve.json").read_text())["fidelity"]
+    assert fidelity["metric"] == "next_token_agreement" and fidelity["mean"] == fidelity["min"] == 1.0
+    assert fidelity["details"]["greedy_identical"] == 1.0 and fidelity["details"]["logit_cosine_min"] > 0.9999
+
+
+def test_repetition_penalty_greedy_matches_generate(optimized: Callable[[str, str], Path],
+                                                    torch_model: Callable[[str], tuple[Any, Any]]) -> None:
+    model, tokenizer = torch_model("llama")
+    runtime = LoadedModel(optimized("llama", "fp32"))
+    for prompt in PROMPTS[:3]:
+        answer = runtime.predict(prompt, {"max_new_tokens": NEW_TOKENS, "repetition_penalty": 1.5})[0]
+        assert answer["details"]["token_ids"] == _generate(model, tokenizer, prompt, do_sample=False,
+                                                           repetition_penalty=1.5)
+
+
+def test_sampling_filters_match_transformers_processors() -> None:
+    """Temperature, top-k, top-p and the repetition penalty against transformers' own processors."""
+    import torch
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from slimserve.runtime import task_generation as gen
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        logits = rng.normal(size=400).astype(np.float32) * 3
+        seen = rng.integers(0, 400, size=30)
+        ids = torch.from_numpy(seen)[None]
+        ref = RepetitionPenaltyLogitsProcessor(1.3)(ids, torch.from_numpy(logits.copy())[None])
+        ref = TemperatureLogitsWarper(0.7)(ids, ref)
+        ref = TopKLogitsWarper(40)(ids, ref)
+        ref = TopPLogitsWarper(0.9)(ids, ref)
+        ours = gen.repetition_penalty(logits.copy(), np.unique(seen), 1.3) / np.float32(0.7)
+        ours = gen.top_p_filter(gen.top_k_filter(ours, 40), 0.9)
+        np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(ref[0].numpy()))
+        np.testing.assert_allclose(ours[np.isfinite(ours)], ref[0].numpy()[np.isfinite(ours)], rtol=1e-6)
+
+
+# -- sampling ------------------------------------------------------------------------------------------
+def test_sampling_with_a_seed_is_reproducible(optimized: Callable[[str, str], Path],
+                                              torch_model: Callable[[str], tuple[Any, Any]]) -> None:
+    model, tokenizer = torch_model("gpt2")
+    runtime = LoadedModel(optimized("gpt2", "fp32"))
+    params = {"do_sample": True, "temperature": 1.5, "top_k": 0, "max_new_tokens": NEW_TOKENS, "seed": 7}
+    first = runtime.predict(PROMPTS, params)
+    again = runtime.predict(PROMPTS, params)
+    assert [a["details"]["token_ids"] for a in first] == [a["details"]["token_ids"] for a in again]
+    other = runtime.predict(PROMPTS, {**params, "seed": 8})
+    assert [a["details"]["token_ids"] for a in first] != [a["details"]["token_ids"] for a in other]
+    greedy = [_generate(model, tokenizer, p, do_sample=False) for p in PROMPTS[:2]]
+    assert [a["details"]["token_ids"] for a in first[:2]] != greedy  # it really sampled
+    # top_k=1 sampling and temperature 0 are greedy: transformers' greedy tokens, whatever the seed
+    for extra in ({"top_k": 1}, {"temperature": 0.0}):
+        picked = runtime.predict(PROMPTS[:2], {**params, **extra, "seed": None})
+        assert [a["details"]["token_ids"] for a in picked] == greedy
+
+
+# -- stop strings and EOS ------------------------------------------------------------------------------
+def test_stop_strings_end_generation_like_transformers_stop_strings(
+        optimized: Callable[[str, str], Path], torch_model: Callable[[str], tuple[Any, Any]]) -> None:
+    model, tokenizer = torch_model("gpt2")
+    runtime = LoadedModel(optimized("gpt2", "fp32"))
+    prompt = PROMPTS[1]
+    whole = runtime.predict(prompt, {"max_new_tokens": NEW_TOKENS})[0]
+    text = whole["generated_text"]
+    stop = text[6:9]
+    assert stop.strip()
+    answer = runtime.predict(prompt, {"max_new_tokens": NEW_TOKENS, "stop": [stop, "never-seen"]})[0]
+    assert answer["details"]["finish_reason"] == "stop_sequence"
+    assert stop in prompt + answer["generated_text"] and text.startswith(answer["generated_text"])
+    assert answer["details"]["token_ids"] == _generate(model, tokenizer, prompt, do_sample=False,
+                                                       stop_strings=[stop, "never-seen"], tokenizer=tokenizer)
+    assert whole["details"]["finish_reason"] == "length"
+
+
+def test_eos_ends_generation_like_generate(folder: Callable[[str], Path], tmp_path: Path,
+                                           torch_model: Callable[[str], tuple[Any, Any]]) -> None:
+    """A model whose generation_config names as EOS a token it greedily produces a few steps in (a token it
+    had not produced before): transformers' generate and the runtime both stop there."""
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = torch_model("gpt2")
+    found = []
+    for prompt in PROMPTS:
+        greedy = _generate(model, tokenizer, prompt, do_sample=False)
+        found += [(prompt, greedy[i]) for i in range(2, len(greedy)) if greedy[i] not in greedy[:i]][:1]
+    prompt, eos = found[0]
+    source = _build(tmp_path / "eos-model", "gpt2", eos_token_id=eos)
+    out = tmp_path / "out"
+    result = run_cli("optimize", str(source), "-o", str(out), "--recipe", "fp32", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    answer = LoadedModel(out).predict(prompt, {"max_new_tokens": NEW_TOKENS})[0]
+    expected = _generate(AutoModelForCausalLM.from_pretrained(source), tokenizer, prompt, do_sample=False)
+    assert expected[-1] == eos and len(expected) < NEW_TOKENS
+    assert answer["details"]["token_ids"] == expected and answer["details"]["finish_reason"] == "eos_token"
+
+
+# -- bad requests --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("parameters", "message"), [
+    ({"max_new_tokens": 0}, "max_new_tokens"), ({"max_new_tokens": "8"}, "max_new_tokens"),
+    ({"max_new_tokens": True}, "max_new_tokens"), ({"temperature": -1}, "temperature"),
+    ({"temperature": "hot"}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_p": 1.5}, "top_p"),
+    ({"top_k": -1}, "top_k"), ({"top_k": 2.5}, "top_k"), ({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"),
+    ({"stop": [""]}, "stop"), ({"stop": 5}, "stop"), ({"stop": ["x"] * 17}, "stop"),
+    ({"repetition_penalty": 0}, "repetition_penalty"), ({"do_sample": "yes"}, "do_sample"),
+    ({"return_full_text": None}, "return_full_text"), ({"num_beams": 4}, "unknown parameter"),
+])
+def test_bad_parameters_are_400s(parameters: dict[str, Any], message: str, optimized: Callable[[str, str], Path]) -> None:
+    runtime = LoadedModel(optimized("llama", "fp32"))
+    with pytest.raises(InputError, match=message) as caught:
+        runtime.predict("Hello", parameters, runtime.limits())
+    assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(("inputs", "message"), [
+    ([{"role": "user", "content": "Hi"}], "chat input"), ({"role": "user", "content": "Hi"}, "chat input"),
+    (5, "prompt string"), ([], "empty"), (["ok", 3], "prompt string"), ("", "at least one token"),
+])
+def test_bad_inputs_are_400s(inputs: Any, message: str, optimized: Callable[[str, str], Path]) -> None:
+    runtime = LoadedModel(optimized("gpt2", "fp32"))
+    with pytest.raises(InputError, match=message) as caught:
+        runtime.predict(inputs, None, runtime.limits())
+    assert caught.value.status == 400
+
+
+def test_work_beyond_the_limits_is_413(optimized: Callable[[str, str], Path]) -> None:
+    out = optimized("llama", "fp32")
+    runtime = LoadedModel(out)
+    spec = json.loads((out / "slimserve.json").read_text())["runtime"]
+    assert spec["context_window"] == 128 and spec["max_new_tokens_limit"] == 127
+    limits = runtime.limits()
+    cases = [("Hi", {"max_new_tokens": 128}, "max_new_tokens"),
+             ("Hi " * 60, {"max_new_tokens": 100}, "context window"),
+             (["Hi"] * (limits.max_batch + 1), None, "too many inputs"),
+             ("x" * (limits.max_chars + 1), None, "too long")]
+    for inputs, parameters, message in cases:
+        with pytest.raises(LimitError, match=message):
+            runtime.predict(inputs, parameters, limits)
+
+
+def test_encoder_decoder_folder_is_refused_up_front(tmp_path: Path) -> None:
+    folder = tmp_path / "t5"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["T5ForConditionalGeneration"],
+                                                    "model_type": "t5", "is_encoder_decoder": True}))
+    (folder / "model.safetensors").write_bytes(b"")
+    result = run_cli("optimize", str(folder), "-o", str(tmp_path / "out"))
+    assert_clean_error(result, contains="not supported yet")
+
+
+# -- quantized -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("recipe", ["int4-weight", "int8-weight"])
+def test_weight_quantized_fidelity_is_reported_and_measured(recipe: str, optimized: Callable[[str, str], Path],
+                                                            torch_model: Callable[[str], tuple[Any, Any]]) -> None:
+    out = optimized("llama", recipe)
+    manifest = json.loads((out / "slimserve.json").read_text())
+    fidelity = manifest["fidelity"]
+    assert fidelity["metric"] == "next_token_agreement" and fidelity["samples"] == 16
+    assert 0.0 <= fidelity["min"] <= fidelity["mean"] <= 1.0
+    assert {"logit_cosine_mean", "greedy_prefix_mean", "greedy_identical"} <= set(fidelity["details"])
+    model, tokenizer = torch_model("llama")
+    runtime = LoadedModel(out)
+    prefixes = []
+    for answer, prompt in zip(runtime.predict(PROMPTS, {"max_new_tokens": NEW_TOKENS}), PROMPTS):
+        expected = _generate(model, tokenizer, prompt, do_sample=False)
+        got = answer["details"]["token_ids"]
+        prefixes.append(next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got))))
+    print(f"llama {recipe}: {manifest['model']['bytes']} bytes (fp32 {manifest['model']['fp32_bytes']}); "
+          f"next-token agreement {fidelity['mean']} (min {fidelity['min']}); details {fidelity['details']}; "
+          f"greedy identical prefixes vs generate on this test's prompts: {prefixes} of {NEW_TOKENS}")
+    assert fidelity["details"]["logit_cosine_mean"] > 0.9
+    assert fidelity["mean"] > 0.5
+
+
+# -- Lambda, end to end ----------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lambda_package_generates_like_transformers(arch: str, optimized: Callable[[str, str], Path],
+                                                    torch_model: Callable[[str], tuple[Any, Any]],
+                                                    tmp_path: Path) -> None:
+    """fp32, packaged for Lambda (with check), invoked like Lambda in a fresh python3.12 with only the
+    layer and the function: greedy ids identical to generate for 32 new tokens on every prompt."""
+    require(find_python("3.12"), "python3.12")
+    model, tokenizer = torch_model(arch)
+    out = optimized(arch, "fp32")
+    pkg = tmp_path / "pkg"
+    result = run_cli("package", str(out), "--target", "lambda", "-o", str(pkg))
+    assert result.returncode == 0, result.stderr
+    assert "checks" in json.loads((pkg / "slimserve.json").read_text())["package"]
+    http = {"requestContext": {"http": {"method": "POST"}}, "rawPath": "/predict",
+            "headers": {"content-type": "application/json"}}
+    events: list[Any] = [{"inputs": PROMPTS, "parameters": {"max_new_tokens": NEW_TOKENS}},
+                         {"inputs": PROMPTS[0], "parameters": {"do_sample": True, "seed": 5, "top_k": 0}},
+                         {"inputs": PROMPTS[0], "parameters": {"do_sample": True, "seed": 5, "top_k": 0}},
+                         {**http, "body": json.dumps({"inputs": PROMPTS[0], "parameters": {"top_p": 2}})},
+                         {**http, "body": json.dumps({"inputs": PROMPTS[0], "parameters": {"max_new_tokens": 1000}})},
+                         {**http, "body": json.dumps({"inputs": [{"role": "user", "content": "Hi"}]})}]
+    ran = run_like_lambda(pkg, tmp_path / "run", "3.12", events)
+    assert ran["modules"] == []  # neither torch nor slimserve at run time
+    greedy, sampled, sampled_again, bad, too_many, chat = ran["responses"]
+    for prompt, answer in zip(PROMPTS, greedy):
+        assert answer["details"]["token_ids"] == _generate(model, tokenizer, prompt, do_sample=False), prompt
+    assert sampled[0]["details"]["token_ids"] == sampled_again[0]["details"]["token_ids"]
+    assert bad["statusCode"] == 400 and "top_p" in json.loads(bad["body"])["error"]
+    assert too_many["statusCode"] == 413 and "max_new_tokens" in json.loads(too_many["body"])["error"]
+    assert chat["statusCode"] == 400 and "chat input" in json.loads(chat["body"])["error"]
