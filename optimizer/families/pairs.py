@@ -10,8 +10,6 @@ document stays the best reported beside it.
 from __future__ import annotations
 
 import json
-import os
-import warnings
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -19,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from slimserve.errors import SlimserveError, ToolError, first_line
-from slimserve.optimizer.exported import Feed, ReferenceRunner
+from slimserve.errors import SlimserveError
+from slimserve.optimizer.exported import ReferenceRunner
 from slimserve.optimizer.families.base import EvalBatch, EvalSet
+from slimserve.optimizer.families.reference import logits, pytorch_reference, read_eval_file
 from slimserve.optimizer.fidelity import Fidelity, per_sample_cosine
 from slimserve.optimizer.sources import HfFolderSource
 from slimserve.runtime import task_pairs
@@ -164,36 +163,11 @@ class PairsFamily:
 
     def reference(self, source: HfFolderSource) -> ReferenceRunner:
         """The PyTorch sequence classifier a CrossEncoder wraps, on the feeds the handler builds."""
-        import torch
-        from transformers import AutoModelForSequenceClassification
-
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    str(source.path), local_files_only=True, trust_remote_code=source.trust_remote_code,
-                    use_safetensors=not source.allow_pickle or None)
-            model.eval()
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ToolError(f"cannot load {source.path} with PyTorch for the reference outputs: "
-                            f"{first_line(exc)}") from exc
-
-        def run(feed: Feed) -> dict[str, np.ndarray]:
-            inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()}
-            with torch.inference_mode():
-                out = model(**inputs)
-            return {"logits": out.logits.float().numpy()}
-
-        return run
+        return pytorch_reference(source, "AutoModelForSequenceClassification", logits)
 
     def eval_set(self, task: str, eval_path: Path | None) -> EvalSet:
         if eval_path is not None:
-            try:
-                content = Path(eval_path).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise SlimserveError(f"cannot read --eval file {eval_path}: {exc}", hint=EVAL_HINT) from None
-            requests = read_requests(content, str(eval_path))
+            requests = read_requests(read_eval_file(eval_path, EVAL_HINT), str(eval_path))
             return EvalSet(requests=requests, calibration=requests,
                            description=f"{eval_path} ({len(requests)} queries, "
                                        f"{sum(len(r) for r in requests)} pairs)")

@@ -11,8 +11,6 @@ difference of an agreeing answer are reported in `details`.
 from __future__ import annotations
 
 import json
-import os
-import warnings
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -20,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.errors import SlimserveError
 from slimserve.optimizer.exported import ReferenceRunner
 from slimserve.optimizer.families.base import EvalBatch, EvalSet
+from slimserve.optimizer.families.reference import pytorch_reference, read_eval_file
 from slimserve.optimizer.fidelity import Fidelity
 from slimserve.optimizer.sources import HfFolderSource
 from slimserve.runtime import task_qa
@@ -174,37 +173,15 @@ class QaFamily:
 
     def reference(self, source: HfFolderSource) -> ReferenceRunner:
         """AutoModelForQuestionAnswering on exactly the feeds (windows) the ONNX model gets."""
-        import torch
-        from transformers import AutoModelForQuestionAnswering
-
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-        warnings.filterwarnings("ignore", message=".*torch_dtype.*")
-        try:
-            model = AutoModelForQuestionAnswering.from_pretrained(
-                str(source.path), use_safetensors=not source.allow_pickle or None, local_files_only=True,
-                trust_remote_code=source.trust_remote_code)
-            model.eval()
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ToolError(f"cannot load {source.path} with PyTorch for the reference outputs: "
-                            f"{first_line(exc)}") from exc
-
-        def run(feed: Any) -> dict[str, np.ndarray]:
-            inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()}
-            with torch.inference_mode():
-                out = model(**inputs)
-            return {"start_logits": out.start_logits.float().numpy(), "end_logits": out.end_logits.float().numpy()}
-
-        return run
+        return pytorch_reference(source, "AutoModelForQuestionAnswering",
+                                 lambda out: {"start_logits": out.start_logits.float().numpy(),
+                                              "end_logits": out.end_logits.float().numpy()})
 
     def eval_set(self, task: str, eval_path: Path | None) -> EvalSet:
         """Requests of QUESTIONS_PER_REQUEST pairs: the built-in set (some contexts span several windows;
         calibration kept apart), or the user's JSON lines (then also used to calibrate)."""
         if eval_path is not None:
-            try:
-                content = Path(eval_path).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise SlimserveError(f"cannot read --eval file {eval_path}: {exc}", hint=EVAL_HINT) from None
-            pairs = read_pairs(content, str(eval_path))
+            pairs = read_pairs(read_eval_file(eval_path, EVAL_HINT), str(eval_path))
             requests = _requests(pairs)
             return EvalSet(requests=requests, calibration=requests,
                            description=f"{eval_path} ({len(pairs)} questions)")

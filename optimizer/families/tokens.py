@@ -9,18 +9,17 @@ per-text cosine of the logits are reported in `details`.
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.errors import SlimserveError
 from slimserve.optimizer import eval_inputs
 from slimserve.optimizer.exported import ReferenceRunner
 from slimserve.optimizer.families.base import EvalBatch, EvalSet
+from slimserve.optimizer.families.reference import logits, pytorch_reference
 from slimserve.optimizer.fidelity import Fidelity
 from slimserve.optimizer.sources import HfFolderSource
 from slimserve.runtime import task_tokens
@@ -71,27 +70,7 @@ class TokensFamily:
 
     def reference(self, source: HfFolderSource) -> ReferenceRunner:
         """AutoModelForTokenClassification on exactly the feeds the ONNX model gets."""
-        import torch
-        from transformers import AutoModelForTokenClassification
-
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-        warnings.filterwarnings("ignore", message=".*torch_dtype.*")
-        try:
-            model = AutoModelForTokenClassification.from_pretrained(
-                str(source.path), use_safetensors=not source.allow_pickle or None, local_files_only=True,
-                trust_remote_code=source.trust_remote_code)
-            model.eval()
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ToolError(f"cannot load {source.path} with PyTorch for the reference outputs: "
-                            f"{first_line(exc)}") from exc
-
-        def run(feed: Any) -> dict[str, np.ndarray]:
-            inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()}
-            with torch.inference_mode():
-                out = model(**inputs)
-            return {"logits": out.logits.float().numpy()}
-
-        return run
+        return pytorch_reference(source, "AutoModelForTokenClassification", logits)
 
     def eval_set(self, task: str, eval_path: Path | None) -> EvalSet:
         """Requests of TEXTS_PER_REQUEST texts: the built-in NER texts (calibration kept apart), or the
