@@ -9,7 +9,7 @@ the built-in sets are used, so fidelity is not measured on the data the quantize
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,15 +25,20 @@ SYNTHETIC_SAMPLES = 16
 EVAL_BATCH = 16
 
 
-def _read_jsonl_texts(text: str, origin: str) -> list[str]:
-    texts = []
+def jsonl_records(text: str, origin: str, hint: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed record) of every non-blank line; one clear error naming a line that is not JSON."""
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError:
-            raise SlimserveError(f"{origin} line {number} is not JSON", hint="--eval takes JSON lines like {\"text\": \"...\"}") from None
+            raise SlimserveError(f"{origin} line {number} is not JSON", hint=hint) from None
+
+
+def _read_jsonl_texts(text: str, origin: str) -> list[str]:
+    texts = []
+    for number, record in jsonl_records(text, origin, "--eval takes JSON lines like {\"text\": \"...\"}"):
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise SlimserveError(f"{origin} line {number} has no string field 'text'")
         texts.append(record["text"])

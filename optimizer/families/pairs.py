@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from slimserve.errors import SlimserveError
+from slimserve.optimizer.eval_inputs import jsonl_records
 from slimserve.optimizer.exported import ReferenceRunner
 from slimserve.optimizer.families.base import EvalBatch, EvalSet
 from slimserve.optimizer.families.reference import logits, pytorch_reference, read_eval_file
@@ -96,13 +97,7 @@ def read_requests(text: str, origin: str) -> list[list[list[str]]]:
     Pairs, not {"query", "documents"}, because every cross-encoder can score pairs while only one-score
     models can rank (NLI models are evaluated on the same requests)."""
     requests = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise SlimserveError(f"{origin} line {number} is not JSON", hint=EVAL_HINT) from None
+    for number, record in jsonl_records(text, origin, EVAL_HINT):
         query = record.get("query") if isinstance(record, dict) else None
         documents = record.get("documents") if isinstance(record, dict) else None
         if not isinstance(query, str) or not isinstance(documents, list) or not documents \

@@ -10,7 +10,6 @@ difference of an agreeing answer are reported in `details`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from slimserve.errors import SlimserveError
+from slimserve.optimizer.eval_inputs import jsonl_records
 from slimserve.optimizer.exported import ReferenceRunner
 from slimserve.optimizer.families.base import EvalBatch, EvalSet
 from slimserve.optimizer.families.reference import pytorch_reference, read_eval_file
@@ -59,13 +59,7 @@ def _span(answer: dict[str, Any] | None) -> tuple[int | None, int | None]:
 def read_pairs(text: str, origin: str) -> list[dict[str, str]]:
     """JSON lines of {"question", "context"}: one clear error naming the line if one is not."""
     pairs = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise SlimserveError(f"{origin} line {number} is not JSON", hint=EVAL_HINT) from None
+    for number, record in jsonl_records(text, origin, EVAL_HINT):
         if not isinstance(record, dict) or not all(isinstance(record.get(k), str) and record[k].strip()
                                                    for k in ("question", "context")):
             raise SlimserveError(f"{origin} line {number} needs non-empty string fields 'question' and 'context'",

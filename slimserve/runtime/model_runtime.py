@@ -157,7 +157,7 @@ class RequestLimits:
         defaults = {"max_batch": DEFAULT_MAX_BATCH, "max_chars": max_length * CHARS_PER_TOKEN,
                     "max_tokens": DEFAULT_MAX_TOKENS,
                     "max_elements": max(DEFAULT_MAX_ELEMENTS, row_elements or 0)}
-        values = {key: _limit(env.get(LIMIT_ENV[key]), spec.get(key), default, LIMIT_ENV[key])
+        values = {key: env_limit(env.get(LIMIT_ENV[key]), spec.get(key), default, LIMIT_ENV[key])
                   for key, default in defaults.items()}
         return cls(**values)
 
@@ -188,7 +188,7 @@ class RequestLimits:
                              f"(max_elements, {LIMIT_ENV['max_elements']})")
 
 
-def _limit(env_value: str | None, spec_value: Any, default: int, name: str) -> int:
+def env_limit(env_value: str | None, spec_value: Any, default: int, name: str) -> int:
     """A positive integer limit: the environment wins, then the manifest, then the default."""
     raw = env_value if env_value not in (None, "") else spec_value
     if raw is None:

@@ -45,9 +45,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 if __package__:
-    from .model_runtime import Encoded, InputError, LimitError, RequestLimits, _limit
+    from .model_runtime import Encoded, InputError, LimitError, RequestLimits, env_limit
 else:  # flat in the artifact
-    from model_runtime import Encoded, InputError, LimitError, RequestLimits, _limit  # type: ignore[no-redef]
+    from model_runtime import Encoded, InputError, LimitError, RequestLimits, env_limit  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from .model_runtime import LoadedModel
@@ -81,7 +81,7 @@ class PixelLimits:
     @classmethod
     def from_spec(cls, image: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> PixelLimits:
         env = os.environ if environ is None else environ
-        return cls(*(_limit(env.get(PIXEL_ENV[key]), image.get(key), default, PIXEL_ENV[key])
+        return cls(*(env_limit(env.get(PIXEL_ENV[key]), image.get(key), default, PIXEL_ENV[key])
                      for key, default in (("max_pixels", DEFAULT_MAX_PIXELS),
                                           ("max_request_pixels", DEFAULT_MAX_REQUEST_PIXELS))))
 

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if __package__:
-    from .model_runtime import Encoded, InputError, LimitError, RequestLimits
+    from .model_runtime import Encoded, InputError, LimitError, RequestLimits, env_limit
 else:  # flat in the artifact
-    from model_runtime import Encoded, InputError, LimitError, RequestLimits  # type: ignore[no-redef]
+    from model_runtime import Encoded, InputError, LimitError, RequestLimits, env_limit  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from .model_runtime import LoadedModel
@@ -93,18 +93,6 @@ class Item:
 _STATES: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
 
 
-def _positive_int(raw: Any, default: int, name: str) -> int:
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return value
-
-
 def settings_from_spec(spec: dict[str, Any], environ: Any = None) -> QaSettings:
     env = os.environ if environ is None else environ
     max_positions = int(spec.get("max_length") or DEFAULT_MAX_SEQ_LEN)
@@ -117,8 +105,7 @@ def settings_from_spec(spec: dict[str, Any], environ: Any = None) -> QaSettings:
         pad_id=None if pad_id is None else int(pad_id),
         default_max_seq_len=int(spec.get("max_seq_len") or min(max_positions, DEFAULT_MAX_SEQ_LEN)),
         max_positions=max_positions,
-        max_windows=_positive_int(env.get(WINDOWS_ENV), _positive_int(spec.get("max_windows"), DEFAULT_MAX_WINDOWS,
-                                                                      "max_windows"), WINDOWS_ENV),
+        max_windows=env_limit(env.get(WINDOWS_ENV), spec.get("max_windows"), DEFAULT_MAX_WINDOWS, WINDOWS_ENV),
     )
 
 
