@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import warnings
 from collections.abc import Sequence
 from importlib import resources
@@ -34,7 +35,7 @@ BUILTIN_EVAL = "gen_eval.jsonl"
 BUILTIN_CALIB = "gen_calib.jsonl"
 GREEDY_TOKENS = 16
 MAX_BATCH = 8            # prompts per request: they run one after another
-MAX_REQUEST_TOKENS = 2048  # prompt + new tokens per request, at most the context window
+MAX_REQUEST_TOKENS = 2048  # prompts + new tokens per request (each prompt also within the context window)
 SAMPLE_PROMPT = "Serverless inference should start fast because"
 WORST_FILLER = ("Cold starts, memory and tokens per second decide what a small model costs on Lambda; "
                 "see run #A-17/b (2,417 tokens at 56.12 tok/s). ")
@@ -143,7 +144,8 @@ class GenerationFamily:
         attention_heads = _config_value(config, ("num_attention_heads", "n_head"))
         if head_dim is None and hidden and attention_heads:
             head_dim = hidden // attention_heads
-        max_tokens = min(window, MAX_REQUEST_TOKENS)
+        max_tokens = MAX_REQUEST_TOKENS  # all prompts' tokens + new tokens; each prompt also within the window
+        longest = min(window, max_tokens)  # the longest single prompt + its new tokens
         spec = {key: value for key, value in base.items() if key not in ("output", "pooling", "normalize")}
         spec.update({
             "labels": None, "outputs": ["logits"], "context_window": window, "max_length": window,
@@ -151,11 +153,11 @@ class GenerationFamily:
             "generation_defaults": {k: generation[k] for k in GENERATION_KEYS if generation.get(k) is not None},
             "kv_shape": {"heads": heads, "head_dim": head_dim}, "add_special_tokens": True,
             "max_new_tokens_limit": min(task_generation.DEFAULT_MAX_NEW_TOKENS_LIMIT, max(1, window - 1)),
-            "max_batch": MAX_BATCH, "max_tokens": max_tokens, "max_chars": max_tokens * CHARS_PER_TOKEN,
+            "max_batch": MAX_BATCH, "max_tokens": max_tokens, "max_chars": longest * CHARS_PER_TOKEN,
         })
         default_new = int(task_generation.PARAMETERS["text-generation"]["max_new_tokens"])
         spec["worst_prompt_chars"] = worst_prompt_chars(export_dir / str(spec["tokenizer"]),
-                                                        max(1, max_tokens - default_new), int(spec["max_chars"]), True)
+                                                        max(1, longest - default_new), int(spec["max_chars"]), True)
         return spec
 
     def sample_inputs(self, runtime: dict[str, Any], batch: int = 1) -> Any:
@@ -168,7 +170,8 @@ class GenerationFamily:
         chars = min(int(runtime.get("worst_prompt_chars") or len(SAMPLE_PROMPT)), limits.max_chars)
         prompt = (WORST_FILLER * (chars // len(WORST_FILLER) + 1))[:chars]
         new = task_generation.PARAMETERS["text-generation"]["max_new_tokens"]
-        return prompt, (f"1 prompt × {chars:,} characters (≤ {limits.max_tokens - new} tokens) + {new} new tokens "
+        longest = min(int(runtime.get("context_window") or limits.max_tokens), limits.max_tokens)
+        return prompt, (f"1 prompt × {chars:,} characters (≤ {longest - new} tokens) + {new} new tokens "
                         "(requests asking more new tokens cost more: see max_new_tokens_limit)")
 
     def reference(self, source: HfFolderSource) -> ReferenceRunner:
@@ -226,7 +229,7 @@ class GenerationFamily:
         cosines: list[float] = []
         prefixes: list[int] = []
         greedy = {"do_sample": False, "repetition_penalty": 1.0}
-        rng = np.random.default_rng(0)
+        rng = random.Random(0)  # unused: greedy
         for batch in batches:
             ref_logits = np.asarray(batch.reference["logits"], dtype=np.float64)[0]
             cand_logits = np.asarray(batch.candidate["logits"], dtype=np.float64)[0]

@@ -17,9 +17,11 @@ generated token ids, time to first token and tokens/s).
 
 Token choice replicates `transformers`' `generate`: the last position's float32 logits, the repetition
 penalty over every id of the sequence so far, then (sampling) temperature, top-k and top-p in that order;
-greedy is the argmax. Sampling draws from a numpy Generator seeded per request, so a seed reproduces the
-answer (not torch's draws). Text is decoded as the text-generation pipeline does: the whole sequence
-without special tokens, cleaned of tokenization spaces, minus the decoded prompt's length.
+greedy is the argmax. Sampling draws from a generator seeded per request, so a seed reproduces the
+answer (not torch's draws): the standard library's Mersenne Twister (`random.Random(seed)`), since the
+slim Lambda layer ships numpy without `numpy.random`. Text is decoded as the text-generation pipeline
+does: the whole sequence without special tokens, cleaned of tokenization spaces, minus the decoded
+prompt's length.
 
 Prompts run one at a time (no padding, so no position arithmetic can differ from transformers).
 Bounds: prompts per request (`max_batch`), characters per prompt (`max_chars`), prompt tokens +
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -287,7 +290,7 @@ def top_p_filter(scores: np.ndarray, top_p: float) -> np.ndarray:
     return out
 
 
-def choose(logits: np.ndarray, sequence: list[int], settings: dict[str, Any], rng: np.random.Generator) -> int:
+def choose(logits: np.ndarray, sequence: list[int], settings: dict[str, Any], rng: random.Random) -> int:
     scores = np.array(logits, dtype=np.float32)
     penalty = float(settings["repetition_penalty"])
     if penalty != 1.0:
@@ -335,7 +338,7 @@ def stopped(model: LoadedModel, prompt_ids: list[int], generated: list[int], sto
 
 # -- the loop -----------------------------------------------------------------------------------------
 def generate(model: LoadedModel, prompt: Prompt, max_new_tokens: int, settings: dict[str, Any],
-             stop: list[str], rng: np.random.Generator, *, stop_at_eos: bool = True,
+             stop: list[str], rng: random.Random, *, stop_at_eos: bool = True,
              ) -> tuple[list[int], str, dict[str, Any]]:
     """Generated ids, why generation ended and timings; the prompt runs once, then one token per step.
     (`stop_at_eos` False: exactly `max_new_tokens`, as fidelity's greedy-prefix comparison wants.)"""
@@ -377,7 +380,7 @@ def predict(model: LoadedModel, inputs: Any, parameters: dict[str, Any], limits:
     max_new = int(parameters["max_new_tokens"])
     check_bounds(model, items, max_new, limits)
     settings = sampling(model, parameters)
-    rng = np.random.default_rng(parameters["seed"])
+    rng = random.Random(parameters["seed"])  # stdlib: the slim layer ships numpy without numpy.random
     answers = []
     for item in items:
         generated, reason, timings = generate(model, item, max_new, settings, parameters["stop"], rng)
