@@ -223,13 +223,16 @@ def preprocess(src: Path, work: Path, step: str) -> tuple[Path, tuple[str, ...]]
 
     prepared, notes = normalize_for_quant(src, work, step)
     out = work / f"{step}-pre.onnx"
+    # Past protobuf's 2 GB the result must be written with its weights in external data.
+    large = {"save_as_external_data": True, "all_tensors_to_one_file": True,
+             "external_data_location": out.name + ".data"} if _needs_external(prepared) else {}
     try:
-        quant_pre_process(str(prepared), str(out), skip_optimization=True, auto_merge=True)
+        quant_pre_process(str(prepared), str(out), skip_optimization=True, auto_merge=True, **large)
         return out, notes
     except Exception as exc:  # noqa: BLE001 - optional step; we fall back below and note why
         symbolic_error = first_line(exc)
     try:
-        quant_pre_process(str(prepared), str(out), skip_optimization=True, skip_symbolic_shape=True)
+        quant_pre_process(str(prepared), str(out), skip_optimization=True, skip_symbolic_shape=True, **large)
     except Exception as exc:  # noqa: BLE001 - optional step; quantizing without it still works
         return prepared, (*notes, f"quantization pre-processing skipped ({first_line(exc)})")
     return out, (*notes, f"symbolic shape inference failed ({symbolic_error}); used ONNX shape inference")
