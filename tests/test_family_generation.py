@@ -30,6 +30,38 @@ PROMPTS = ["The quick brown fox", "Once upon a time, there was", "Q: What's the 
            "def f(x):\n", "Serverless"]
 NEW_TOKENS = 32
 ARCHS = ("llama", "gpt2")
+# Real templates' shapes: ChatML with Qwen2.5's default system prompt, Llama 3's (BOS, trimmed contents),
+# Zephyr's (the generation prompt inside the loop), Mistral's (no system role, strict alternation).
+CHATML = ("{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + "
+          "'<|im_end|>\n' }}{%- else %}{{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a "
+          "helpful assistant.<|im_end|>\n' }}{%- endif %}{%- for message in messages %}{%- if (message.role == "
+          "'user') or (message.role == 'system' and not loop.first) or (message.role == 'assistant') %}{{- "
+          "'<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}{%- endif %}{%- endfor %}"
+          "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}")
+LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+          "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
+          "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+          "{% endif %}")
+ZEPHYR = ("{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
+          "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}"
+          "\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+          "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
+MISTRAL = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+           "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+           "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] "
+           "== 'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant "
+           "roles are supported!') }}{% endif %}{% endfor %}")
+UPPER = ("{% for m in messages %}{{ m.role + ': ' + (m.content | upper) + '\n' }}{% endfor %}"
+         "{% if add_generation_prompt %}assistant:{% endif %}")
+TEMPLATES = {"llama": CHATML, "gpt2": LLAMA3}
+CHATS: list[list[dict[str, str]]] = [
+    [{"role": "user", "content": "What's the weather like?"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "  Hello there!  "}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+     {"role": "user", "content": "Tell me a story\nabout a fox."}],
+    [{"role": "user", "content": "Finish this:"}, {"role": "assistant", "content": "Once upon a time, "}],  # continued
+]
 
 
 def _tokenizer(bos: bool) -> Any:
@@ -53,11 +85,11 @@ def _tokenizer(bos: bool) -> Any:
         bpe.post_processor = processors.ByteLevel(trim_offsets=False)
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>",
                                             eos_token="<|endoftext|>", model_input_names=names)
-    tokenizer.model_max_length = 128
+    tokenizer.model_max_length = 256
     return tokenizer
 
 
-def _build(folder: Path, arch: str, eos_token_id: int | None = None) -> Path:
+def _build(folder: Path, arch: str, eos_token_id: int | None = None, chat_template: str | None = None) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -66,17 +98,18 @@ def _build(folder: Path, arch: str, eos_token_id: int | None = None) -> Path:
     model: Any
     if arch == "llama":
         config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id)
         model = LlamaForCausalLM(config)
     else:
-        config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=128,
+        config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=256,
                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
         model = GPT2LMHeadModel(config)
     if eos_token_id is not None:
         model.generation_config.eos_token_id = eos_token_id
     model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -87,7 +120,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
 
     def build(arch: str) -> Path:
         if arch not in built:
-            built[arch] = _build(tmp_path_factory.mktemp(arch) / "model", arch)
+            built[arch] = _build(tmp_path_factory.mktemp(arch) / "model", arch, chat_template=TEMPLATES[arch])
         return built[arch]
 
     return build
@@ -254,6 +287,87 @@ def test_eos_ends_generation_like_generate(folder: Callable[[str], Path], tmp_pa
     expected = _generate(AutoModelForCausalLM.from_pretrained(source), tokenizer, prompt, do_sample=False)
     assert expected[-1] == eos and len(expected) < NEW_TOKENS
     assert answer["details"]["token_ids"] == expected and answer["details"]["finish_reason"] == "eos_token"
+    with pytest.raises(InputError, match="chat input is not supported for this model .*no chat template"):
+        LoadedModel(out).predict([{"role": "user", "content": "Hi"}])
+
+
+# -- chat ------------------------------------------------------------------------------------------------
+def _generate_chat(model: Any, tok: Any, chat: list[dict[str, str]]) -> list[int]:
+    """generate on the chat as the pipeline tokenizes it (template, continuing a final assistant turn)."""
+    import torch
+
+    continued = chat[-1]["role"] == "assistant"
+    encoded = tok.apply_chat_template(chat, add_generation_prompt=not continued, continue_final_message=continued,
+                                      return_dict=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**encoded, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=tok.eos_token_id)
+    return [int(t) for t in out[0, encoded["input_ids"].shape[1]:]]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_chat_input_is_answered_like_the_pipeline(arch: str, optimized: Callable[[str, str], Path],
+                                                  torch_model: Callable[[str], tuple[Any, Any]]) -> None:
+    """The model's chat template (ChatML with a default system prompt; Llama 3's with BOS and trimming),
+    pre-rendered at optimize time, gives the pipeline's tokens, new text and full-text messages."""
+    from transformers import pipeline
+
+    model, tokenizer = torch_model(arch)
+    runtime = LoadedModel(optimized(arch, "fp32"))
+    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    answers = runtime.predict(CHATS, {"max_new_tokens": NEW_TOKENS})  # a list of chats
+    for chat, answer in zip(CHATS, answers):
+        assert answer["details"]["token_ids"] == _generate_chat(model, tokenizer, chat), chat
+        new = pipe(chat, max_new_tokens=NEW_TOKENS, do_sample=False, return_full_text=False)[0]["generated_text"]
+        assert answer["generated_text"] == new
+        full = runtime.predict(chat, {"max_new_tokens": NEW_TOKENS, "return_full_text": True, "details": False})
+        assert full == pipe(chat, max_new_tokens=NEW_TOKENS, do_sample=False)
+
+
+@pytest.mark.parametrize("template", [CHATML, LLAMA3, ZEPHYR, MISTRAL])
+def test_pre_rendered_templates_render_like_transformers(template: str, folder: Callable[[str], Path]) -> None:
+    """Every conversation of up to four turns over the three roles: the pre-rendered strings give
+    transformers' rendering exactly, or both refuse it (Mistral: no system role, strict alternation)."""
+    import itertools
+
+    from transformers import AutoTokenizer
+
+    from slimserve.optimizer.chat_format import extract
+    from slimserve.runtime.task_generation import render_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(folder("llama"))
+    tokenizer.chat_template = template
+    chat_format, why = extract(tokenizer)
+    assert chat_format is not None, why
+    contents = ["  padded  ", "two\nlines", "", "{{ braces }} é 東京"]
+    accepted = 0
+    for length in range(1, 5):
+        for roles in itertools.product(("system", "user", "assistant"), repeat=length):
+            chat = [{"role": r, "content": contents[i]} for i, r in enumerate(roles)]
+            continued = roles[-1] == "assistant"
+            try:
+                want = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=not continued,
+                                                     continue_final_message=continued)
+            except Exception:  # noqa: BLE001  # the template refuses this conversation
+                want = None
+            got = render_chat(chat_format, chat)
+            if want is None:
+                # transformers cannot continue an empty final message (it finds nothing to cut at)
+                assert got is None or (roles[-1] == "assistant" and not chat[-1]["content"]), roles
+            else:
+                assert got == want, roles
+                accepted += 1
+    assert accepted >= 4  # Mistral: u, ua, uau, uaua
+
+
+def test_a_template_that_changes_the_content_is_not_pre_rendered(folder: Callable[[str], Path]) -> None:
+    from transformers import AutoTokenizer
+
+    from slimserve.optimizer.chat_format import extract
+
+    tokenizer = AutoTokenizer.from_pretrained(folder("llama"))
+    tokenizer.chat_template = UPPER
+    chat_format, why = extract(tokenizer)
+    assert chat_format is None and "could not be pre-rendered" in why
 
 
 # -- bad requests --------------------------------------------------------------------------------------
@@ -274,7 +388,9 @@ def test_bad_parameters_are_400s(parameters: dict[str, Any], message: str, optim
 
 
 @pytest.mark.parametrize(("inputs", "message"), [
-    ([{"role": "user", "content": "Hi"}], "chat input"), ({"role": "user", "content": "Hi"}, "chat input"),
+    ({"role": "user", "content": "Hi"}, "list of messages"), ([{"role": "tool", "content": "x"}], "role must be"),
+    ([{"role": "user"}], "message"), ([{"role": "user", "content": 3}], "content"), ([[]], "empty chat"),
+    ([{"role": "user", "content": "x", "name": "y"}], "message"),
     (5, "prompt string"), ([], "empty"), (["ok", 3], "prompt string"), ("", "at least one token"),
 ])
 def test_bad_inputs_are_400s(inputs: Any, message: str, optimized: Callable[[str, str], Path]) -> None:
@@ -288,10 +404,10 @@ def test_work_beyond_the_limits_is_413(optimized: Callable[[str, str], Path]) ->
     out = optimized("llama", "fp32")
     runtime = LoadedModel(out)
     spec = json.loads((out / "slimserve.json").read_text())["runtime"]
-    assert spec["context_window"] == 128 and spec["max_new_tokens_limit"] == 127
+    assert spec["context_window"] == 256 and spec["max_new_tokens_limit"] == 255
     limits = runtime.limits()
-    cases = [("Hi", {"max_new_tokens": 128}, "max_new_tokens"),
-             ("Hi " * 60, {"max_new_tokens": 100}, "context window"),
+    cases = [("Hi", {"max_new_tokens": 256}, "max_new_tokens"),
+             ("Hi " * 150, {"max_new_tokens": 100}, "context window"),
              (["Hi"] * (limits.max_batch + 1), None, "too many inputs"),
              ("x" * (limits.max_chars + 1), None, "too long")]
     for inputs, parameters, message in cases:
@@ -355,13 +471,16 @@ def test_lambda_package_generates_like_transformers(arch: str, optimized: Callab
                          {"inputs": PROMPTS[0], "parameters": {"do_sample": True, "seed": 5, "top_k": 0}},
                          {**http, "body": json.dumps({"inputs": PROMPTS[0], "parameters": {"top_p": 2}})},
                          {**http, "body": json.dumps({"inputs": PROMPTS[0], "parameters": {"max_new_tokens": 1000}})},
-                         {**http, "body": json.dumps({"inputs": [{"role": "user", "content": "Hi"}]})}]
+                         {**http, "body": json.dumps({"inputs": CHATS[2]})},
+                         {**http, "body": json.dumps({"inputs": [{"role": "robot", "content": "Hi"}]})}]
     ran = run_like_lambda(pkg, tmp_path / "run", "3.12", events)
     assert ran["modules"] == []  # neither torch nor slimserve at run time
-    greedy, sampled, sampled_again, bad, too_many, chat = ran["responses"]
+    greedy, sampled, sampled_again, bad, too_many, chat, bad_chat = ran["responses"]
     for prompt, answer in zip(PROMPTS, greedy):
         assert answer["details"]["token_ids"] == _generate(model, tokenizer, prompt, do_sample=False), prompt
     assert sampled[0]["details"]["token_ids"] == sampled_again[0]["details"]["token_ids"]
     assert bad["statusCode"] == 400 and "top_p" in json.loads(bad["body"])["error"]
     assert too_many["statusCode"] == 413 and "max_new_tokens" in json.loads(too_many["body"])["error"]
-    assert chat["statusCode"] == 400 and "chat input" in json.loads(chat["body"])["error"]
+    assert chat["statusCode"] == 200
+    assert json.loads(chat["body"])[0]["details"]["token_ids"] == _generate_chat(model, tokenizer, CHATS[2])
+    assert bad_chat["statusCode"] == 400 and "role must be" in json.loads(bad_chat["body"])["error"]

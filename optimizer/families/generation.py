@@ -155,10 +155,27 @@ class GenerationFamily:
             "max_new_tokens_limit": min(task_generation.DEFAULT_MAX_NEW_TOKENS_LIMIT, max(1, window - 1)),
             "max_batch": MAX_BATCH, "max_tokens": max_tokens, "max_chars": longest * CHARS_PER_TOKEN,
         })
+        chat, why = self._chat_format(source)
+        spec.update({"chat": chat, "chat_unsupported": why or None})
         default_new = int(task_generation.PARAMETERS["text-generation"]["max_new_tokens"])
         spec["worst_prompt_chars"] = worst_prompt_chars(export_dir / str(spec["tokenizer"]),
                                                         max(1, longest - default_new), int(spec["max_chars"]), True)
         return spec
+
+    @staticmethod
+    def _chat_format(source: HfFolderSource) -> tuple[dict[str, Any] | None, str]:
+        """The folder's chat template pre-rendered for the handler (optimizer/chat_format.py explains how),
+        or why chat input will be refused."""
+        from transformers import AutoTokenizer
+
+        from slimserve.optimizer import chat_format
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(source.path), local_files_only=True,  # type: ignore[no-untyped-call]  # transformers is untyped
+                                                      trust_remote_code=source.trust_remote_code)
+        except (OSError, ValueError) as exc:
+            return None, f"its tokenizer could not be loaded with transformers: {first_line(exc)}"
+        return chat_format.extract(tokenizer)
 
     def sample_inputs(self, runtime: dict[str, Any], batch: int = 1) -> Any:
         """One short prompt (default parameters: greedy, 32 new tokens); `batch` > 1: a list of that many."""

@@ -6,7 +6,8 @@ Shipped beside `model_runtime.py`; imports only numpy and tokenizers. The graph 
 empty (length 0) past tensors; every later step feeds only the new token with the previous step's
 presents as the past, so no step re-runs the sequence.
 
-Request (Hugging Face Inference API): `{"inputs": "prompt" | ["prompt", ...], "parameters": {...}}` with
+Request (Hugging Face Inference API): `{"inputs": "prompt" | ["prompt", ...] | chat | [chat, ...]}` where a
+chat is `[{"role": "system"|"user"|"assistant", "content": str}, ...]`, with `"parameters"`:
 `max_new_tokens` (32), `do_sample`, `temperature`, `top_k`, `top_p`, `repetition_penalty` (defaults: the
 model's generation_config.json, as transformers uses them; greedy when it has none), `seed` (null: a fresh
 one), `stop` (strings that end generation, kept in the text as transformers' `stop_strings` does; one may
@@ -14,6 +15,13 @@ begin in the prompt),
 `return_full_text` (false, as the Inference API) and `details` (true: finish reason, token counts, the
 generated token ids, time to first token and tokens/s).
 `temperature` 0 means greedy. Answer: `[{"generated_text": str, "details": {...}}]`, one per prompt.
+
+Chats are rendered as the pipeline renders them with the model's chat template (a final assistant
+message is continued, otherwise the generation prompt is added) and tokenized without adding special
+tokens. The template is Jinja, which this runtime cannot import: the optimizer pre-renders it into the
+strings around each message (optimizer/chat_format.py, verified against transformers); a model whose
+template cannot be pre-rendered answers chat input with a 400 saying why. With `return_full_text`, a
+chat's answer is the messages plus the new assistant message, as the pipeline answers.
 
 Token choice replicates `transformers`' `generate`: the last position's float32 logits, the repetition
 penalty over every id of the sequence so far, then (sampling) temperature, top-k and top-p in that order;
@@ -61,13 +69,15 @@ DEFAULT_MAX_NEW_TOKENS_LIMIT = 256
 NEW_TOKENS_ENV = "SLIMSERVE_MAX_NEW_TOKENS"
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
-CHAT_HINT = "chat input (a list of {\"role\", \"content\"} messages) is not supported yet: send the prompt as text"
+CHAT_ROLES = ("system", "user", "assistant")
+Chat = list[dict[str, str]]
 
 
 @dataclass(frozen=True)
 class Prompt:
-    text: str
+    text: str                 # the prompt, or the chat rendered by its template
     ids: list[int]
+    chat: Chat | None = None  # the messages, when the request sent a chat
 
 
 # -- parameters ---------------------------------------------------------------------------------------
@@ -162,33 +172,104 @@ def setup(model: LoadedModel) -> None:
     model.tokenizer.no_padding()
 
 
-def prompts(inputs: Any) -> tuple[list[str], bool]:
-    """The prompts of a request and whether it sent one string (answered as a one-element list anyway,
-    as the Inference API does)."""
+def prompts(inputs: Any) -> tuple[list[str | Chat], bool]:
+    """The prompts (strings) or chats (lists of {"role", "content"} messages) of a request, and whether
+    it sent one string (answered as a one-element list anyway, as the Inference API does)."""
     if isinstance(inputs, str):
         return [inputs], True
-    if isinstance(inputs, dict) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], dict)):
-        raise InputError(CHAT_HINT)
-    if not isinstance(inputs, list) or not all(isinstance(p, str) for p in inputs):
-        raise InputError('"inputs" must be a prompt string or a list of prompt strings')
+    if isinstance(inputs, dict):
+        raise InputError('a chat is a list of messages: "inputs": [{"role": "user", "content": "..."}]')
+    if not isinstance(inputs, list):
+        raise InputError('"inputs" must be a prompt string, a list of prompt strings, or a chat (a list of '
+                         '{"role", "content"} messages)')
     if not inputs:
         raise InputError('"inputs" is empty')
+    if all(isinstance(item, dict) for item in inputs):
+        return [_chat(inputs, '"inputs"')], False
+    if all(isinstance(item, list) for item in inputs):
+        return [_chat(item, f"inputs[{i}]") for i, item in enumerate(inputs)], False
+    if not all(isinstance(item, str) for item in inputs):
+        raise InputError('"inputs" must be a prompt string, a list of prompt strings, or a chat (a list of '
+                         '{"role", "content"} messages)')
     return list(inputs), False
 
 
-def _encode_prompts(model: LoadedModel, texts: list[str], limits: RequestLimits | None) -> list[Prompt]:
+def _chat(messages: list[Any], where: str) -> Chat:
+    if not messages:
+        raise InputError(f"{where} is an empty chat")
+    chat = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or set(message) != {"role", "content"}:
+            raise InputError(f'{where}[{index}] must be a message {{"role": str, "content": str}}')
+        if message["role"] not in CHAT_ROLES:
+            raise InputError(f"{where}[{index}] role must be one of {', '.join(CHAT_ROLES)}")
+        if not isinstance(message["content"], str):
+            raise InputError(f'{where}[{index}]["content"] must be a string')
+        chat.append({"role": message["role"], "content": message["content"]})
+    return chat
+
+
+def render_chat(chat_format: dict[str, Any], messages: Chat) -> str | None:
+    """The chat as transformers' text-generation pipeline renders it with the model's template, joined
+    from the strings the optimizer pre-rendered (optimizer/chat_format.py, whose `render` is the same
+    function): a final assistant message is continued, anything else ends with the generation prompt.
+    None: the template does not accept this sequence of roles."""
+    roles = [m["role"] for m in messages]
+    if roles[0] not in chat_format["start"]:
+        return None
+    trim = bool(chat_format["trim"])
+    contents = [m["content"].strip() if trim else m["content"] for m in messages]
+    if trim and roles[-1] == "assistant":  # continued: transformers cuts at a tag appended to it
+        contents[-1] = messages[-1]["content"].lstrip()
+    parts = [chat_format["start"][roles[0]], contents[0]]
+    for a, b, content in zip(roles, roles[1:], contents[1:]):
+        between = chat_format["between"].get(f"{a}>{b}")
+        if between is None:
+            return None
+        parts += [between, content]
+    if roles[-1] == "assistant":
+        text = "".join(parts)
+        return text.rstrip() if trim else text
+    if roles[-1] not in chat_format["end"]:
+        return None
+    return "".join([*parts, chat_format["end"][roles[-1]]])
+
+
+def _prompt_text(model: LoadedModel, item: str | Chat, index: int) -> str:
+    if isinstance(item, str):
+        return item
+    chat_format = model.spec.get("chat")
+    if not chat_format:
+        why = model.spec.get("chat_unsupported") or "the model has no chat template"
+        raise InputError(f"chat input is not supported for this model ({why}): send the prompt as text")
+    text = render_chat(chat_format, item)
+    if text is None:
+        roles = ", ".join(m["role"] for m in item)
+        raise InputError(f"inputs[{index}]: this model's chat template does not accept the roles {roles}")
+    return text
+
+
+def _encode_prompts(model: LoadedModel, items: list[str | Chat], limits: RequestLimits | None) -> list[Prompt]:
+    """Each prompt tokenized as the pipeline does: text with the tokenizer's special tokens (BOS), a
+    rendered chat without (its template wrote them)."""
     if limits is not None:
-        limits.check_texts(texts)
+        limits.check_batch(len(items))
+        limits.check_texts([m["content"] for item in items if not isinstance(item, str) for m in item]
+                           + [item for item in items if isinstance(item, str)])
     result = []
-    for index, text in enumerate(texts):
+    for index, item in enumerate(items):
+        text = _prompt_text(model, item, index)
+        if limits is not None:
+            limits.check_texts([text])
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise InputError(f"inputs[{index}] is not valid Unicode text (lone surrogate)") from None
-        ids = list(model.tokenizer.encode(text, add_special_tokens=bool(model.spec.get("add_special_tokens", True))).ids)
+        special = isinstance(item, str) and bool(model.spec.get("add_special_tokens", True))
+        ids = list(model.tokenizer.encode(text, add_special_tokens=special).ids)
         if not ids:
             raise InputError(f"inputs[{index}] is empty: the prompt needs at least one token")
-        result.append(Prompt(text=text, ids=ids))
+        result.append(Prompt(text=text, ids=ids, chat=None if isinstance(item, str) else item))
     return result
 
 
@@ -374,6 +455,16 @@ def generate(model: LoadedModel, prompt: Prompt, max_new_tokens: int, settings: 
     return generated, reason, timings
 
 
+def full_text(item: Prompt, text: str) -> Any:
+    """The pipeline's FULL_TEXT: the prompt and the new text; for a chat, the messages with the answer
+    as a new assistant message (or appended to a final assistant message, which was continued)."""
+    if item.chat is None:
+        return item.text + text
+    if item.chat[-1]["role"] == "assistant":
+        return [*item.chat[:-1], {"role": "assistant", "content": item.chat[-1]["content"] + text}]
+    return [*item.chat, {"role": "assistant", "content": text}]
+
+
 def predict(model: LoadedModel, inputs: Any, parameters: dict[str, Any], limits: RequestLimits | None) -> Any:
     texts, _single = prompts(inputs)
     items = _encode_prompts(model, texts, limits)
@@ -385,7 +476,7 @@ def predict(model: LoadedModel, inputs: Any, parameters: dict[str, Any], limits:
     for item in items:
         generated, reason, timings = generate(model, item, max_new, settings, parameters["stop"], rng)
         text = new_text(model, item.ids, generated)
-        answer: dict[str, Any] = {"generated_text": item.text + text if parameters["return_full_text"] else text}
+        answer: dict[str, Any] = {"generated_text": full_text(item, text) if parameters["return_full_text"] else text}
         if parameters["details"]:
             answer["details"] = {"finish_reason": reason, "prompt_tokens": len(item.ids),
                                  "generated_tokens": len(generated), "token_ids": generated, **timings}
