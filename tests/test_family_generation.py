@@ -193,6 +193,37 @@ def test_greedy_is_token_identical_to_generate_and_text_to_the_pipeline(
     assert fidelity["details"]["greedy_identical"] == 1.0 and fidelity["details"]["logit_cosine_min"] > 0.9999
 
 
+@pytest.mark.parametrize(("config_name", "model_name"), [("Qwen2Config", "Qwen2ForCausalLM"),
+                                                        ("Phi3Config", "Phi3ForCausalLM"),
+                                                        ("GemmaConfig", "GemmaForCausalLM")])
+def test_more_decoder_architectures_generate_like_transformers(config_name: str, model_name: str,
+                                                               tmp_path: Path) -> None:
+    """Qwen2 (QKV biases), Phi-3 (fused QKV and gate/up projections), Gemma (scaled embeddings, explicit
+    head_dim): export with KV cache, fidelity 1.0, greedy ids identical to generate."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    tokenizer = _tokenizer(bos=True)
+    config = getattr(transformers, config_name)(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = getattr(transformers, model_name)(config)
+    model.eval()
+    model.save_pretrained(tmp_path / "model", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    result = run_cli("optimize", str(tmp_path / "model"), "-o", str(out), "--recipe", "fp32", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "slimserve.json").read_text())
+    assert manifest["source"]["task"] == "text-generation" and manifest["fidelity"]["mean"] == 1.0
+    assert manifest["fidelity"]["details"]["greedy_identical"] == 1.0
+    answers = LoadedModel(out).predict(PROMPTS, {"max_new_tokens": NEW_TOKENS})
+    for prompt, answer in zip(PROMPTS, answers):
+        assert answer["details"]["token_ids"] == _generate(model, tokenizer, prompt, do_sample=False), prompt
+
+
 def test_repetition_penalty_greedy_matches_generate(optimized: Callable[[str, str], Path],
                                                     torch_model: Callable[[str], tuple[Any, Any]]) -> None:
     model, tokenizer = torch_model("llama")
