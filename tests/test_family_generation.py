@@ -446,6 +446,20 @@ def test_work_beyond_the_limits_is_413(optimized: Callable[[str, str], Path]) ->
             runtime.predict(inputs, parameters, limits)
 
 
+def test_a_time_budget_answers_what_was_generated(optimized: Callable[[str, str], Path],
+                                                 torch_model: Callable[[str], tuple[Any, Any]],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tokenizer = torch_model("llama")
+    runtime = LoadedModel(optimized("llama", "fp32"))
+    monkeypatch.setenv("SLIMSERVE_MAX_GENERATION_SECONDS", "0.000001")
+    answer = runtime.predict(PROMPTS[0], {"max_new_tokens": NEW_TOKENS})[0]
+    assert answer["details"]["finish_reason"] == "time_limit" and answer["details"]["generated_tokens"] == 1
+    assert answer["details"]["token_ids"] == _generate(model, tokenizer, PROMPTS[0], do_sample=False)[:1]
+    monkeypatch.setenv("SLIMSERVE_MAX_GENERATION_SECONDS", "soon")  # refused when the model loads
+    with pytest.raises(ValueError, match="SLIMSERVE_MAX_GENERATION_SECONDS"):
+        LoadedModel(optimized("llama", "fp32"))
+
+
 def test_encoder_decoder_folder_is_refused_up_front(tmp_path: Path) -> None:
     folder = tmp_path / "t5"
     folder.mkdir()

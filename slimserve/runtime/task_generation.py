@@ -34,7 +34,9 @@ prompt's length.
 Prompts run one at a time (no padding, so no position arithmetic can differ from transformers).
 Bounds: prompts per request (`max_batch`), characters per prompt (`max_chars`), prompt tokens +
 `max_new_tokens` within the model's context window, `max_new_tokens` within `max_new_tokens_limit`
-(`SLIMSERVE_MAX_NEW_TOKENS`) and all prompts' tokens + new tokens within `max_tokens`.
+(`SLIMSERVE_MAX_NEW_TOKENS`) and all prompts' tokens + new tokens within `max_tokens`; optionally a time
+budget per request (`SLIMSERVE_MAX_GENERATION_SECONDS`, e.g. a little under the Lambda timeout), after
+which the answer holds what was generated so far with finish_reason "time_limit".
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ SAMPLING_DEFAULTS: dict[str, Any] = {"do_sample": False, "temperature": 1.0, "to
                                      "repetition_penalty": 1.0}
 DEFAULT_MAX_NEW_TOKENS_LIMIT = 256
 NEW_TOKENS_ENV = "SLIMSERVE_MAX_NEW_TOKENS"
+SECONDS_ENV = "SLIMSERVE_MAX_GENERATION_SECONDS"
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 CHAT_ROLES = ("system", "user", "assistant")
@@ -170,6 +173,8 @@ def setup(model: LoadedModel) -> None:
         raise ValueError("a text-generation model needs its tokenizer")
     model.tokenizer.no_truncation()
     model.tokenizer.no_padding()
+    new_tokens_limit(model.spec)  # a misconfigured SLIMSERVE_* variable fails the load, not every request
+    time_budget(model.spec)
 
 
 def prompts(inputs: Any) -> tuple[list[str | Chat], bool]:
@@ -282,6 +287,23 @@ def new_tokens_limit(spec: dict[str, Any], environ: Any = None) -> int:
         raise ValueError(f"{NEW_TOKENS_ENV} must be a positive integer, got {raw!r}") from None
     if value < 1:
         raise ValueError(f"{NEW_TOKENS_ENV} must be a positive integer, got {value}")
+    return value
+
+
+def time_budget(spec: dict[str, Any], environ: Any = None) -> float | None:
+    """Seconds one request may spend generating (None: unbounded but for the token limits). Set it a
+    little under the deployment's timeout so a slow request answers what it has ("time_limit") instead
+    of being killed."""
+    env = os.environ if environ is None else environ
+    raw = env.get(SECONDS_ENV) or spec.get("max_generation_s")
+    if raw in (None, ""):
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{SECONDS_ENV} must be a positive number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"{SECONDS_ENV} must be a positive number of seconds, got {value}")
     return value
 
 
@@ -419,10 +441,11 @@ def stopped(model: LoadedModel, prompt_ids: list[int], generated: list[int], sto
 
 # -- the loop -----------------------------------------------------------------------------------------
 def generate(model: LoadedModel, prompt: Prompt, max_new_tokens: int, settings: dict[str, Any],
-             stop: list[str], rng: random.Random, *, stop_at_eos: bool = True,
+             stop: list[str], rng: random.Random, *, stop_at_eos: bool = True, deadline: float | None = None,
              ) -> tuple[list[int], str, dict[str, Any]]:
     """Generated ids, why generation ended and timings; the prompt runs once, then one token per step.
-    (`stop_at_eos` False: exactly `max_new_tokens`, as fidelity's greedy-prefix comparison wants.)"""
+    (`stop_at_eos` False: exactly `max_new_tokens`, as fidelity's greedy-prefix comparison wants;
+    past `deadline` (a perf_counter time) generation ends with what it has, reason "time_limit".)"""
     eos = {int(i) for i in model.spec.get("eos_token_ids") or []} if stop_at_eos else set()
     names = past_names(model)
     started = time.perf_counter()
@@ -445,6 +468,9 @@ def generate(model: LoadedModel, prompt: Prompt, max_new_tokens: int, settings: 
             break
         if stop and stopped(model, prompt.ids, generated, stop):
             reason = "stop_sequence"
+            break
+        if deadline is not None and time.perf_counter() > deadline and len(generated) < max_new_tokens:
+            reason = "time_limit"
             break
         past = {name: outputs[present] for name, present in names.items()}
         new_ids = [token]
@@ -472,9 +498,12 @@ def predict(model: LoadedModel, inputs: Any, parameters: dict[str, Any], limits:
     check_bounds(model, items, max_new, limits)
     settings = sampling(model, parameters)
     rng = random.Random(parameters["seed"])  # stdlib: the slim layer ships numpy without numpy.random
+    budget = time_budget(model.spec)
+    deadline = None if budget is None else time.perf_counter() + budget
     answers = []
     for item in items:
-        generated, reason, timings = generate(model, item, max_new, settings, parameters["stop"], rng)
+        generated, reason, timings = generate(model, item, max_new, settings, parameters["stop"], rng,
+                                              deadline=deadline)
         text = new_text(model, item.ids, generated)
         answer: dict[str, Any] = {"generated_text": full_text(item, text) if parameters["return_full_text"] else text}
         if parameters["details"]:
