@@ -115,6 +115,17 @@ def _convnext(proc: Any) -> Steps:  # also ResNet, RegNet, ConvNeXt V2, CvT, VAN
     return steps + _rescale(proc) + _normalize(proc)
 
 
+def _levit(proc: Any) -> Steps:
+    """LevitImageProcessor.resize: a `shortest_edge` is first scaled to int(edge * 256 / 224) (LeViT's
+    resize-then-crop ratio); otherwise the BiT steps."""
+    if proc.do_resize and isinstance(proc.size, dict) and "shortest_edge" in proc.size:
+        edge = int((256 / 224) * proc.size["shortest_edge"])
+        resize: Steps = [{"op": "resize", "shortest_edge": edge, "resample": int(proc.resample)}]
+    else:
+        resize = _resize_edge_or_hw(proc)
+    return resize + _crop(proc) + _rescale(proc) + _normalize(proc)
+
+
 def _mobilevit(proc: Any) -> Steps:
     """MobileViTImageProcessor: rescale comes BEFORE the crop, no normalisation, and RGB -> BGR."""
     flip = [{"op": "flip_channel_order"}] if proc.do_flip_channel_order else []
@@ -133,6 +144,7 @@ PROCESSORS: dict[str, Callable[[Any], Steps]] = {
     "MobileNetV2ImageProcessor": _bit,
     "ConvNextImageProcessor": _convnext,
     "MobileViTImageProcessor": _mobilevit,
+    "LevitImageProcessor": _levit,
 }
 
 

@@ -76,7 +76,23 @@ def encode(model: LoadedModel, inputs: Any, parameters: dict[str, Any], limits: 
     if limits is not None and feeds:
         batch, length = next(iter(feeds.values())).shape[:2]
         limits.check_tokens(int(batch), int(length))
+    if model.task == "text-classification":
+        _refuse_tokenless(feeds)
     return Encoded(feeds=feeds, count=len(texts), single=single)
+
+
+def _refuse_tokenless(feeds: dict[str, np.ndarray]) -> None:
+    """A tokenizer that adds no special tokens (GPT-2's) turns "" into zero tokens: a classifier has nothing
+    to classify (the pipeline's model raises, ONNX fails in a Reshape or pools a pad token), so it is the
+    caller's 400 rather than a 500 or a made-up answer."""
+    if not feeds:
+        return
+    mask = feeds.get("attention_mask")
+    rows = next(iter(feeds.values()))
+    lengths = mask.sum(axis=1) if mask is not None else [rows.shape[1]] * rows.shape[0]
+    for index, length in enumerate(lengths):
+        if int(length) == 0:
+            raise InputError(f"inputs[{index}] has no tokens (this model's tokenizer adds none to an empty text)")
 
 
 def default_function(spec: Mapping[str, Any], labels: int) -> str:
