@@ -255,11 +255,25 @@ def checks_record(verdict: PlatformVerdict, package: PackageSize, cold: ColdStar
 LAYER_LIBRARIES = {"text": "onnxruntime, numpy, tokenizers", "image": "onnxruntime, numpy, Pillow", "": "onnxruntime, numpy"}
 
 
-def sam_template(target: Target, memory: int, text: bool | str = True, timeout_s: int = DEFAULT_TIMEOUT_S) -> str:
+def snapstart_default(target: Target) -> bool:
+    """SnapStart serves Python from 3.12 on (AWS Lambda SnapStart, runtimes supported)."""
+    major, minor = (int(part) for part in target.python.split(".")[:2])
+    return (major, minor) >= (3, 12)
+
+
+def sam_template(target: Target, memory: int, text: bool | str = True, timeout_s: int = DEFAULT_TIMEOUT_S,
+                 snapstart: bool | None = None) -> str:
     """An AWS SAM template (cfn-lint clean): the layer, the function, and an IAM-authenticated function URL.
 
-    `text` is the runtime extra ("text", "image", "") or, as older callers pass it, text or not."""
+    `text` is the runtime extra ("text", "image", "") or, as older callers pass it, text or not.
+    `snapstart` (default: on where the runtime supports it) publishes a version behind the `live` alias
+    with SnapStart: the handler's before-snapshot hook runs a warm-up inference, so a restored environment
+    starts with the model loaded and its session initialised. OPENBLAS_NUM_THREADS=1: numpy would start a
+    BLAS thread pool at import that the runtime never uses (onnxruntime has its own threads)."""
     libraries = LAYER_LIBRARIES[("text" if text else "") if isinstance(text, bool) else text]
+    snapstart = snapstart_default(target) if snapstart is None else snapstart
+    snap = ("      AutoPublishAlias: live\n      SnapStart:\n        ApplyOn: PublishedVersions\n"
+            if snapstart else "")
     return f"""AWSTemplateFormatVersion: "2010-09-09"
 Transform: AWS::Serverless-2016-10-31
 Description: slimserve model endpoint ({target.lambda_runtime}, {target.arch})
@@ -287,7 +301,10 @@ Resources:
       Timeout: {timeout_s}
       Layers:
         - !Ref RuntimeLayer
-      FunctionUrlConfig:
+      Environment:
+        Variables:
+          OPENBLAS_NUM_THREADS: "1"
+{snap}      FunctionUrlConfig:
         AuthType: AWS_IAM
 
 Outputs:

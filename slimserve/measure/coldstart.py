@@ -129,7 +129,8 @@ def measure_cold_start(sys_path: list[Path], model_dir: Path, python: str, sampl
     libraries = "1" if text else ("image" if kind == "image" else "0")  # what the probe imports in import_ms
     paths = json.dumps([str(Path(p).absolute()) for p in sys_path])
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
-           "LANG": "C.UTF-8", "SLIMSERVE_MODEL_DIR": str(Path(model_dir).absolute())}
+           "LANG": "C.UTF-8", "SLIMSERVE_MODEL_DIR": str(Path(model_dir).absolute()),
+           "OPENBLAS_NUM_THREADS": "1"}  # as the packaged function's environment sets it (sam_template)
     keys = ["import_ms", "load_ms", "first_inference_ms", "warm_ms", "peak_rss_mb"]
     keys += ["worst_ms", "worst_peak_rss_mb"] if worst is not None else []
     samples: dict[str, list[float]] = {k: [] for k in (*keys, "total_ms")}

@@ -6,6 +6,9 @@ layer). The model loads once, at module import (Lambda's init phase), and is reu
 Layout in function.zip:  lambda_handler.py, model_runtime.py, model/ (slimserve.json, model.onnx, tokenizer).
 `SLIMSERVE_MODEL_DIR` overrides the model folder.
 
+SnapStart: with `snapshot_restore_py` importable (Lambda's Python 3.12+ runtimes), `warm_up` runs the
+manifest's warm-up request before the snapshot and `after_restore` reseeds randomness after each restore.
+
 Events:
 - direct invocation `{"inputs": [...]}` returns the prediction dict, or `{"error": message}` for bad input;
 - API Gateway REST (v1: `httpMethod`, `path`), HTTP API (v2) and function URL events
@@ -42,6 +45,43 @@ LOG.setLevel(logging.INFO)
 MODEL_DIR = Path(os.environ.get("SLIMSERVE_MODEL_DIR") or Path(__file__).resolve().parent / "model")
 MODEL = LoadedModel(MODEL_DIR)
 LIMITS = MODEL.limits()
+
+
+def warm_up() -> bool:
+    """Run the manifest's warm-up request once (SnapStart's before-snapshot hook): onnxruntime allocates its
+    arenas and the tokenizer its caches on the first inference, and a snapshot taken after it restores warm.
+    False when the manifest has no warm-up request (folders optimized before it was recorded)."""
+    inputs = MODEL.spec.get("warmup")
+    if inputs is None:
+        return False
+    if MODEL.kind == "tensor":
+        MODEL.predict_tensors(inputs)
+    else:
+        MODEL.predict(inputs)
+    return True
+
+
+def after_restore() -> None:
+    """SnapStart restores many environments from one snapshot: anything random drawn before it would repeat
+    in all of them, so reseed from the OS (sampling parameters with an explicit seed are unaffected)."""
+    import random
+
+    random.seed()
+
+
+def register_snapstart_hooks() -> bool:
+    """Register the hooks with the runtime's `snapshot_restore_py` (present in Lambda's Python 3.12+ runtimes
+    and beside awslambdaric); elsewhere there is nothing to register and the handler works the same."""
+    try:
+        from snapshot_restore_py import register_after_restore, register_before_snapshot
+    except ImportError:
+        return False
+    register_before_snapshot(warm_up)
+    register_after_restore(after_restore)
+    return True
+
+
+SNAPSTART = register_snapstart_hooks()
 
 HEALTH, PREDICT = "health", "predict"
 # path -> method -> action: the one routing table of both fronts (Lambda HTTP events and http_app).
@@ -235,5 +275,21 @@ def handler(event: Any, context: Any = None) -> Any:
         return {"error": "internal error"}
 
 
-__all__ = ["LIMITS", "MODEL", "ROUTES", "InputError", "LimitError", "handler", "health", "media_type", "parse_json",
-           "raw_payload", "respond", "route"]
+__all__ = [
+    "LIMITS",
+    "MODEL",
+    "ROUTES",
+    "SNAPSTART",
+    "InputError",
+    "LimitError",
+    "after_restore",
+    "handler",
+    "health",
+    "media_type",
+    "parse_json",
+    "raw_payload",
+    "register_snapstart_hooks",
+    "respond",
+    "route",
+    "warm_up",
+]

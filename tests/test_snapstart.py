@@ -1,0 +1,60 @@
+"""SnapStart readiness: the handler registers its hooks with the real `snapshot_restore_py` (the module
+Lambda's Python 3.12+ runtimes provide), the before-snapshot hook runs an inference on the manifest's warm-up
+request, the after-restore hook leaves a working handler, and the template with SnapStart passes cfn-lint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slimserve.packagers.target import Target
+from tests.conftest import require, run_cli
+from tests.test_handler import load_handler
+
+CFN_LINT = Path(sys.executable).parent / "cfn-lint"
+
+
+def test_hooks_warm_the_model_before_the_snapshot_and_leave_a_working_handler(
+        tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import snapshot_restore_py
+
+    out = tmp_path / "out"
+    result = run_cli("optimize", str(tiny_onnx), "-o", str(out), "--recipe", "fp32")
+    assert result.returncode == 0, result.stderr
+    warmup = json.loads((out / "slimserve.json").read_text())["runtime"]["warmup"]
+    assert warmup == {"x": [[0] * 16]}
+    before = list(snapshot_restore_py.get_before_snapshot())
+    handler = load_handler(out, monkeypatch)
+    assert handler.SNAPSTART
+    new = [entry for entry in snapshot_restore_py.get_before_snapshot() if entry not in before]
+    assert [func.__name__ for func, _, _ in new] == ["warm_up"]
+    runs = []
+    real_run = handler.MODEL.run
+    monkeypatch.setattr(handler.MODEL, "run", lambda feeds: runs.append(feeds) or real_run(feeds))
+    for func, args, kwargs in new:  # what awslambdaric's lambda_runtime_hooks_runner does before the snapshot
+        func(*args, **kwargs)
+    assert len(runs) == 1, "the before-snapshot hook ran exactly one inference"
+    restore = [func for func, _, _ in snapshot_restore_py.get_after_restore() if func.__module__ == handler.__name__]
+    for func in restore:
+        func()
+    answer = handler.handler({"inputs": {"x": [[0.5] * 16]}}, None)
+    assert len(answer["outputs"]["y"][0]) == 4
+
+
+@pytest.mark.parametrize(("python", "snapstart"), [("3.12", True), ("3.13", True), ("3.11", False)])
+def test_the_template_enables_snapstart_where_python_supports_it(tmp_path: Path, python: str, snapstart: bool) -> None:
+    require(CFN_LINT.is_file(), "cfn-lint (pyproject's test extra)")
+    from slimserve.packagers.lambda_target import sam_template
+
+    text = sam_template(Target(python), 1024)  # type: ignore[arg-type]
+    assert ("SnapStart:\n        ApplyOn: PublishedVersions" in text) is snapstart
+    assert ("AutoPublishAlias: live" in text) is snapstart
+    assert 'OPENBLAS_NUM_THREADS: "1"' in text
+    path = tmp_path / "template.yaml"
+    path.write_text(text)
+    proc = subprocess.run([str(CFN_LINT), str(path)], check=False, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
