@@ -360,6 +360,21 @@ Routes over a function URL or API Gateway: `POST /`, `/predict`, `/invocations` 
 """
 
 
+def _snapstart_note(target: Target) -> str:
+    if not snapstart_default(target):
+        return ("\nSnapStart is not offered for this Python version (it needs python3.12 or later), so every cold "
+                "start runs the whole init.\n")
+    return """
+SnapStart is on: `sam deploy` publishes a version behind the `live` alias; Lambda runs the init (import,
+model load, and the handler's warm-up inference, registered with `snapshot_restore_py`) once per version,
+snapshots it, and restores new environments from the snapshot instead of re-running init. Invoke the alias
+(the function URL is on it), not `$LATEST`, or SnapStart does not apply. For Python, AWS bills the snapshot's
+caching (per GB-second while the version exists) and each restore (per GB restored): compare that with the
+init time `check` reports at this memory before keeping it on; remove `AutoPublishAlias` and `SnapStart`
+from template.yaml to turn it off.
+"""
+
+
 def deploy_notes(target: Target, layer: ZipArtifact, function: ZipArtifact, *, memory: int = DEFAULT_MEMORY_MB,
                  timeout_s: int = DEFAULT_TIMEOUT_S, limits: dict[str, int] | None = None,
                  cold_start: ColdStart | None = None, verdict: PlatformVerdict | None = None) -> str:
@@ -390,7 +405,7 @@ sam deploy --template-file template.yaml --stack-name my-model --resolve-s3 --ca
 
 The template gives the function an IAM-authenticated function URL. For a public endpoint change
 `AuthType: AWS_IAM` to `AuthType: NONE` (anyone can then call it and you pay for it).
-
+{_snapstart_note(target)}
 ## With the AWS CLI
 
 ```sh
