@@ -172,25 +172,29 @@ def request_limits(bundle: ModelBundle) -> dict[str, int]:
 
 def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: int = DEFAULT_MEMORY_MB,
                    timeout_s: int = DEFAULT_TIMEOUT_S, check: Report | None = None,
-                   progress: Progress = NULL_PROGRESS) -> LambdaArtifacts:
+                   progress: Progress = NULL_PROGRESS, snapstart: bool | None = None) -> LambdaArtifacts:
     """Write layer.zip, function.zip, template.yaml, slimserve.json and DEPLOY.md to `out`, atomically.
 
     `memory_mb` and `timeout_s` go into the template as given (see `choose_memory`/`choose_timeout`);
     `check`, the report of the check the settings came from, is recorded in the manifest and DEPLOY.md.
+    `snapstart`: SnapStart in the template (None: on where the Python version supports it).
     """
     out = Path(out).absolute()
+    if snapstart and not snapstart_default(target):
+        raise SlimserveError(f"SnapStart needs python3.12 or later, not {target.lambda_runtime}",
+                             hint="drop --snapstart, or package for --python 3.12")
     check_model(bundle)  # refuse a model that cannot be served before building anything
     memory = choose_memory(memory_mb)  # validated against Lambda's settings before anything is built
     verdict = _lambda_verdict(check)
     with atomic_dir(out, inputs=[bundle.model_path]) as staging:
         layer, function, closure = build_zips(bundle, target, staging, progress)
-        (staging / "template.yaml").write_text(sam_template(target, memory, bundle.runtime_extra or False, timeout_s),
-                                               encoding="utf-8")
+        (staging / "template.yaml").write_text(
+            sam_template(target, memory, bundle.runtime_extra or False, timeout_s, snapstart), encoding="utf-8")
         manifest = artifact_manifest(bundle, target, memory, layer, function, closure, check, timeout_s)
         write_manifest(staging, manifest)
         notes = deploy_notes(target, layer, function, memory=memory, timeout_s=timeout_s,
                              limits=request_limits(bundle), cold_start=None if check is None else check.cold_start,
-                             verdict=verdict)
+                             verdict=verdict, snapstart=snapstart)
         (staging / "DEPLOY.md").write_text(notes, encoding="utf-8")
     moved = {name: ZipArtifact(out / name, z.bytes, z.unzipped_bytes, z.sha256)
              for name, z in (("layer.zip", layer), ("function.zip", function))}
@@ -360,10 +364,13 @@ Routes over a function URL or API Gateway: `POST /`, `/predict`, `/invocations` 
 """
 
 
-def _snapstart_note(target: Target) -> str:
+def _snapstart_note(target: Target, enabled: bool) -> str:
     if not snapstart_default(target):
         return ("\nSnapStart is not offered for this Python version (it needs python3.12 or later), so every cold "
                 "start runs the whole init.\n")
+    if not enabled:
+        return ("\nSnapStart is off (`--no-snapstart`): every cold start runs the whole init. Package with "
+                "`--snapstart` to restore environments from a snapshot instead.\n")
     return """
 SnapStart is on: `sam deploy` publishes a version behind the `live` alias; Lambda runs the init (import,
 model load, and the handler's warm-up inference, registered with `snapshot_restore_py`) once per version,
@@ -377,7 +384,9 @@ from template.yaml to turn it off.
 
 def deploy_notes(target: Target, layer: ZipArtifact, function: ZipArtifact, *, memory: int = DEFAULT_MEMORY_MB,
                  timeout_s: int = DEFAULT_TIMEOUT_S, limits: dict[str, int] | None = None,
-                 cold_start: ColdStart | None = None, verdict: PlatformVerdict | None = None) -> str:
+                 cold_start: ColdStart | None = None, verdict: PlatformVerdict | None = None,
+                 snapstart: bool | None = None) -> str:
+    snapstart = snapstart_default(target) if snapstart is None else snapstart
     limits_md = _limits_section(memory, timeout_s, limits, cold_start, verdict)
     profile_limits = _lambda_profile().limits
     direct, unzipped = profile_limits.zipped_size, profile_limits.unzipped_size
@@ -405,7 +414,7 @@ sam deploy --template-file template.yaml --stack-name my-model --resolve-s3 --ca
 
 The template gives the function an IAM-authenticated function URL. For a public endpoint change
 `AuthType: AWS_IAM` to `AuthType: NONE` (anyone can then call it and you pay for it).
-{_snapstart_note(target)}
+{_snapstart_note(target, snapstart)}
 ## With the AWS CLI
 
 ```sh

@@ -58,3 +58,19 @@ def test_the_template_enables_snapstart_where_python_supports_it(tmp_path: Path,
     path.write_text(text)
     proc = subprocess.run([str(CFN_LINT), str(path)], check=False, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_package_snapstart_flag(tiny_onnx: Path, tmp_path: Path) -> None:
+    from tests.conftest import assert_clean_error
+
+    off = run_cli("package", str(tiny_onnx), "--target", "lambda", "-o", str(tmp_path / "off"), "--no-check",
+                  "--no-snapstart")
+    assert off.returncode == 0, off.stderr
+    assert "SnapStart" not in (tmp_path / "off" / "template.yaml").read_text()
+    assert "SnapStart is off" in (tmp_path / "off" / "DEPLOY.md").read_text()
+    old = run_cli("package", str(tiny_onnx), "--target", "lambda", "-o", str(tmp_path / "old"), "--no-check",
+                  "--python", "3.11", "--snapstart")
+    assert_clean_error(old, contains="SnapStart needs python3.12")
+    assert not (tmp_path / "old").exists()
+    wrong = run_cli("package", str(tiny_onnx), "--target", "container", "-o", str(tmp_path / "c"), "--snapstart")
+    assert wrong.returncode == 2 and "only to --target lambda" in wrong.stderr

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 @click.option("--memory", "memory_mb", type=click.IntRange(min=1), metavar="MB",
               help="Lambda memory setting. Default: the one `check` recommends.")
 @click.option("--no-check", is_flag=True, help="Skip measuring cold start and limits (faster; no `checks`).")
+@click.option("--snapstart/--no-snapstart", default=None,
+              help="Lambda: SnapStart in template.yaml (a published version behind the `live` alias). "
+                   "Default: on for python3.12 and later.")
 @click.option("--base", "base_ref", metavar="REF",
               help="Container base image (registry reference or oci:PATH). Default depends on --platform.")
 @click.option("--platform", "platform", type=click.Choice(packaged_platforms("container")),
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Summary format on stdout.")
 def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb: int | None, no_check: bool,
-            base_ref: str | None, platform: str, push_ref: str | None, insecure: tuple[str, ...], engine: str,
+            snapstart: bool | None, base_ref: str | None, platform: str, push_ref: str | None, insecure: tuple[str, ...], engine: str,
             fmt: str) -> int:
     """Package an optimize output folder (or a bare .onnx) for a serverless platform."""
     from slimserve.api import package
@@ -56,12 +59,15 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
 
     if kind == "lambda":
         _refuse_container_options(base=base_ref, push=push_ref, insecure_registry=insecure)
+    elif snapstart is not None:
+        raise click.UsageError("--snapstart/--no-snapstart apply only to --target lambda")
     with progress_for(sys.stderr) as progress:
         # every shipped file proven to lie inside the folder, the model loaded in onnxruntime (even with
         # --no-check), references without credentials: all before anything is built or written
         result = package(path, out, target="container" if kind == "container" else "lambda", python=python,
                          arch=arch, memory_mb=memory_mb, check=not no_check, platform=platform, base=base_ref,
-                         push=push_ref, insecure_registries=insecure, engine=engine, progress=progress)
+                         push=push_ref, insecure_registries=insecure, engine=engine, snapstart=snapstart,
+                         progress=progress)
     if result.image is not None:
         return _container(result.image, out, platform, fmt)
     artifacts, report, fits = result.lambda_artifacts, result.report, result.fits
