@@ -280,6 +280,31 @@ def test_sampling_with_a_seed_is_reproducible(optimized: Callable[[str, str], Pa
         assert [a["details"]["token_ids"] for a in picked] == greedy
 
 
+# -- streaming (the runtime side a server-sent-events front iterates) -----------------------------------
+@pytest.mark.parametrize("arch", ARCHS)
+def test_stream_events_add_up_to_the_answer(arch: str, optimized: Callable[[str, str], Path],
+                                            torch_model: Callable[[str], tuple[Any, Any]]) -> None:
+    """One event per generated token (transformers' greedy ids, in order); each prompt's texts add up to
+    its generated_text (byte-level pieces of one character and clean-up rewrites are held back until
+    settled), and the last event carries the answer `predict` gives."""
+    from slimserve.runtime import task_generation
+
+    model, tokenizer = torch_model(arch)
+    runtime = LoadedModel(optimized(arch, "fp32"))
+    inputs = [*PROMPTS[:3], "Ünïcödé 東京 😀 isn't it ?"]
+    events = list(task_generation.stream(runtime, inputs, {"max_new_tokens": NEW_TOKENS}, runtime.limits()))
+    answers = runtime.predict(inputs, {"max_new_tokens": NEW_TOKENS})
+    for index, (prompt, answer) in enumerate(zip(inputs, answers)):
+        mine = [e for e in events if e["index"] == index]
+        assert [e["token"]["id"] for e in mine] == _generate(model, tokenizer, prompt, do_sample=False)
+        assert "".join(e["token"]["text"] for e in mine) == answer["generated_text"]
+        assert all(e["generated_text"] is None for e in mine[:-1])
+        assert mine[-1]["generated_text"] == answer["generated_text"]
+        assert mine[-1]["details"]["token_ids"] == answer["details"]["token_ids"]
+    with pytest.raises(InputError, match="top_p"):  # validated before the first event, so a 400 can be sent
+        task_generation.stream(runtime, "Hi", {"top_p": 3})
+
+
 # -- stop strings and EOS ------------------------------------------------------------------------------
 def test_stop_strings_end_generation_like_transformers_stop_strings(
         optimized: Callable[[str, str], Path], torch_model: Callable[[str], tuple[Any, Any]]) -> None:

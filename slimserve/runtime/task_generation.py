@@ -45,6 +45,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -440,45 +441,66 @@ def stopped(model: LoadedModel, prompt_ids: list[int], generated: list[int], sto
 
 
 # -- the loop -----------------------------------------------------------------------------------------
-def generate(model: LoadedModel, prompt: Prompt, max_new_tokens: int, settings: dict[str, Any],
-             stop: list[str], rng: random.Random, *, stop_at_eos: bool = True, deadline: float | None = None,
-             ) -> tuple[list[int], str, dict[str, Any]]:
-    """Generated ids, why generation ended and timings; the prompt runs once, then one token per step.
-    (`stop_at_eos` False: exactly `max_new_tokens`, as fidelity's greedy-prefix comparison wants;
-    past `deadline` (a perf_counter time) generation ends with what it has, reason "time_limit".)"""
+@dataclass
+class Run:
+    """One prompt's generation so far (what `steps` yields after every token)."""
+
+    prompt: Prompt
+    generated: list[int]
+    reason: str | None = None  # set on the last step: length | eos_token | stop_sequence | time_limit
+    started: float = 0.0
+    first_token_s: float = 0.0
+
+    def timings(self) -> dict[str, Any]:
+        seconds = time.perf_counter() - self.started
+        rest, count = seconds - self.first_token_s, len(self.generated)
+        return {"time_to_first_token_s": round(self.first_token_s, 6), "seconds": round(seconds, 6),
+                "tokens_per_s": round((count - 1) / rest, 3) if count > 1 and rest > 0 else None}
+
+
+def steps(model: LoadedModel, prompt: Prompt, max_new_tokens: int, settings: dict[str, Any], stop: list[str],
+          rng: random.Random, *, stop_at_eos: bool = True, deadline: float | None = None) -> Iterator[Run]:
+    """The generate loop, one yield per new token: the prompt runs once with an empty past, then each
+    step feeds only the new token with the previous step's presents as the past. The last yield has
+    `reason` set. (`stop_at_eos` False: exactly `max_new_tokens`, as fidelity's greedy-prefix comparison
+    wants; past `deadline`, a perf_counter time, generation ends with what it has: "time_limit".)"""
     eos = {int(i) for i in model.spec.get("eos_token_ids") or []} if stop_at_eos else set()
     names = past_names(model)
-    started = time.perf_counter()
+    run = Run(prompt=prompt, generated=[], started=time.perf_counter())
     sequence = list(prompt.ids)
-    generated: list[int] = []
     past = empty_past(model)
     new_ids = list(prompt.ids)
-    reason = "length"
-    first_token_s = 0.0
-    while len(generated) < max_new_tokens:
+    while True:
         outputs = model.run(step_feeds(model, new_ids, len(sequence), past))
         logits = np.asarray(outputs["logits"][0, -1], dtype=np.float32)
         token = choose(logits, sequence, settings, rng)
-        if not generated:
-            first_token_s = time.perf_counter() - started
-        generated.append(token)
+        if not run.generated:
+            run.first_token_s = time.perf_counter() - run.started
+        run.generated.append(token)
         sequence.append(token)
         if token in eos:
-            reason = "eos_token"
-            break
-        if stop and stopped(model, prompt.ids, generated, stop):
-            reason = "stop_sequence"
-            break
-        if deadline is not None and time.perf_counter() > deadline and len(generated) < max_new_tokens:
-            reason = "time_limit"
-            break
+            run.reason = "eos_token"
+        elif stop and stopped(model, prompt.ids, run.generated, stop):
+            run.reason = "stop_sequence"
+        elif len(run.generated) >= max_new_tokens:
+            run.reason = "length"
+        elif deadline is not None and time.perf_counter() > deadline:
+            run.reason = "time_limit"
+        yield run
+        if run.reason is not None:
+            return
         past = {name: outputs[present] for name, present in names.items()}
         new_ids = [token]
-    seconds = time.perf_counter() - started
-    rest = seconds - first_token_s
-    timings = {"time_to_first_token_s": round(first_token_s, 6), "seconds": round(seconds, 6),
-               "tokens_per_s": round((len(generated) - 1) / rest, 3) if len(generated) > 1 and rest > 0 else None}
-    return generated, reason, timings
+
+
+def generate(model: LoadedModel, prompt: Prompt, max_new_tokens: int, settings: dict[str, Any],
+             stop: list[str], rng: random.Random, *, stop_at_eos: bool = True, deadline: float | None = None,
+             ) -> tuple[list[int], str, dict[str, Any]]:
+    """Generated ids, why generation ended and timings (the whole loop of `steps`)."""
+    run = Run(prompt=prompt, generated=[])
+    for run in steps(model, prompt, max_new_tokens, settings, stop, rng, stop_at_eos=stop_at_eos, deadline=deadline):
+        pass
+    return run.generated, str(run.reason), run.timings()
 
 
 def full_text(item: Prompt, text: str) -> Any:
@@ -491,7 +513,19 @@ def full_text(item: Prompt, text: str) -> Any:
     return [*item.chat, {"role": "assistant", "content": text}]
 
 
-def predict(model: LoadedModel, inputs: Any, parameters: dict[str, Any], limits: RequestLimits | None) -> Any:
+def _answer(model: LoadedModel, run: Run, parameters: dict[str, Any]) -> dict[str, Any]:
+    text = new_text(model, run.prompt.ids, run.generated)
+    answer: dict[str, Any] = {"generated_text": full_text(run.prompt, text) if parameters["return_full_text"] else text}
+    if parameters["details"]:
+        answer["details"] = {"finish_reason": run.reason, "prompt_tokens": len(run.prompt.ids),
+                             "generated_tokens": len(run.generated), "token_ids": list(run.generated),
+                             **run.timings()}
+    return answer
+
+
+def _prepare(model: LoadedModel, inputs: Any, parameters: dict[str, Any],
+             limits: RequestLimits | None) -> tuple[list[Prompt], Callable[[Prompt], Iterator[Run]]]:
+    """Validate the whole request (400/413 before any generation): its prompts, and a runner for each."""
     texts, _single = prompts(inputs)
     items = _encode_prompts(model, texts, limits)
     max_new = int(parameters["max_new_tokens"])
@@ -500,17 +534,63 @@ def predict(model: LoadedModel, inputs: Any, parameters: dict[str, Any], limits:
     rng = random.Random(parameters["seed"])  # stdlib: the slim layer ships numpy without numpy.random
     budget = time_budget(model.spec)
     deadline = None if budget is None else time.perf_counter() + budget
+
+    def run(item: Prompt) -> Iterator[Run]:
+        return steps(model, item, max_new, settings, parameters["stop"], rng, deadline=deadline)
+
+    return items, run
+
+
+def predict(model: LoadedModel, inputs: Any, parameters: dict[str, Any], limits: RequestLimits | None) -> Any:
+    items, runner = _prepare(model, inputs, parameters, limits)
     answers = []
     for item in items:
-        generated, reason, timings = generate(model, item, max_new, settings, parameters["stop"], rng,
-                                              deadline=deadline)
-        text = new_text(model, item.ids, generated)
-        answer: dict[str, Any] = {"generated_text": full_text(item, text) if parameters["return_full_text"] else text}
-        if parameters["details"]:
-            answer["details"] = {"finish_reason": reason, "prompt_tokens": len(item.ids),
-                                 "generated_tokens": len(generated), "token_ids": generated, **timings}
-        answers.append(answer)
+        run = Run(prompt=item, generated=[])
+        for run in runner(item):
+            pass
+        answers.append(_answer(model, run, parameters))
     return answers
+
+
+def _held_back(text: str) -> int:
+    """How much of `text` a stream may send now: not a trailing replacement character (a multi-byte
+    character still incomplete) nor a trailing space-led fragment (" n't", " ." ...) that transformers'
+    clean-up may still rewrite once the next token arrives."""
+    cut = len(text)
+    if text.endswith("\ufffd"):
+        cut = len(text.rstrip("\ufffd"))
+    space = text.rfind(" ", max(0, cut - 4), cut)
+    return space if space >= 0 else cut
+
+
+def stream(model: LoadedModel, inputs: Any, parameters: Any = None,
+           limits: RequestLimits | None = None) -> Iterator[dict[str, Any]]:
+    """Token events as they are produced, for a streaming front (server-sent events), shaped like
+    text-generation-inference's: `{"index", "token": {"id", "text", "special"}, "generated_text": null,
+    "details": null}` per token, the last token of each prompt carrying `generated_text` (and `details`)
+    as `predict` answers it. The texts of one prompt's events add up to its `generated_text` (new text).
+    The request is validated before this returns (InputError/LimitError: answer 400/413, not a stream)."""
+    values = model.parameters(parameters)
+    items, runner = _prepare(model, inputs, values, limits)
+    eos = {int(i) for i in model.spec.get("eos_token_ids") or []}
+
+    def events() -> Iterator[dict[str, Any]]:
+        for index, item in enumerate(items):
+            sent = 0
+            for run in runner(item):
+                token = run.generated[-1]
+                text = new_text(model, item.ids, run.generated)
+                last = run.reason is not None
+                cut = len(text) if last else _held_back(text)
+                delta, sent = text[sent:max(cut, sent)], max(cut, sent)
+                event: dict[str, Any] = {"index": index, "token": {"id": token, "text": delta, "special": token in eos},
+                                         "generated_text": None, "details": None}
+                if last:
+                    answer = _answer(model, run, values)
+                    event.update(generated_text=answer["generated_text"], details=answer.get("details"))
+                yield event
+
+    return events()
 
 
 # -- evaluation: the prompt teacher-forced in one run (the family's fidelity reads its logits) -------
