@@ -7,7 +7,7 @@ MODEL ?= all-MiniLM-L6-v2
 DEMO_OUT ?= demo-out
 EXTRAS := export,tabular,test,plot,container,lint
 
-.PHONY: demo test lint install system-deps clean
+.PHONY: demo test lint install system-deps lambda-ric clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,23 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	  else echo "missing:$$missing (run: sudo apt-get install $(SYSTEM_PACKAGES))"; exit 1; fi; fi
 
+# AWS's runtime interface client (what Lambda's managed Python runtimes drive handlers with) for the
+# Lambda targets the tests run it under, installed beside the tests, never into the venv.
+RIC_PYTHONS := 3.12
+RIC := .cache/lambda-ric
+$(RIC)/.installed: constraints.txt
+	for v in $(RIC_PYTHONS); do \
+	  $(PY) -m pip install --quiet --disable-pip-version-check --upgrade --target $(RIC)/$$v -c constraints.txt \
+	    --python-version $$v --implementation cp --only-binary=:all: --platform manylinux2014_x86_64 \
+	    awslambdaric snapshot-restore-py simplejson || exit 1; done
+	touch $@
+
+lambda-ric: install $(RIC)/.installed
+
 demo: install
 	$(VENV)/bin/slimserve build $(MODEL) --platform aws-lambda-zip -o $(DEMO_OUT)
 
-test: install system-deps lint
+test: install system-deps lambda-ric lint
 	$(PY) -m pytest -q
 
 # ruff over everything Python here; mypy --strict over slimserve (optimizer/, packagers/, profiles/ through
