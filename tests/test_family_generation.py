@@ -11,6 +11,7 @@ the original PyTorch model: greedy token ids with `model.generate(do_sample=Fals
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,33 @@ def test_more_decoder_architectures_generate_like_transformers(config_name: str,
     assert manifest["fidelity"]["details"]["greedy_identical"] == 1.0
     answers = LoadedModel(out).predict(PROMPTS, {"max_new_tokens": NEW_TOKENS})
     for prompt, answer in zip(PROMPTS, answers):
+        assert answer["details"]["token_ids"] == _generate(model, tokenizer, prompt, do_sample=False), prompt
+
+
+def test_special_tokens_transformers_adds_from_the_config_are_added(folder: Callable[[str], Path], tmp_path: Path,
+                                                                     torch_model: Callable[[str], tuple[Any, Any]]) -> None:
+    """A Llama tokenizer whose tokenizer.json adds nothing, but whose tokenizer_config.json says
+    add_bos_token (transformers' LlamaTokenizerFast then adds BOS itself): prompts get the BOS too (the
+    manifest records the ids transformers puts around a prompt; the export's re-saved tokenizer.json
+    also carries them)."""
+    from transformers import AutoTokenizer
+
+    source = tmp_path / "model"
+    shutil.copytree(folder("llama"), source)
+    tokenizer_json = json.loads((source / "tokenizer.json").read_text())
+    tokenizer_json["post_processor"] = None
+    (source / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="LlamaTokenizerFast", add_bos_token=True, add_eos_token=False, legacy=True)
+    (source / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    assert tokenizer("Hi")["input_ids"][0] == tokenizer.bos_token_id
+    out = tmp_path / "out"
+    result = run_cli("optimize", str(source), "-o", str(out), "--recipe", "fp32", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    model, _ = torch_model("llama")
+    for prompt, answer in zip(PROMPTS, LoadedModel(out).predict(PROMPTS, {"max_new_tokens": NEW_TOKENS})):
+        assert answer["details"]["prompt_tokens"] == len(tokenizer(prompt)["input_ids"])
         assert answer["details"]["token_ids"] == _generate(model, tokenizer, prompt, do_sample=False), prompt
 
 

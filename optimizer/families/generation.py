@@ -91,6 +91,49 @@ def _eos_ids(generation: dict[str, Any], config: dict[str, Any]) -> list[int]:
     return [int(i) for i in items if isinstance(i, int) and not isinstance(i, bool)]
 
 
+def generation_defaults(generation: dict[str, Any]) -> dict[str, Any]:
+    """generation_config.json's sampling settings that generate would use, each of the type it must have."""
+    checks = {"do_sample": lambda v: isinstance(v, bool), "top_k": lambda v: isinstance(v, int) and v >= 0,
+              "temperature": lambda v: isinstance(v, (int, float)) and v >= 0,
+              "top_p": lambda v: isinstance(v, (int, float)) and 0 < v <= 1,
+              "repetition_penalty": lambda v: isinstance(v, (int, float)) and v > 0}
+    return {key: generation[key] for key in GENERATION_KEYS
+            if generation.get(key) is not None and not (isinstance(generation[key], bool) and key != "do_sample")
+            and checks[key](generation[key])}
+
+
+PROBES = ("Hello world", "  leading spaces", "é 東京 😀", "a")
+
+
+def special_tokens(source: HfFolderSource, tokenizer_file: Path) -> dict[str, list[int]] | None:
+    """The ids transformers' tokenizer puts around a prompt (the text-generation pipeline calls it with
+    its defaults), measured on probes against tokenizer.json without special tokens; None when they are
+    not one fixed prefix/suffix (the handler then uses tokenizer.json's own post-processor)."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    raw = Tokenizer.from_file(str(tokenizer_file))
+    raw.no_padding()
+    raw.no_truncation()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source.path), local_files_only=True,  # type: ignore[no-untyped-call]  # transformers is untyped
+                                                  trust_remote_code=source.trust_remote_code)
+    except (OSError, ValueError):
+        return None
+    found: dict[str, list[int]] | None = None
+    for probe in PROBES:
+        full = [int(i) for i in tokenizer(probe)["input_ids"]]
+        inner = raw.encode(probe, add_special_tokens=False).ids
+        starts = [i for i in range(len(full) - len(inner) + 1) if full[i:i + len(inner)] == inner]
+        if not starts:
+            return None
+        around = {"prefix": full[:starts[0]], "suffix": full[starts[0] + len(inner):]}
+        if found not in (None, around):
+            return None
+        found = around
+    return found
+
+
 def worst_prompt_chars(tokenizer_file: Path, tokens: int, max_chars: int, add_special_tokens: bool) -> int:
     """The longest prefix of the filler (in characters) that tokenizes to at most `tokens` tokens, by
     bisection with the tokenizer the handler ships."""
@@ -150,8 +193,9 @@ class GenerationFamily:
         spec.update({
             "labels": None, "outputs": ["logits"], "context_window": window, "max_length": window,
             "eos_token_ids": _eos_ids(generation, config),
-            "generation_defaults": {k: generation[k] for k in GENERATION_KEYS if generation.get(k) is not None},
-            "kv_shape": {"heads": heads, "head_dim": head_dim}, "add_special_tokens": True,
+            "generation_defaults": generation_defaults(generation),
+            "kv_shape": {"heads": heads, "head_dim": head_dim},
+            "special_tokens": special_tokens(source, export_dir / str(base["tokenizer"])),
             "max_new_tokens_limit": min(task_generation.DEFAULT_MAX_NEW_TOKENS_LIMIT, max(1, window - 1)),
             "max_batch": MAX_BATCH, "max_tokens": max_tokens, "max_chars": longest * CHARS_PER_TOKEN,
         })

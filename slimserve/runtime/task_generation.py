@@ -255,6 +255,19 @@ def _prompt_text(model: LoadedModel, item: str | Chat, index: int) -> str:
     return text
 
 
+def _token_ids(model: LoadedModel, text: str, plain: bool) -> list[int]:
+    """A plain prompt gets the special tokens transformers' tokenizer adds (BOS...): the ones the optimizer
+    measured around it (`special_tokens`: {"prefix", "suffix"}; transformers may add them from
+    tokenizer_config.json rather than tokenizer.json), else tokenizer.json's own. A chat gets none."""
+    around = model.spec.get("special_tokens")
+    if plain and around is None:
+        return list(model.tokenizer.encode(text, add_special_tokens=True).ids)
+    ids = list(model.tokenizer.encode(text, add_special_tokens=False).ids)
+    if plain and around is not None:
+        ids = [*around["prefix"], *ids, *around["suffix"]]
+    return ids
+
+
 def _encode_prompts(model: LoadedModel, items: list[str | Chat], limits: RequestLimits | None) -> list[Prompt]:
     """Each prompt tokenized as the pipeline does: text with the tokenizer's special tokens (BOS), a
     rendered chat without (its template wrote them)."""
@@ -271,8 +284,7 @@ def _encode_prompts(model: LoadedModel, items: list[str | Chat], limits: Request
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise InputError(f"inputs[{index}] is not valid Unicode text (lone surrogate)") from None
-        special = isinstance(item, str) and bool(model.spec.get("add_special_tokens", True))
-        ids = list(model.tokenizer.encode(text, add_special_tokens=special).ids)
+        ids = _token_ids(model, text, plain=isinstance(item, str))
         if not ids:
             raise InputError(f"inputs[{index}] is empty: the prompt needs at least one token")
         result.append(Prompt(text=text, ids=ids, chat=None if isinstance(item, str) else item))
