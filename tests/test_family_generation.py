@@ -308,6 +308,18 @@ def test_sampling_with_a_seed_is_reproducible(optimized: Callable[[str, str], Pa
         assert [a["details"]["token_ids"] for a in picked] == greedy
 
 
+def test_concurrent_requests_do_not_mix_their_caches(optimized: Callable[[str, str], Path]) -> None:
+    """One loaded model answering from several threads at once (the container server's pool): each
+    request keeps its own KV cache, so every answer equals the one it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runtime = LoadedModel(optimized("llama", "fp32"), threads=1)
+    alone = [runtime.predict(p, {"max_new_tokens": NEW_TOKENS})[0]["details"]["token_ids"] for p in PROMPTS]
+    with ThreadPoolExecutor(max_workers=len(PROMPTS)) as pool:
+        together = list(pool.map(lambda p: runtime.predict(p, {"max_new_tokens": NEW_TOKENS}), PROMPTS * 3))
+    assert [a[0]["details"]["token_ids"] for a in together] == alone * 3
+
+
 # -- streaming (the runtime side a server-sent-events front iterates) -----------------------------------
 @pytest.mark.parametrize("arch", ARCHS)
 def test_stream_events_add_up_to_the_answer(arch: str, optimized: Callable[[str, str], Path],
