@@ -273,7 +273,9 @@ def sam_template(target: Target, memory: int, text: bool | str = True, timeout_s
     `snapstart` (default: on where the runtime supports it) publishes a version behind the `live` alias
     with SnapStart: the handler's before-snapshot hook runs a warm-up inference, so a restored environment
     starts with the model loaded and its session initialised. OPENBLAS_NUM_THREADS=1: numpy would start a
-    BLAS thread pool at import that the runtime never uses (onnxruntime has its own threads)."""
+    BLAS thread pool at import that the runtime never uses (onnxruntime has its own threads). The handler's
+    JSON log lines go to CloudWatch as JSON (LoggingConfig) and SLIMSERVE_METRICS=emf makes CloudWatch
+    derive metrics from them (init and inference duration, batch size, errors) with no API call."""
     libraries = LAYER_LIBRARIES[("text" if text else "") if isinstance(text, bool) else text]
     snapstart = snapstart_default(target) if snapstart is None else snapstart
     snap = ("      AutoPublishAlias: live\n      SnapStart:\n        ApplyOn: PublishedVersions\n"
@@ -308,6 +310,9 @@ Resources:
       Environment:
         Variables:
           OPENBLAS_NUM_THREADS: "1"
+          SLIMSERVE_METRICS: emf
+      LoggingConfig:
+        LogFormat: JSON
 {snap}      FunctionUrlConfig:
         AuthType: AWS_IAM
 

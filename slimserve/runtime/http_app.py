@@ -98,19 +98,26 @@ def _read_json(environ: dict[str, Any]) -> Any:
         raise InputError("request body is not UTF-8") from None
 
 
+def _request_id(environ: dict[str, Any]) -> str | None:
+    """The caller's or the platform's request id for the log line (Cloud Run sends X-Cloud-Trace-Context)."""
+    value = environ.get("HTTP_X_REQUEST_ID") or environ.get("HTTP_X_CLOUD_TRACE_CONTEXT")
+    return str(value)[:128] if value else None
+
+
 def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
     """WSGI front of `lambda_handler.respond`: the same routes, validation, limits and answers as Lambda."""
     method = str(environ.get("REQUEST_METHOD", "GET")).upper()
     path = str(environ.get("PATH_INFO") or "/")
     if lambda_handler.route(method, path).action != lambda_handler.PREDICT:
-        answer = lambda_handler.respond(method, path, lambda: None)
+        answer = lambda_handler.respond(method, path, lambda: None, request_id=_request_id(environ))
     elif not _SLOTS.acquire(blocking=False):
         return _reply(start_response, 503, json.dumps({"error": "busy: too many requests waiting, retry shortly"}),
                       [("Retry-After", "1")])
     else:
         try:
             with _RUNNING:
-                answer = lambda_handler.respond(method, path, lambda: _read_json(environ))
+                answer = lambda_handler.respond(method, path, lambda: _read_json(environ),
+                                                request_id=_request_id(environ))
         finally:
             _SLOTS.release()
     headers = answer.get("headers") or {}

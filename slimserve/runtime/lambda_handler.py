@@ -33,6 +33,8 @@ import json
 import logging
 import math
 import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -42,9 +44,63 @@ from model_runtime import InputError, LimitError, LoadedModel
 LOG = logging.getLogger("slimserve")
 LOG.setLevel(logging.INFO)
 
+# Observability, on stdout (Lambda sends it to CloudWatch Logs): one JSON line at init and one per request
+# (SLIMSERVE_LOG=off silences them); SLIMSERVE_METRICS=emf adds CloudWatch Embedded Metric Format lines, which
+# CloudWatch turns into metrics (namespace SLIMSERVE_METRICS_NAMESPACE, default "slimserve") without an API
+# call or a dependency.
+LOG_LINES = os.environ.get("SLIMSERVE_LOG", "json").strip().lower() != "off"
+EMF = os.environ.get("SLIMSERVE_METRICS", "").strip().lower() == "emf"
+NAMESPACE = os.environ.get("SLIMSERVE_METRICS_NAMESPACE") or "slimserve"
+
+_started = time.perf_counter()
 MODEL_DIR = Path(os.environ.get("SLIMSERVE_MODEL_DIR") or Path(__file__).resolve().parent / "model")
 MODEL = LoadedModel(MODEL_DIR)
 LIMITS = MODEL.limits()
+INIT_MS = (time.perf_counter() - _started) * 1000
+_REQUEST = threading.local()  # what the current request asked for (the container front runs threads)
+
+
+def emit(record: dict[str, Any]) -> None:
+    if LOG_LINES:
+        print(json.dumps(record, separators=(",", ":"), default=str), flush=True)
+
+
+def emit_metrics(values: dict[str, tuple[float, str]]) -> None:
+    """One CloudWatch Embedded Metric Format document: `values` maps a metric to (value, unit)."""
+    if not EMF:
+        return
+    document: dict[str, Any] = {
+        "_aws": {"Timestamp": int(time.time() * 1000), "CloudWatchMetrics": [{
+            "Namespace": NAMESPACE, "Dimensions": [["Task"]],
+            "Metrics": [{"Name": name, "Unit": unit} for name, (_, unit) in values.items()]}]},
+        "Task": MODEL.task, **{name: value for name, (value, _) in values.items()}}
+    print(json.dumps(document, separators=(",", ":")), flush=True)
+
+
+def batch_size(payload: Any) -> int | None:
+    """Texts, images, questions, pairs or documents (or tensor rows) a request carries."""
+    inputs = payload.get("inputs") if isinstance(payload, dict) else None
+    if isinstance(inputs, list):
+        return len(inputs)
+    if isinstance(inputs, dict):
+        documents = inputs.get("documents")
+        if isinstance(documents, list):
+            return len(documents)
+        first = next(iter(inputs.values()), None)
+        return len(first) if isinstance(first, list) and MODEL.kind == "tensor" else 1
+    return None if inputs is None else 1
+
+
+def _record(request_id: str | None, where: str, action: str | None, status: int, started: float) -> None:
+    duration = (time.perf_counter() - started) * 1000
+    batch = getattr(_REQUEST, "batch", None)
+    outcome = "ok" if status < 400 else "client_error" if status < 500 else "error"
+    emit({"event": "request", "request_id": request_id, "route": where, "action": action, "status": status,
+          "outcome": outcome, "batch": batch, "duration_ms": round(duration, 2), "task": MODEL.task})
+    if action == PREDICT:
+        emit_metrics({"InferenceDuration": (round(duration, 2), "Milliseconds"),
+                      "BatchSize": (float(batch or 0), "Count"), "Errors": (float(status >= 500), "Count"),
+                      "ClientErrors": (float(400 <= status < 500), "Count")})
 
 
 def warm_up() -> bool:
@@ -82,6 +138,9 @@ def register_snapstart_hooks() -> bool:
 
 
 SNAPSTART = register_snapstart_hooks()
+emit({"event": "init", "task": MODEL.task, "model": MODEL_DIR.name, "init_ms": round(INIT_MS, 2),
+      "snapstart": SNAPSTART, "limits": LIMITS.as_dict()})
+emit_metrics({"InitDuration": (round(INIT_MS, 2), "Milliseconds")})
 
 HEALTH, PREDICT = "health", "predict"
 # path -> method -> action: the one routing table of both fronts (Lambda HTTP events and http_app).
@@ -120,6 +179,7 @@ REQUEST_FIELDS = ("inputs", "parameters", "options")  # the Inference API's; "op
 
 def _predict(payload: Any) -> Any:
     """Validate a decoded request and run the model; InputError carries a message safe for the caller."""
+    _REQUEST.batch = batch_size(payload)
     if not isinstance(payload, dict):
         raise InputError('request must be a JSON object like {"inputs": [...]}')
     if "inputs" not in payload:
@@ -242,9 +302,18 @@ def _decode_body(event: dict[str, Any]) -> Any:
     return parse_json(body)
 
 
-def respond(method: str, path: str, payload: Callable[[], Any]) -> dict[str, Any]:
+def respond(method: str, path: str, payload: Callable[[], Any], request_id: str | None = None) -> dict[str, Any]:
     """An HTTP answer (Lambda proxy shape) for `method path`; `payload()` reads and decodes the body only
-    when the route predicts. Never raises: bad input is a 400/413, anything else a logged 500."""
+    when the route predicts. Never raises: bad input is a 400/413, anything else a logged 500. Logs one
+    line (and, with SLIMSERVE_METRICS=emf, the metrics) per request."""
+    started = time.perf_counter()
+    _REQUEST.batch = None
+    answer = _respond(method, path, payload)
+    _record(request_id, f"{method} {path}", route(method, path).action, int(answer["statusCode"]), started)
+    return answer
+
+
+def _respond(method: str, path: str, payload: Callable[[], Any]) -> dict[str, Any]:
     found = route(method, path)
     if found.action == HEALTH:
         return _http(200, health())
@@ -263,16 +332,24 @@ def respond(method: str, path: str, payload: Callable[[], Any]) -> dict[str, Any
 
 def handler(event: Any, context: Any = None) -> Any:
     """Lambda entry point; never raises: bad input is a 400/413 (or `{"error"}`), anything else a 500."""
+    request_id = getattr(context, "aws_request_id", None)
     request = _http_request(event)
     if request is not None:
-        return respond(*request, lambda: _decode_body(event))
+        return respond(*request, lambda: _decode_body(event), request_id=request_id)
+    started = time.perf_counter()
+    _REQUEST.batch = None
+    status = 200
     try:
         return _predict(event)
     except InputError as exc:
+        status = exc.status
         return {"error": str(exc)}
     except Exception:  # a bug or a resource problem: log it for CloudWatch, tell the caller nothing internal
+        status = 500
         LOG.exception("inference failed")
         return {"error": "internal error"}
+    finally:
+        _record(request_id, "invoke", PREDICT, status, started)
 
 
 __all__ = [
