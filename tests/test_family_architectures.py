@@ -168,8 +168,8 @@ def save_gpt2_tokenizer(folder: Path) -> Any:
     from transformers import GPT2TokenizerFast
 
     bpe = ByteLevelBPETokenizer(add_prefix_space=False)
-    bpe.train_from_iterator(corpus(), vocab_size=900, min_frequency=1, special_tokens=["<|endoftext|>"],
-                            show_progress=False)
+    bpe.train_from_iterator(corpus(), vocab_size=900, min_frequency=1, show_progress=False)
+    bpe.add_special_tokens(["<|endoftext|>"])  # the last id, as GPT-2's 50256 (not 0: a pad id of 0 hides bugs)
     tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
                                   eos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<|endoftext|>",
                                   model_max_length=512)
@@ -177,8 +177,37 @@ def save_gpt2_tokenizer(folder: Path) -> Any:
     return tokenizer
 
 
+def save_bpe_tokenizer(folder: Path, style: str, max_length: int = 512) -> Any:
+    """Byte-level BPE tokenizers of the newer models: ModernBERT's ([CLS] ... [SEP] by a template, so the
+    offsets keep the word's leading space: no trimming) and Llama-3's (a BOS first, nothing after; the
+    pad token is a reserved special token, as reward-model cards set it)."""
+    from tokenizers import ByteLevelBPETokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"] if style == "modernbert" else \
+        ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>"]
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False, trim_offsets=style != "modernbert")
+    bpe.train_from_iterator(corpus(), vocab_size=900, min_frequency=1, special_tokens=specials, show_progress=False)
+    tok = bpe._tokenizer
+    if style == "modernbert":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+        names: dict[str, Any] = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
+                                 "mask_token": "[MASK]", "model_input_names": ["input_ids", "attention_mask"]}
+    else:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+            special_tokens=[("<|begin_of_text|>", tok.token_to_id("<|begin_of_text|>"))])
+        names = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
+                 "pad_token": "<|reserved_special_token_0|>", "model_input_names": ["input_ids", "attention_mask"]}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **names)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
 # -- text models -------------------------------------------------------------------------------------
-TEXT_ARCHS = ("distilbert", "electra", "xlm-roberta", "deberta-v2", "albert")
+TEXT_ARCHS = ("distilbert", "electra", "xlm-roberta", "deberta-v2", "albert", "mobilebert", "mpnet")
 
 
 def text_model(folder: Path, arch: str, head: str, minilm_dir: Path, max_length: int = 512,
@@ -190,11 +219,16 @@ def text_model(folder: Path, arch: str, head: str, minilm_dir: Path, max_length:
     import transformers
 
     folder.mkdir(parents=True, exist_ok=True)
-    if arch in ("distilbert", "electra"):
-        copy_wordpiece(folder, minilm_dir, segments=arch != "distilbert")
+    if arch in ("distilbert", "electra", "mobilebert", "mpnet"):
+        copy_wordpiece(folder, minilm_dir, segments=arch in ("electra", "mobilebert"))
         config_path = folder / "tokenizer_config.json"
         config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "model_max_length": max_length}))
         vocab, ids = 30522, {"pad_token_id": 0}
+    elif arch in ("modernbert", "llama"):
+        tokenizer = save_bpe_tokenizer(folder, arch, max_length)
+        vocab, ids = len(tokenizer), {"pad_token_id": tokenizer.pad_token_id}
+        if arch == "llama":
+            ids.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     elif arch == "gpt2":
         tokenizer = save_gpt2_tokenizer(folder)
         vocab, ids = len(tokenizer), {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
@@ -218,13 +252,28 @@ def text_model(folder: Path, arch: str, head: str, minilm_dir: Path, max_length:
             max_relative_positions=-1, type_vocab_size=0, **SMALL, **ids, **config_extra)
     elif arch == "albert":
         config = transformers.AlbertConfig(vocab_size=vocab, embedding_size=16, **SMALL, **ids, **config_extra)
+    elif arch == "mobilebert":
+        config = transformers.MobileBertConfig(
+            vocab_size=vocab, embedding_size=16, intra_bottleneck_size=16, true_hidden_size=16,
+            num_feedforward_networks=1, **SMALL, **ids, **config_extra)
+    elif arch == "mpnet":
+        config = transformers.MPNetConfig(vocab_size=vocab, max_position_embeddings=514, **SMALL, **ids,
+                                          **config_extra)
+    elif arch == "modernbert":
+        config = transformers.ModernBertConfig(
+            vocab_size=vocab, global_attn_every_n_layers=2, local_attention=16, max_position_embeddings=512,
+            cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id, **SMALL, **ids, **config_extra)
+    elif arch == "llama":
+        config = transformers.LlamaConfig(vocab_size=vocab, num_key_value_heads=2, max_position_embeddings=512,
+                                          **SMALL, **ids, **config_extra)
     elif arch == "gpt2":
         config = transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512,
                                          **ids, **config_extra)
     else:
         raise ValueError(arch)
     prefix = {"distilbert": "DistilBert", "electra": "Electra", "xlm-roberta": "XLMRoberta",
-              "deberta-v2": "DebertaV2", "albert": "Albert", "gpt2": "GPT2"}[arch]
+              "deberta-v2": "DebertaV2", "albert": "Albert", "gpt2": "GPT2", "mobilebert": "MobileBert",
+              "mpnet": "MPNet", "modernbert": "ModernBert", "llama": "Llama"}[arch]
     model = getattr(transformers, f"{prefix}For{head}")(config)
     model.save_pretrained(folder, safe_serialization=True)
     return model
@@ -232,13 +281,22 @@ def text_model(folder: Path, arch: str, head: str, minilm_dir: Path, max_length:
 
 def realistic_ner_head(model: Any, folder: Path, seed: int) -> None:
     """A random classifier puts labels everywhere: redraw it so most tokens are "O" and some runs are
-    B-/I- entities (what trained NER output looks like, and what exercises grouping)."""
+    B-/I- entities (what trained NER output looks like, and what exercises grouping). Its weights are
+    scaled to the spread of the hidden states it reads (MobileBERT's are ~30 times smaller than BERT's)."""
     import torch
+    from transformers import AutoTokenizer
 
+    head = model.classifier
+    seen: list[Any] = []
+    hook = head.register_forward_hook(lambda _module, inputs, _output: seen.append(inputs[0]))
+    model.eval()
+    with torch.no_grad():
+        model(**AutoTokenizer.from_pretrained(str(folder))(TEXTS[:4], return_tensors="pt", padding=True))
+    hook.remove()
+    spread = float(seen[0].std()) or 1.0
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        head = model.classifier
-        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.6)
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.6 / spread)
         head.bias.zero_()
         head.bias[0] = 3.0
     model.save_pretrained(folder, safe_serialization=True)
@@ -289,13 +347,36 @@ PREPROCESSORS: dict[str, dict[str, Any]] = {
         "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "do_normalize": True, "do_rescale": True,
         "do_resize": True, "image_mean": IMAGENET_MEAN, "image_processor_type": "LevitImageProcessor",
         "image_std": IMAGENET_STD, "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 37}},
+    "convnextv2": {  # facebook/convnextv2-tiny-1k-224 (as ResNet, in the newer dict form)
+        "crop_pct": 0.875, "do_normalize": True, "do_rescale": True, "do_resize": True,
+        "image_mean": IMAGENET_MEAN, "image_processor_type": "ConvNextImageProcessor", "image_std": IMAGENET_STD,
+        "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 40}},
+    "regnet": {  # facebook/regnet-y-040: ConvNeXt's processor under its old feature-extractor name
+        "crop_pct": 0.875, "do_normalize": True, "do_resize": True, "feature_extractor_type": "ConvNextFeatureExtractor",
+        "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD, "resample": 3, "size": 36},
+    "swinv2": {  # microsoft/swinv2-tiny-patch4-window8-256: ViT's processor, the dict form
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": IMAGENET_MEAN,
+        "image_processor_type": "ViTImageProcessor", "image_std": IMAGENET_STD, "resample": 3,
+        "rescale_factor": 0.00392156862745098, "size": {"height": 32, "width": 32}},
+    "data2vec-vision": {  # facebook/data2vec-vision-base-ft1k: BEiT's processor
+        "crop_size": 32, "do_center_crop": False, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "BeitFeatureExtractor", "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        "resample": 2, "size": 32},
+    "segformer": {  # nvidia/mit-b0: resize to height x width, rescale, normalise (ViT's steps)
+        "do_normalize": True, "do_resize": True, "feature_extractor_type": "SegformerFeatureExtractor",
+        "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD, "reduce_labels": False, "resample": 2, "size": 32},
+    "focalnet": {  # microsoft/focalnet-tiny: BiT's processor; optimum has no ONNX recipe for FocalNet (refused)
+        "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "do_normalize": True, "do_rescale": True,
+        "do_resize": True, "image_mean": IMAGENET_MEAN, "image_processor_type": "BitImageProcessor",
+        "image_std": IMAGENET_STD, "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 37}},
     "efficientnet": {  # google/efficientnet-b0: a processor the handler does not reproduce (refused)
         "crop_size": {"height": 32, "width": 32}, "do_center_crop": False, "do_normalize": True, "do_rescale": True,
         "do_resize": True, "image_mean": IMAGENET_MEAN, "image_processor_type": "EfficientNetImageProcessor",
         "image_std": [0.47853944, 0.4732864, 0.47434163], "include_top": True, "resample": 0,
         "rescale_factor": 0.00392156862745098, "rescale_offset": False, "size": {"height": 32, "width": 32}},
 }
-IMAGE_ARCHS = ("resnet", "swin", "deit", "beit", "mobilevit", "mobilenet_v2", "dinov2")
+IMAGE_ARCHS = ("resnet", "swin", "deit", "beit", "mobilevit", "mobilenet_v2", "dinov2", "levit", "convnextv2", "regnet",
+               "swinv2", "data2vec-vision", "segformer")
 
 
 def calibrate_batchnorm(model: Any) -> None:
@@ -310,7 +391,8 @@ def calibrate_batchnorm(model: Any) -> None:
         norm.momentum = None  # a plain average over the calibration batch
     model.train()
     with torch.no_grad():
-        model(pixel_values=torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+        size = getattr(model.config, "image_size", 32)
+        model(pixel_values=torch.randn(16, 3, size, size, generator=torch.Generator().manual_seed(0)))
     model.eval()
 
 
@@ -352,6 +434,26 @@ def image_model(folder: Path, arch: str) -> Any:
         model = transformers.LevitForImageClassificationWithTeacher(transformers.LevitConfig(
             image_size=32, hidden_sizes=[16, 32, 48], num_attention_heads=[1, 2, 3], depths=[1, 1, 1],
             key_dim=[8, 8, 8], initializer_range=0.2, **labels))
+    elif arch == "convnextv2":
+        model = transformers.ConvNextV2ForImageClassification(transformers.ConvNextV2Config(
+            num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], **labels))
+    elif arch == "regnet":
+        model = transformers.RegNetForImageClassification(transformers.RegNetConfig(
+            embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8, **labels))
+    elif arch == "swinv2":
+        model = transformers.Swinv2ForImageClassification(transformers.Swinv2Config(
+            image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4, **labels))
+    elif arch == "data2vec-vision":
+        model = transformers.Data2VecVisionForImageClassification(transformers.Data2VecVisionConfig(
+            image_size=32, patch_size=8, use_mean_pooling=True, **vit_like, **labels))
+    elif arch == "segformer":
+        model = transformers.SegformerForImageClassification(transformers.SegformerConfig(
+            num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], num_attention_heads=[1, 2],
+            patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2], decoder_hidden_size=32, **labels))
+    elif arch == "focalnet":
+        model = transformers.FocalNetForImageClassification(transformers.FocalNetConfig(
+            image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], focal_levels=[2, 2], focal_windows=[3, 3],
+            **labels))
     elif arch == "efficientnet":
         model = transformers.EfficientNetForImageClassification(transformers.EfficientNetConfig(
             image_size=32, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128, **labels))
@@ -367,6 +469,27 @@ def image_model(folder: Path, arch: str) -> Any:
     return model.eval()
 
 
+def text_classifier(folder: Path, arch: str, minilm_dir: Path) -> Any:
+    """A three-label classifier; `gpt2-pad-in-config-only`: the pad id only in config.json (the tokenizer
+    has none, as GPT-2's); `llama-config-pad-differs`: config.json's pad id is the EOS, the tokenizer's pad
+    token another (both as published reward models / classifiers have them)."""
+    from transformers import AutoModelForSequenceClassification
+
+    names = {0: "negative", 1: "neutral", 2: "positive"}
+    base = {"gpt2-pad-in-config-only": "gpt2", "llama-config-pad-differs": "llama"}.get(arch, arch)
+    model = text_model(folder, base, "SequenceClassification", minilm_dir, num_labels=3, id2label=names,
+                       label2id={v: k for k, v in names.items()}, initializer_range=0.2)
+    if arch == "gpt2-pad-in-config-only":
+        pad = model.config.pad_token_id
+        _without_pad_token(folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "pad_token_id": pad}))
+    elif arch == "llama-config-pad-differs":
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "pad_token_id": config["eos_token_id"]}))
+    return AutoModelForSequenceClassification.from_pretrained(str(folder))
+
+
 # -- fixtures ----------------------------------------------------------------------------------------
 class Built:
     """One architecture for one task: the PyTorch model, its tokenizer or image processor, and slimserve's
@@ -377,14 +500,18 @@ class Built:
         self.torch_model = model.eval()
         self.served = served(folder, work)
 
+        self.preprocessor: Any = None  # the tokenizer or image processor, loaded once
+
     def pipeline(self, task: str, **kwargs: Any) -> Any:
         from transformers import AutoImageProcessor, AutoTokenizer, pipeline
 
         if task == "image-classification":
-            processor = AutoImageProcessor.from_pretrained(str(self.folder), use_fast=False)
-            return pipeline(task, model=self.torch_model, image_processor=processor, device="cpu", **kwargs)
-        return pipeline(task, model=self.torch_model, tokenizer=AutoTokenizer.from_pretrained(str(self.folder)),
-                        device="cpu", **kwargs)
+            if self.preprocessor is None:
+                self.preprocessor = AutoImageProcessor.from_pretrained(str(self.folder), use_fast=False)
+            return pipeline(task, model=self.torch_model, image_processor=self.preprocessor, device="cpu", **kwargs)
+        if self.preprocessor is None:
+            self.preprocessor = AutoTokenizer.from_pretrained(str(self.folder))
+        return pipeline(task, model=self.torch_model, tokenizer=self.preprocessor, device="cpu", **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -404,9 +531,7 @@ def build(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callabl
             elif task == "question-answering":
                 model = text_model(folder, arch, "QuestionAnswering", minilm_dir)
             elif task == "text-classification":
-                names = {0: "negative", 1: "neutral", 2: "positive"}
-                model = text_model(folder, arch, "SequenceClassification", minilm_dir, num_labels=3, id2label=names,
-                                   label2id={v: k for k, v in names.items()}, initializer_range=0.2)
+                model = text_classifier(folder, arch, minilm_dir)
             else:
                 model = image_model(folder, arch)
             made[(task, arch)] = Built(folder, model, root / "work")
@@ -431,7 +556,7 @@ def assert_same_entities(ours: Any, theirs: Any, where: str) -> None:
                 assert got[key] == (int(value) if key in ("start", "end", "index") else value), (where, key, got, want)
 
 
-@pytest.mark.parametrize("arch", TEXT_ARCHS)
+@pytest.mark.parametrize("arch", [*TEXT_ARCHS, "modernbert"])
 def test_token_classification_matches_the_pipeline(build: Callable[[str, str], Built], arch: str) -> None:
     """Every aggregation strategy, then overlapping windows (`stride`) over texts longer than 64 tokens."""
     built = build("token-classification", arch)
@@ -487,16 +612,18 @@ def assert_same_labels(got: Any, want: Any, where: str) -> None:
     assert got["label"] == want["label"] and abs(got["score"] - want["score"]) < 1e-5, (where, got, want)
 
 
-@pytest.mark.parametrize("arch", ["electra", "xlm-roberta", "deberta-v2", "albert", "gpt2"])
+@pytest.mark.parametrize("arch", ["electra", "xlm-roberta", "deberta-v2", "albert", "mobilebert", "modernbert", "gpt2",
+                                  "gpt2-pad-in-config-only", "llama", "llama-config-pad-differs"])
 def test_text_classification_matches_the_pipeline(build: Callable[[str, str], Built], arch: str) -> None:
-    """GPT-2's classifier reads the last real token of each text, so right padding in the runtime's batch
-    must not move it; its tokenizer adds no special token, so "" has no token at all (the pipeline's model
-    raises on it): the runtime answers a 400 instead of classifying a pad token."""
+    """Decoder classifiers (GPT-2, Llama) read each text's last token that is not config.pad_token_id, so
+    the runtime's padded batch must pad with that id, whatever the tokenizer's pad token is (the pipeline
+    runs one unpadded text at a time). GPT-2's tokenizer adds no special token, so "" has no token at all
+    (the pipeline's model raises on it): the runtime answers a 400 instead of classifying a pad token."""
     from slimserve.runtime.model_runtime import InputError
 
     built = build("text-classification", arch)
     pipe = built.pipeline("text-classification")
-    texts = [text for text in TEXTS if text] if arch == "gpt2" else TEXTS
+    texts = [text for text in TEXTS if text] if arch.startswith("gpt2") else TEXTS
     for parameters in TEXTCLASS_PARAMETERS:
         for inputs in (texts, texts[0]):
             want = pipe(inputs, truncation=True, **parameters)  # the runtime truncates at max_length
@@ -508,7 +635,7 @@ def test_text_classification_matches_the_pipeline(build: Callable[[str, str], Bu
 
 
 # -- text ranking ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["electra", "xlm-roberta", "deberta-v2"])
+@pytest.mark.parametrize("arch", ["electra", "xlm-roberta", "deberta-v2", "modernbert"])
 def test_cross_encoders_match_sentence_transformers(minilm_dir: Path, tmp_path: Path, arch: str) -> None:
     """A reranker (one label: rank and pairs) and an NLI model (three labels: pairs, softmax), each saved
     by CrossEncoder.save, against CrossEncoder.rank/predict on the same folder."""
@@ -542,11 +669,10 @@ def test_cross_encoders_match_sentence_transformers(minilm_dir: Path, tmp_path: 
 
 
 # -- image classification ----------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", [*IMAGE_ARCHS, "levit"])
+@pytest.mark.parametrize("arch", IMAGE_ARCHS)
 def test_image_classification_matches_the_pipeline(build: Callable[[str, str], Built], arch: str) -> None:
     """Awkward files (EXIF rotation, grayscale, RGBA, palette, 16-bit, CMYK, tiny BMP...) through each
     processor's steps; DeiT and LeViT are their distilled `...WithTeacher` heads (the hub's usual ones)."""
-    from transformers import AutoImageProcessor
     from transformers.image_utils import load_image
 
     from slimserve.runtime import task_image
@@ -555,7 +681,7 @@ def test_image_classification_matches_the_pipeline(build: Callable[[str, str], B
     built = build("image-classification", arch)
     pipe = built.pipeline("image-classification")
     images = [b64(data) for data in awkward_images().values()]
-    processor = AutoImageProcessor.from_pretrained(str(built.folder), use_fast=False)
+    processor = pipe.image_processor
     preprocess = task_image.Preprocessor(built.served.spec["image"])
     limits = task_image.PixelLimits.from_spec({}, environ={})
     for name, data in awkward_images().items():  # the pixels first: what the model sees is the processor's
@@ -572,11 +698,40 @@ def test_image_classification_matches_the_pipeline(build: Callable[[str, str], B
     assert scores.std(axis=0).max() > 0.01  # the model tells the images apart: not one constant answer
 
 
-def test_an_image_processor_the_handler_does_not_reproduce_is_one_clean_error(tmp_path: Path) -> None:
-    """EfficientNet's processor (rescale offset, its own std) is refused before export, naming it."""
-    folder = tmp_path / "efficientnet"
-    image_model(folder, "efficientnet")
+def _without_pad_token(folder: Path) -> None:
+    """A GPT-2 classifier as some are published: no pad token in config.json nor in the tokenizer."""
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("pad_token_id", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        values = json.loads((folder / name).read_text())
+        values.pop("pad_token", None)
+        (folder / name).write_text(json.dumps(values))
+
+
+REFUSED: dict[str, tuple[str, str]] = {  # case -> (what the error names, what the hint says)
+    "efficientnet": ("EfficientNetImageProcessor", "LevitImageProcessor"),  # the hint lists what is supported
+    "focalnet": ("does not support focalnet models for image-classification", "torch.onnx.export"),
+    "modernbert-qa": ("does not support modernbert models for question-answering", "torch.onnx.export"),
+    "gpt2-no-pad": ("defines no pad token", "pad_token_id"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_what_cannot_be_served_is_one_clean_error(minilm_dir: Path, tmp_path: Path, case: str) -> None:
+    """Refused before anything is written, as one `error:` line and one `hint:` line, never a traceback:
+    a preprocessor the handler does not reproduce (EfficientNet), an architecture or head optimum cannot
+    export (FocalNet; ModernBERT's QA head), a last-token classifier with no pad token anywhere."""
+    folder = tmp_path / case
+    if case == "modernbert-qa":
+        text_model(folder, "modernbert", "QuestionAnswering", minilm_dir)
+    elif case == "gpt2-no-pad":
+        text_model(folder, "gpt2", "SequenceClassification", minilm_dir, num_labels=2)
+        _without_pad_token(folder)
+    else:
+        image_model(folder, case)
     result = run_cli("optimize", str(folder), "-o", str(tmp_path / "out"), "--recipe", "fp32")
-    assert_clean_error(result, code=2, contains="EfficientNetImageProcessor")
-    assert "hint:" in result.stderr and "LevitImageProcessor" in result.stderr
+    error, hint = REFUSED[case]
+    assert_clean_error(result, code=2, contains=error)
+    assert "hint:" in result.stderr and hint in result.stderr.split("hint:", 1)[1], result.stderr
     assert not (tmp_path / "out").exists()

@@ -137,6 +137,7 @@ def _mobilevit(proc: Any) -> Steps:
 # slightly from the slow path, by transformers' own account).
 PROCESSORS: dict[str, Callable[[Any], Steps]] = {
     "ViTImageProcessor": _vit,
+    "SegformerImageProcessor": _vit,  # the same steps (its label reduction only touches segmentation maps)
     "DeiTImageProcessor": _deit,
     "BeitImageProcessor": _deit,
     "BitImageProcessor": _bit,
