@@ -302,8 +302,8 @@ def test_sampling_with_a_seed_is_reproducible(optimized: Callable[[str, str], Pa
     assert [a["details"]["token_ids"] for a in first] != [a["details"]["token_ids"] for a in other]
     greedy = [_generate(model, tokenizer, p, do_sample=False) for p in PROMPTS[:2]]
     assert [a["details"]["token_ids"] for a in first[:2]] != greedy  # it really sampled
-    # top_k=1 sampling and temperature 0 are greedy: transformers' greedy tokens, whatever the seed
-    for extra in ({"top_k": 1}, {"temperature": 0.0}):
+    # top_k=1 sampling and temperature 0 (or one so small it overflows) are greedy, whatever the seed
+    for extra in ({"top_k": 1}, {"temperature": 0.0}, {"temperature": 1e-30}):
         picked = runtime.predict(PROMPTS[:2], {**params, **extra, "seed": None})
         assert [a["details"]["token_ids"] for a in picked] == greedy
 

@@ -4,17 +4,19 @@ Shipped beside `model_runtime.py`; imports only numpy and tokenizers. The graph 
 `text-generation-with-past` export: one decoder taking `input_ids`, `attention_mask`, (`position_ids`) and
 `past_key_values.N.key/value`, answering `logits` and `present.N.key/value`. The prompt runs once with
 empty (length 0) past tensors; every later step feeds only the new token with the previous step's
-presents as the past, so no step re-runs the sequence.
+presents as the past, so no step re-runs the sequence. (The graph itself concatenates past and new
+keys/values each step, so the cache is copied once per step inside onnxruntime: linear per token, no
+preallocated buffer; a GroupQueryAttention graph with a shared buffer would avoid that copy.)
 
 Request (Hugging Face Inference API): `{"inputs": "prompt" | ["prompt", ...] | chat | [chat, ...]}` where a
 chat is `[{"role": "system"|"user"|"assistant", "content": str}, ...]`, with `"parameters"`:
 `max_new_tokens` (32), `do_sample`, `temperature`, `top_k`, `top_p`, `repetition_penalty` (defaults: the
 model's generation_config.json, as transformers uses them; greedy when it has none), `seed` (null: a fresh
-one), `stop` (strings that end generation, kept in the text as transformers' `stop_strings` does; one may
-begin in the prompt),
-`return_full_text` (false, as the Inference API) and `details` (true: finish reason, token counts, the
-generated token ids, time to first token and tokens/s).
-`temperature` 0 means greedy. Answer: `[{"generated_text": str, "details": {...}}]`, one per prompt.
+one), `stop` (strings that end generation, kept in the text as transformers' `stop_strings` does; one
+may begin in the prompt), `return_full_text` (false, as the Inference API) and `details` (true: finish
+reason, token counts, the generated token ids, time to first token and tokens/s). `temperature` 0 means
+greedy. Answer: `[{"generated_text": str, "details": {...}}]`, one per prompt. `stream` gives the same
+generation as token events for a streaming front (server-sent events).
 
 Chats are rendered as the pipeline renders them with the model's chat template (a final assistant
 message is continued, otherwise the generation prompt is added) and tokenized without adding special
@@ -27,9 +29,10 @@ Token choice replicates `transformers`' `generate`: the last position's float32 
 penalty over every id of the sequence so far, then (sampling) temperature, top-k and top-p in that order;
 greedy is the argmax. Sampling draws from a generator seeded per request, so a seed reproduces the
 answer (not torch's draws): the standard library's Mersenne Twister (`random.Random(seed)`), since the
-slim Lambda layer ships numpy without `numpy.random`. Text is decoded as the text-generation pipeline
-does: the whole sequence without special tokens, cleaned of tokenization spaces, minus the decoded
-prompt's length.
+slim Lambda layer ships numpy without `numpy.random`. A text prompt is tokenized with the special tokens
+transformers' tokenizer adds (measured by the optimizer). Text is decoded as the text-generation
+pipeline does: the whole sequence without special tokens, cleaned of tokenization spaces, minus the
+decoded prompt's length.
 
 Prompts run one at a time (no padding, so no position arithmetic can differ from transformers).
 Bounds: prompts per request (`max_batch`), characters per prompt (`max_chars`), prompt tokens +
@@ -415,7 +418,11 @@ def choose(logits: np.ndarray, sequence: list[int], settings: dict[str, Any], rn
         return int(np.argmax(scores))
     temperature = float(settings["temperature"])
     if temperature != 1.0:
-        scores = scores / np.float32(temperature)
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = scores / np.float32(temperature)
+        if np.isposinf(scaled).any() or np.isnan(scaled).any():  # so small a temperature is greedy
+            return int(np.argmax(scores))
+        scores = scaled
     if settings["top_k"]:
         scores = top_k_filter(scores, int(settings["top_k"]))
     if float(settings["top_p"]) < 1.0:
