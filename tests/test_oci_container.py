@@ -390,7 +390,7 @@ def test_unpacked_image_answers_like_the_model(tmp_path: Path, base_layout: Path
     args = [str(python), "-I", "-S", "-c", script] + (["http"] if platform == "gcp-cloud-run" else [])
     run = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False)
     assert run.returncode == 0, run.stderr
-    got = np.asarray(json.loads(run.stdout)["outputs"]["y"], dtype=np.float32)
+    got = np.asarray(json.loads(run.stdout.strip().splitlines()[-1])["outputs"]["y"], dtype=np.float32)
     import onnxruntime as ort
 
     want = ort.InferenceSession(str(bundle.model_path)).run(None, {"x": x})[0]
