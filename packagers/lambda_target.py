@@ -12,6 +12,7 @@ same functions as `package_lambda`, in a temporary folder, and weighs them.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tempfile
 from dataclasses import dataclass
@@ -194,7 +195,8 @@ def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: in
         write_manifest(staging, manifest)
         notes = deploy_notes(target, layer, function, memory=memory, timeout_s=timeout_s,
                              limits=request_limits(bundle), cold_start=None if check is None else check.cold_start,
-                             verdict=verdict, snapstart=snapstart)
+                             verdict=verdict, snapstart=snapstart, task_name=bundle.manifest.runtime.task,
+                             example_inputs=bundle.manifest.runtime.spec().get("warmup"))
         (staging / "DEPLOY.md").write_text(notes, encoding="utf-8")
     moved = {name: ZipArtifact(out / name, z.bytes, z.unzipped_bytes, z.sha256)
              for name, z in (("layer.zip", layer), ("function.zip", function))}
@@ -390,8 +392,30 @@ from template.yaml to turn it off.
 def deploy_notes(target: Target, layer: ZipArtifact, function: ZipArtifact, *, memory: int = DEFAULT_MEMORY_MB,
                  timeout_s: int = DEFAULT_TIMEOUT_S, limits: dict[str, int] | None = None,
                  cold_start: ColdStart | None = None, verdict: PlatformVerdict | None = None,
-                 snapstart: bool | None = None) -> str:
+                 snapstart: bool | None = None, task_name: str = "tensor", example_inputs: Any = None) -> str:
     snapstart = snapstart_default(target) if snapstart is None else snapstart
+    from slimserve.tasks import BY_NAME
+
+    task = BY_NAME.get(task_name, BY_NAME["tensor"])
+    example = json.dumps({"inputs": example_inputs}) if example_inputs is not None else '{"inputs": ["hello world"]}'
+    example = example.replace("'", "\\u0027")  # it goes inside single quotes on the command line
+    if len(example) > 400:  # an image: show the raw-body call instead of a page of base64
+        example = '{"inputs": ["<base64 of an image file>"]}'
+    image_call = ("""
+An image can also be POSTed as it is (`-H "content-type: image/jpeg" --data-binary @photo.jpg` instead of
+the JSON body); keep requests under Lambda's 6 MB payload limit (about 4.5 MB of image once base64-encoded).
+""" if task.family == "image" else "")
+    from slimserve.tasks import BY_NAME
+
+    task = BY_NAME.get(task_name, BY_NAME["tensor"])
+    example = json.dumps({"inputs": example_inputs}) if example_inputs is not None else '{"inputs": ["hello world"]}'
+    example = example.replace("'", "\\u0027")  # it goes inside single quotes on the command line
+    if len(example) > 400:  # an image: show the raw-body call instead of a page of base64
+        example = '{"inputs": ["<base64 of an image file>"]}'
+    image_call = ("""
+An image can also be POSTed as it is (`-H "content-type: image/jpeg" --data-binary @photo.jpg` instead of
+the JSON body); keep requests under Lambda's 6 MB payload limit (about 4.5 MB of image once base64-encoded).
+""" if task.family == "image" else "")
     limits_md = _limits_section(memory, timeout_s, limits, cold_start, verdict)
     profile_limits = _lambda_profile().limits
     direct, unzipped = profile_limits.zipped_size, profile_limits.unzipped_size
@@ -422,15 +446,27 @@ The template gives the function an IAM-authenticated function URL. For a public 
 {_snapstart_note(target, snapstart)}
 ## With the AWS CLI
 
+The function needs a role Lambda can assume with nothing but permission to write its logs (the managed
+`AWSLambdaBasicExecutionRole` policy: `logs:CreateLogGroup`, `logs:CreateLogStream`, `logs:PutLogEvents`):
+
 ```sh
-ROLE_ARN=arn:aws:iam::<account>:role/<a role with AWSLambdaBasicExecutionRole>
+ROLE_ARN=$(aws iam create-role --role-name my-model-lambda --query Role.Arn --output text \\
+    --assume-role-policy-document '{{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow",
+      "Principal": {{"Service": "lambda.amazonaws.com"}}, "Action": "sts:AssumeRole"}}]}}')
+aws iam attach-role-policy --role-name my-model-lambda \\
+    --policy-arn arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole
+sleep 10  # a new role takes a few seconds to be usable by Lambda
 LAYER_ARN=$(aws lambda publish-layer-version --layer-name my-model-runtime \\
     --zip-file fileb://layer.zip --compatible-runtimes {runtime} --compatible-architectures {arch} \\
     --query LayerVersionArn --output text)
 aws lambda create-function --function-name my-model --runtime {runtime} --architectures {arch} \\
     --handler {HANDLER} --role "$ROLE_ARN" --memory-size {memory} --timeout {timeout_s} \\
+    --environment "Variables={{OPENBLAS_NUM_THREADS=1,SLIMSERVE_METRICS=emf}}" --logging-config LogFormat=JSON \\
     --layers "$LAYER_ARN" --zip-file fileb://function.zip
 ```
+
+`--memory-size {memory}` and `--timeout {timeout_s}` are what `check` measured this model needs (below); without
+them Lambda would give the function 128 MB and 3 s.
 
 ### Through S3 (required for a zip over {direct.display()})
 
@@ -442,6 +478,7 @@ LAYER_ARN=$(aws lambda publish-layer-version --layer-name my-model-runtime \\
     --compatible-runtimes {runtime} --compatible-architectures {arch} --query LayerVersionArn --output text)
 aws lambda create-function --function-name my-model --runtime {runtime} --architectures {arch} \\
     --handler {HANDLER} --role "$ROLE_ARN" --memory-size {memory} --timeout {timeout_s} --layers "$LAYER_ARN" \\
+    --environment "Variables={{OPENBLAS_NUM_THREADS=1,SLIMSERVE_METRICS=emf}}" --logging-config LogFormat=JSON \\
     --code S3Bucket=MY-BUCKET,S3Key=my-model/function.zip
 ```
 
@@ -449,12 +486,22 @@ aws lambda create-function --function-name my-model --runtime {runtime} --archit
 
 ```sh
 aws lambda invoke --function-name my-model --cli-binary-format raw-in-base64-out \\
-    --payload '{{"inputs": ["hello world"]}}' out.json && cat out.json
+    --payload '{example}' out.json && cat out.json
 ```
+{"With SAM and SnapStart, invoke the alias (`--function-name <FunctionName>:live`) so restores apply." if snapstart else ""}
 
-Text models answer `{{"embeddings": [...]}}` (feature extraction) or `{{"labels": [...], "scores": [...]}}`
-(classification); tensor models take `{{"inputs": {{"name": [[...]]}}}}` and answer `{{"outputs": {{...}}}}`.
-Over HTTP (function URL / API Gateway) bad input gets a 400 with `{{"error": "..."}}`.
+The function URL (`sam deploy` prints it as `FunctionUrl`) takes the same JSON body and, with `AuthType:
+AWS_IAM`, only SigV4-signed requests, e.g. with curl (7.75 or later) and your credentials:
+
+```sh
+curl --aws-sigv4 "aws:amz:$AWS_REGION:lambda" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \\
+    -H "x-amz-security-token: $AWS_SESSION_TOKEN" -H "content-type: application/json" \\
+    -d '{example}' "$FUNCTION_URL"
+```
+{image_call}
+This model's task is `{task.name}`: requests look like `{task.request}` and answers like `{task.response}`
+(`slimserve optimize --list-tasks` shows every task). Over HTTP a bad request is a 400 (a request over a
+limit a 413) with `{{"error": "..."}}`; invoked directly, the answer is `{{"error": "..."}}`.
 
 {limits_md}
 The layer holds only what inference imports (numpy's random/fft/polynomial/ma/testing are left out) and

@@ -74,3 +74,19 @@ def test_package_snapstart_flag(tiny_onnx: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "old").exists()
     wrong = run_cli("package", str(tiny_onnx), "--target", "container", "-o", str(tmp_path / "c"), "--snapstart")
     assert wrong.returncode == 2 and "only to --target lambda" in wrong.stderr
+
+
+def test_deploy_md_routes_set_what_check_measured_and_show_a_signed_call(tiny_onnx: Path, tmp_path: Path) -> None:
+    import re
+    import shlex
+
+    out = tmp_path / "pkg"
+    result = run_cli("package", str(tiny_onnx), "--target", "lambda", "-o", str(out), "--no-check", "--memory", "768")
+    assert result.returncode == 0, result.stderr
+    deploy = (out / "DEPLOY.md").read_text()
+    assert deploy.count("--memory-size 768 --timeout") == 2 and deploy.count("--environment") == 2
+    assert "aws iam create-role" in deploy and "AWSLambdaBasicExecutionRole" in deploy
+    assert "--aws-sigv4" in deploy and "This model's task is `tensor`" in deploy
+    payload = re.search(r"--payload ('[^']*')", deploy)
+    assert payload is not None
+    assert json.loads(shlex.split(payload.group(1))[0]) == {"inputs": {"x": [[0] * 16]}}
