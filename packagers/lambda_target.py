@@ -196,7 +196,7 @@ def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: in
         notes = deploy_notes(target, layer, function, memory=memory, timeout_s=timeout_s,
                              limits=request_limits(bundle), cold_start=None if check is None else check.cold_start,
                              verdict=verdict, snapstart=snapstart, task_name=bundle.manifest.runtime.task,
-                             example_inputs=bundle.manifest.runtime.spec().get("warmup"))
+                             example_inputs=_example_inputs(bundle))
         (staging / "DEPLOY.md").write_text(notes, encoding="utf-8")
     moved = {name: ZipArtifact(out / name, z.bytes, z.unzipped_bytes, z.sha256)
              for name, z in (("layer.zip", layer), ("function.zip", function))}
@@ -369,6 +369,15 @@ Larger images: upload them to S3 and classify from there (resize on the client f
 Routes over a function URL or API Gateway: `POST /`, `/predict`, `/invocations` predict; `GET /`, `/health`,
 `/healthz` answer health; other paths are a 404, other methods a 405. Malformed JSON is a 400.
 """
+
+
+def _example_inputs(bundle: ModelBundle) -> Any:
+    """A request this model answers, for DEPLOY.md: the manifest's warm-up request, or one built from its
+    inputs (a bare .onnx packaged without `optimize`)."""
+    from slimserve.measure.coldstart import sample_event
+
+    warmup = bundle.manifest.runtime.spec().get("warmup")
+    return warmup if warmup is not None else sample_event(bundle.manifest.to_dict())["inputs"]
 
 
 def _snapstart_note(target: Target, enabled: bool) -> str:
