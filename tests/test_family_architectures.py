@@ -219,6 +219,7 @@ def text_model(folder: Path, arch: str, head: str, minilm_dir: Path, max_length:
     import transformers
 
     folder.mkdir(parents=True, exist_ok=True)
+    tokenizer: Any = None
     if arch in ("distilbert", "electra", "mobilebert", "mpnet"):
         copy_wordpiece(folder, minilm_dir, segments=arch in ("electra", "mobilebert"))
         config_path = folder / "tokenizer_config.json"
@@ -236,44 +237,30 @@ def text_model(folder: Path, arch: str, head: str, minilm_dir: Path, max_length:
     else:
         tokenizer = save_spm_tokenizer(folder, arch, max_length)
         vocab, ids = len(tokenizer), {"pad_token_id": tokenizer.pad_token_id}
-    torch.manual_seed(0)
-    if arch == "distilbert":
-        config: Any = transformers.DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
-                                                    **ids, **config_extra)
-    elif arch == "electra":
-        config = transformers.ElectraConfig(vocab_size=vocab, embedding_size=16, **SMALL, **ids, **config_extra)
-    elif arch == "xlm-roberta":
-        config = transformers.XLMRobertaConfig(vocab_size=vocab, max_position_embeddings=514, type_vocab_size=1,
-                                               bos_token_id=0, eos_token_id=2, **SMALL, **ids, **config_extra)
-    elif arch == "deberta-v2":  # v3-style: relative attention, no absolute positions, no segment embedding
-        config = transformers.DebertaV2Config(
-            vocab_size=vocab, max_position_embeddings=512, relative_attention=True, position_buckets=32,
-            norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type=["p2c", "c2p"], position_biased_input=False,
-            max_relative_positions=-1, type_vocab_size=0, **SMALL, **ids, **config_extra)
-    elif arch == "albert":
-        config = transformers.AlbertConfig(vocab_size=vocab, embedding_size=16, **SMALL, **ids, **config_extra)
-    elif arch == "mobilebert":
-        config = transformers.MobileBertConfig(
-            vocab_size=vocab, embedding_size=16, intra_bottleneck_size=16, true_hidden_size=16,
-            num_feedforward_networks=1, **SMALL, **ids, **config_extra)
-    elif arch == "mpnet":
-        config = transformers.MPNetConfig(vocab_size=vocab, max_position_embeddings=514, **SMALL, **ids,
-                                          **config_extra)
-    elif arch == "modernbert":
-        config = transformers.ModernBertConfig(
-            vocab_size=vocab, global_attn_every_n_layers=2, local_attention=16, max_position_embeddings=512,
-            cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id, **SMALL, **ids, **config_extra)
-    elif arch == "llama":
-        config = transformers.LlamaConfig(vocab_size=vocab, num_key_value_heads=2, max_position_embeddings=512,
-                                          **SMALL, **ids, **config_extra)
-    elif arch == "gpt2":
-        config = transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512,
-                                         **ids, **config_extra)
-    else:
-        raise ValueError(arch)
+    defaults: dict[str, dict[str, Any]] = {
+        "distilbert": {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64},
+        "electra": {"embedding_size": 16, **SMALL},
+        "xlm-roberta": {"max_position_embeddings": 514, "type_vocab_size": 1, "bos_token_id": 0, "eos_token_id": 2,
+                        **SMALL},
+        # v3-style: relative attention, no absolute positions, no segment embedding
+        "deberta-v2": {"max_position_embeddings": 512, "relative_attention": True, "position_buckets": 32,
+                       "norm_rel_ebd": "layer_norm", "share_att_key": True, "pos_att_type": ["p2c", "c2p"],
+                       "position_biased_input": False, "max_relative_positions": -1, "type_vocab_size": 0, **SMALL},
+        "albert": {"embedding_size": 16, **SMALL},
+        "mobilebert": {"embedding_size": 16, "intra_bottleneck_size": 16, "true_hidden_size": 16,
+                       "num_feedforward_networks": 1, **SMALL},
+        "mpnet": {"max_position_embeddings": 514, **SMALL},
+        "modernbert": {"global_attn_every_n_layers": 2, "local_attention": 16, "max_position_embeddings": 512,
+                       "cls_token_id": getattr(tokenizer, "cls_token_id", None),
+                       "sep_token_id": getattr(tokenizer, "sep_token_id", None), **SMALL},
+        "llama": {"num_key_value_heads": 2, "max_position_embeddings": 512, **SMALL},
+        "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 512},
+    }
     prefix = {"distilbert": "DistilBert", "electra": "Electra", "xlm-roberta": "XLMRoberta",
               "deberta-v2": "DebertaV2", "albert": "Albert", "gpt2": "GPT2", "mobilebert": "MobileBert",
               "mpnet": "MPNet", "modernbert": "ModernBert", "llama": "Llama"}[arch]
+    torch.manual_seed(0)
+    config = getattr(transformers, f"{prefix}Config")(vocab_size=vocab, **{**defaults[arch], **ids, **config_extra})
     model = getattr(transformers, f"{prefix}For{head}")(config)
     model.save_pretrained(folder, safe_serialization=True)
     return model
@@ -365,6 +352,10 @@ PREPROCESSORS: dict[str, dict[str, Any]] = {
     "segformer": {  # nvidia/mit-b0: resize to height x width, rescale, normalise (ViT's steps)
         "do_normalize": True, "do_resize": True, "feature_extractor_type": "SegformerFeatureExtractor",
         "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD, "reduce_labels": False, "resample": 2, "size": 32},
+    "hiera": {  # facebook/hiera-tiny-224-in1k-hf: BiT's processor
+        "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "do_convert_rgb": True, "do_normalize": True,
+        "do_rescale": True, "do_resize": True, "image_mean": IMAGENET_MEAN, "image_processor_type": "BitImageProcessor",
+        "image_std": IMAGENET_STD, "resample": 2, "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 36}},
     "focalnet": {  # microsoft/focalnet-tiny: BiT's processor; optimum has no ONNX recipe for FocalNet (refused)
         "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "do_normalize": True, "do_rescale": True,
         "do_resize": True, "image_mean": IMAGENET_MEAN, "image_processor_type": "BitImageProcessor",
@@ -376,7 +367,7 @@ PREPROCESSORS: dict[str, dict[str, Any]] = {
         "rescale_factor": 0.00392156862745098, "rescale_offset": False, "size": {"height": 32, "width": 32}},
 }
 IMAGE_ARCHS = ("resnet", "swin", "deit", "beit", "mobilevit", "mobilenet_v2", "dinov2", "levit", "convnextv2", "regnet",
-               "swinv2", "data2vec-vision", "segformer")
+               "swinv2", "data2vec-vision", "segformer", "hiera")
 
 
 def calibrate_batchnorm(model: Any) -> None:
@@ -392,7 +383,8 @@ def calibrate_batchnorm(model: Any) -> None:
     model.train()
     with torch.no_grad():
         size = getattr(model.config, "image_size", 32)
-        model(pixel_values=torch.randn(16, 3, size, size, generator=torch.Generator().manual_seed(0)))
+        height, width = (size, size) if isinstance(size, int) else size
+        model(pixel_values=torch.randn(16, 3, height, width, generator=torch.Generator().manual_seed(0)))
     model.eval()
 
 
@@ -450,6 +442,10 @@ def image_model(folder: Path, arch: str) -> Any:
         model = transformers.SegformerForImageClassification(transformers.SegformerConfig(
             num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], num_attention_heads=[1, 2],
             patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2], decoder_hidden_size=32, **labels))
+    elif arch == "hiera":
+        model = transformers.HieraForImageClassification(transformers.HieraConfig(
+            image_size=[32, 32], patch_size=[3, 3], patch_stride=[2, 2], patch_padding=[1, 1], embed_dim=16,
+            num_heads=[1, 2], depths=[1, 1], query_stride=[2, 2], masked_unit_size=[4, 4], num_query_pool=1, **labels))
     elif arch == "focalnet":
         model = transformers.FocalNetForImageClassification(transformers.FocalNetConfig(
             image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], focal_levels=[2, 2], focal_windows=[3, 3],
@@ -632,6 +628,30 @@ def test_text_classification_matches_the_pipeline(build: Callable[[str, str], Bu
         with pytest.raises(InputError, match="no tokens") as info:
             built.served.predict(["fine", ""])
         assert info.value.status == 400 and "inputs[1]" in str(info.value)
+
+
+@pytest.mark.parametrize(("arch", "positions", "usable"), [("electra", 128, 128), ("xlm-roberta", 130, 128),
+                                                          ("gpt2", 100, 100)])
+def test_a_tokenizer_without_model_max_length_truncates_at_the_model_positions(
+        minilm_dir: Path, tmp_path: Path, arch: str, positions: int, usable: int) -> None:
+    """Many hub tokenizers declare no model_max_length (transformers' 1e30 sentinel). On a model with
+    fewer than 512 positions a long text must be truncated to what the position embeddings hold (RoBERTa-
+    style models lose two to the pad offset), not reach onnxruntime and fail as a 500; the answer is the
+    pipeline's with truncation at that length."""
+    from transformers import AutoTokenizer, pipeline
+
+    folder = tmp_path / "model"
+    key = "n_positions" if arch == "gpt2" else "max_position_embeddings"
+    model = text_model(folder, arch, "SequenceClassification", minilm_dir, num_labels=2, **{key: positions})
+    config_path = folder / "tokenizer_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "model_max_length": int(1e30)}))
+    ours = served(folder, tmp_path / "work")
+    assert ours.spec["max_length"] == usable
+    pipe = pipeline("text-classification", model=model.eval(), tokenizer=AutoTokenizer.from_pretrained(str(folder)),
+                    device="cpu")
+    texts = [LONG * 2, "short"]
+    assert_same_labels(ours.predict(texts, {"top_k": None}),
+                       pipe(texts, top_k=None, truncation=True, max_length=usable), arch)
 
 
 # -- text ranking ------------------------------------------------------------------------------------
