@@ -59,3 +59,16 @@ def test_a_weight_read_inside_control_flow_never_leaks_python_internals(tmp_path
         assert _cosine(model, tmp_path / "out" / "model.onnx", feed) > 0.98, (recipe, sign)
     if recipe == "fp16":
         assert any("control flow" in note for note in manifest["notes"])
+
+
+@pytest.mark.parametrize("recipe", ["int8-static", "int8-weight", "fp16", "int8"])
+def test_weights_through_constant_identity_transpose_and_shadowing_inputs(tmp_path: Path, recipe: str) -> None:
+    """The old-exporter convnet (a weight through a Constant node, an Identity and a Transpose, a graph
+    input shadowing an initializer): every weight rewrite works on it, as int8-dynamic does."""
+    from tests.test_quant_steps import convnet_model
+
+    model = convnet_model(tmp_path / "convnet.onnx")
+    code, manifest, stderr = _optimize(model, tmp_path / "out", recipe)
+    assert code == 0, stderr
+    assert manifest["fidelity"]["mean"] > 0.98, manifest["fidelity"]
+    assert manifest["model"]["bytes"] < model.stat().st_size or recipe == "fp16"
