@@ -67,14 +67,7 @@ def text_feeds(texts: Sequence[str], encode: Callable[[list[str]], Feed], batch:
 
 def load_npz(path: Path, input_names: Sequence[str]) -> list[Feed]:
     """One feed per sample (axis 0 of every array), so per-sample metrics mean the same for all models."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError) as exc:
-        raise SlimserveError(f"cannot read --eval file {path} as .npz: {str(exc).splitlines()[0]}") from None
-    missing = [n for n in input_names if n not in arrays]
-    if missing:
-        raise SlimserveError(f"{path} lacks arrays for inputs {', '.join(missing)} (it has {', '.join(arrays)})")
+    arrays = _read_npz(path, input_names)
     count = min(arrays[n].shape[0] for n in input_names) if input_names else 0
     if count == 0:
         raise SlimserveError(f"{path} holds no samples")
@@ -90,16 +83,22 @@ def load_npz_folder(path: Path, input_names: Sequence[str]) -> list[Feed]:
                              hint="save one feed per file: numpy.savez(f'{i:04d}.npz', **{name: array, ...})")
     feeds = []
     for file in files:
-        try:
-            with np.load(file, allow_pickle=False) as archive:
-                arrays = {k: archive[k] for k in archive.files}
-        except (OSError, ValueError) as exc:
-            raise SlimserveError(f"cannot read {file} as .npz: {str(exc).splitlines()[0]}") from None
-        missing = [n for n in input_names if n not in arrays]
-        if missing:
-            raise SlimserveError(f"{file} lacks arrays for inputs {', '.join(missing)} (it has {', '.join(arrays) or 'none'})")
+        arrays = _read_npz(file, input_names)
         feeds.append({n: arrays[n] for n in input_names})
     return feeds
+
+
+def _read_npz(path: Path, input_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays of one .npz (no pickles), with one clear error when it is unreadable or lacks an input."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except (OSError, ValueError) as exc:
+        raise SlimserveError(f"cannot read --eval file {path} as .npz: {str(exc).splitlines()[0]}") from None
+    missing = [n for n in input_names if n not in arrays]
+    if missing:
+        raise SlimserveError(f"{path} lacks arrays for inputs {', '.join(missing)} (it has {', '.join(arrays) or 'none'})")
+    return arrays
 
 
 def synthetic_feeds(inputs: Sequence[dict[str, Any]], shapes: Sequence[tuple[int, ...]] = (),

@@ -414,17 +414,6 @@ def deploy_notes(target: Target, layer: ZipArtifact, function: ZipArtifact, *, m
 An image can also be POSTed as it is (`-H "content-type: image/jpeg" --data-binary @photo.jpg` instead of
 the JSON body); keep requests under Lambda's 6 MB payload limit (about 4.5 MB of image once base64-encoded).
 """ if task.family == "image" else "")
-    from slimserve.tasks import BY_NAME
-
-    task = BY_NAME.get(task_name, BY_NAME["tensor"])
-    example = json.dumps({"inputs": example_inputs}) if example_inputs is not None else '{"inputs": ["hello world"]}'
-    example = example.replace("'", "\\u0027")  # it goes inside single quotes on the command line
-    if len(example) > 400:  # an image: show the raw-body call instead of a page of base64
-        example = '{"inputs": ["<base64 of an image file>"]}'
-    image_call = ("""
-An image can also be POSTed as it is (`-H "content-type: image/jpeg" --data-binary @photo.jpg` instead of
-the JSON body); keep requests under Lambda's 6 MB payload limit (about 4.5 MB of image once base64-encoded).
-""" if task.family == "image" else "")
     limits_md = _limits_section(memory, timeout_s, limits, cold_start, verdict)
     profile_limits = _lambda_profile().limits
     direct, unzipped = profile_limits.zipped_size, profile_limits.unzipped_size
