@@ -3,16 +3,21 @@ do not build (those cover BERT, RoBERTa, DistilBERT, ViT, ConvNeXt).
 
 Every model is a tiny random-init instance of a real architecture built from its config (no hub), saved
 with a tokenizer or preprocessor_config.json shaped like the hub's for that architecture:
-- WordPiece (MiniLM's files) for DistilBERT and ELECTRA;
+- WordPiece (MiniLM's files) for DistilBERT, ELECTRA, MobileBERT and MPNet;
 - SentencePiece-style Unigram tokenizers trained here with `tokenizers` and laid out as transformers'
   converters lay out XLM-RoBERTa, DeBERTa-v2/v3 and ALBERT tokenizers (Metaspace "▁" words, collapsed
   runs of spaces, each model's special tokens and pair template; NFKC stands in for the precompiled
   sentencepiece charsmap, which cannot be built offline);
-- a byte-level BPE with a pad token for GPT-2's sequence classifier (it pools the last real token);
+- byte-level BPE: ModernBERT's (a [CLS]/[SEP] template, untrimmed offsets), Llama-3's (a BOS, a reserved
+  pad token) and GPT-2's (no special token added, no pad token of its own) for the decoder classifiers,
+  which pool each text's last token that is not config.pad_token_id;
 - hub-style preprocessor configs, legacy forms included (an int `size`, `feature_extractor_type`), for
-  ResNet, Swin, DeiT, BEiT, MobileViT and MobileNetV2.
+  ResNet, Swin/Swin V2, distilled DeiT and LeViT (`...WithTeacher` heads), BEiT/Data2Vec-vision,
+  MobileViT, MobileNetV2, DINOv2, ConvNeXt V2, RegNet, SegFormer and Hiera.
 slimserve's fp32 export runs in slimserve's own runtime (`LoadedModel.predict`, the code Lambda runs) and
 is compared with `transformers.pipeline` (or sentence-transformers' CrossEncoder) on the PyTorch model.
+What cannot be served (EfficientNet's preprocessing, architectures optimum does not export, a last-token
+classifier without any pad token) must be refused as one `error:` line and one `hint:` line.
 """
 
 from __future__ import annotations
@@ -655,7 +660,7 @@ def test_a_tokenizer_without_model_max_length_truncates_at_the_model_positions(
 
 
 # -- text ranking ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["electra", "xlm-roberta", "deberta-v2", "modernbert"])
+@pytest.mark.parametrize("arch", ["electra", "xlm-roberta", "deberta-v2", "modernbert", "llama"])
 def test_cross_encoders_match_sentence_transformers(minilm_dir: Path, tmp_path: Path, arch: str) -> None:
     """A reranker (one label: rank and pairs) and an NLI model (three labels: pairs, softmax), each saved
     by CrossEncoder.save, against CrossEncoder.rank/predict on the same folder."""
