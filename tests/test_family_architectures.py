@@ -760,3 +760,40 @@ def test_what_cannot_be_served_is_one_clean_error(minilm_dir: Path, tmp_path: Pa
     assert_clean_error(result, code=2, contains=error)
     assert "hint:" in result.stderr and hint in result.stderr.split("hint:", 1)[1], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# -- the whole optimize path -------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["image-classification:deit", "image-classification:levit",
+                                  "token-classification:modernbert", "token-classification:xlm-roberta",
+                                  "question-answering:deberta-v2", "text-classification:gpt2-pad-in-config-only",
+                                  "text-ranking:llama"])
+def test_optimize_measures_perfect_fp32_fidelity(minilm_dir: Path, tmp_path: Path, case: str) -> None:
+    """`slimserve.api.optimize` end to end on architectures the family tests do not build: the family's
+    PyTorch reference loads them (distilled heads, decoder classifiers, a Llama CrossEncoder) and the fp32
+    export agrees with it on every sample of the built-in evaluation set."""
+    from sentence_transformers import CrossEncoder
+
+    from slimserve import api
+    from slimserve.tasks import get_task
+
+    task, arch = case.split(":")
+    folder = tmp_path / "model"
+    if task == "image-classification":
+        image_model(folder, arch)
+    elif task == "token-classification":
+        model = text_model(folder, arch, "TokenClassification", minilm_dir, max_length=64, num_labels=len(NER_LABELS),
+                           id2label=dict(enumerate(NER_LABELS)), label2id={n: i for i, n in enumerate(NER_LABELS)})
+        realistic_ner_head(model, folder, seed=1)
+    elif task == "question-answering":
+        text_model(folder, arch, "QuestionAnswering", minilm_dir)
+    elif task == "text-classification":
+        text_classifier(folder, arch, minilm_dir)
+    else:
+        text_model(tmp_path / "base", arch, "SequenceClassification", minilm_dir, num_labels=1, initializer_range=0.2)
+        CrossEncoder(str(tmp_path / "base"), max_length=40, local_files_only=True).save(str(folder))
+    candidate = api.optimize(folder, tmp_path / "out", recipe="fp32")
+    fidelity = candidate.manifest.fidelity
+    assert candidate.manifest.runtime.task == task
+    assert fidelity is not None and fidelity.metric in (get_task(task).metric, "top1+cosine")
+    assert fidelity.mean == 1.0 and fidelity.min == 1.0 and fidelity.samples >= 20, fidelity
