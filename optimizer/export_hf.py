@@ -66,6 +66,19 @@ def export_hf_folder(source: HfFolderSource, work_dir: Path) -> Exported:
         if "safetensor" in type(exc).__name__.lower() or "header" in str(exc).lower():
             raise SlimserveError(f"cannot read the weights in {source.path}: {first_line(exc)}",
                                  hint="the .safetensors file looks truncated or damaged: download it again") from exc
+        if "unsupported architecture" in str(exc) or "only supports the tasks" in str(exc):
+            # optimum has no ONNX recipe for this model type (FocalNet, MobileViTV2...): the folder is fine
+            model_type = _read_json(source.path / "config.json").get("model_type") or "this"
+            raise SlimserveError(f"optimum's ONNX exporter does not support {model_type} models for "
+                                 f"{source.task}, so slimserve cannot export {source.path}",
+                                 hint="export the model to ONNX yourself (torch.onnx.export) and pass the .onnx "
+                                      "file: it is then served as a tensor model") from exc
+        if "infer the pad token id" in str(exc):  # a GPT-2-style classifier with no pad token anywhere
+            raise SlimserveError(f"{source.path} defines no pad token (config.json pad_token_id, or the "
+                                 "tokenizer's): a classifier that reads the last real token needs one to be "
+                                 "exported for batches",
+                                 hint='set "pad_token_id" in config.json (GPT-2 classifiers use the '
+                                      "eos_token_id)") from exc
         raise ToolError(f"optimum could not export {source.path}: {first_line(exc)}",
                         hint="check the folder (config + weights + tokenizer) and --task") from exc
     onnx_path = out / "model.onnx"
@@ -87,6 +100,24 @@ def export_hf_folder(source: HfFolderSource, work_dir: Path) -> Exported:
     extra = tuple(out / name for name in RUNTIME_FILES if (out / name).is_file())
     return Exported(onnx_path=onnx_path, runtime=runtime, reference=reference, reference_kind="pytorch",
                     extra_files=extra, source_info={"task": source.task, "library": source.library})
+
+
+# Model types whose position ids start after the pad id (RoBERTa's create_position_ids_from_input_ids):
+# max_position_embeddings 514 holds 512 tokens.
+_PAD_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm",
+                         "data2vec-text", "ibert", "xmod", "mpnet", "longformer", "luke")
+
+
+def _position_limit(config: dict[str, Any]) -> int:
+    """The most tokens the model's position embeddings take. Many tokenizers declare no model_max_length
+    (transformers' 1e30 sentinel): on a model with fewer than 512 positions the runtime would otherwise
+    let longer texts through and onnxruntime fail on every one of them (a 500, not a truncation)."""
+    positions = config.get("max_position_embeddings", config.get("n_positions"))
+    if isinstance(positions, bool) or not isinstance(positions, int) or positions <= 0:
+        return DEFAULT_MAX_LENGTH
+    if config.get("model_type") in _PAD_OFFSET_POSITIONS:
+        positions -= int(config.get("pad_token_id") or 0) + 1
+    return max(1, positions)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -117,9 +148,16 @@ def _runtime_spec(source: HfFolderSource, out: Path, text: bool) -> dict[str, An
 
     tokenizer = AutoTokenizer.from_pretrained(str(out), local_files_only=True)  # type: ignore[no-untyped-call]  # transformers is untyped
     max_length = min(int(getattr(tokenizer, "model_max_length", DEFAULT_MAX_LENGTH) or DEFAULT_MAX_LENGTH),
-                     DEFAULT_MAX_LENGTH)
-    spec.update({"tokenizer": "tokenizer.json", "pad_id": int(tokenizer.pad_token_id or 0),
-                 "pad_token": str(tokenizer.pad_token or "[PAD]")})
+                     DEFAULT_MAX_LENGTH, _position_limit(config))
+    pad_id, pad_token = tokenizer.pad_token_id, tokenizer.pad_token
+    config_pad = config.get("pad_token_id")
+    if (source.task in ("text-classification", "text-ranking") and isinstance(config_pad, int)
+            and 0 <= config_pad < int(config.get("vocab_size") or len(tokenizer)) and config_pad != pad_id):
+        # A decoder's sequence classifier (GPT-2, Llama, Qwen2...) finds each text's last real token as the
+        # last one that is not config.pad_token_id, so a batch must be padded with THAT id, even when the
+        # tokenizer has no pad token or another one (the pipeline runs texts one by one, unpadded).
+        pad_id, pad_token = config_pad, tokenizer.convert_ids_to_tokens(config_pad)
+    spec.update({"tokenizer": "tokenizer.json", "pad_id": int(pad_id or 0), "pad_token": str(pad_token or "[PAD]")})
     if source.library == "sentence_transformers":
         st_config = _read_json(source.path / "sentence_bert_config.json")
         max_length = int(st_config.get("max_seq_length", max_length))

@@ -45,7 +45,9 @@ TASKS: tuple[Task, ...] = (
          '{"inputs": [{"question": str, "context": str}], "parameters": {"top_k": 1, "max_answer_len": 15}}',
          '{"answer": str, "score": float, "start": int, "end": int} (a list when top_k > 1)',
          "exact_match", "answer-span exact match vs the PyTorch model (start/end agreement reported)", 0.95),
-    Task("image-classification", "image", ("ForImageClassification",), "image-classification",
+    # "...WithTeacher": distilled DeiT/LeViT, whose `logits` (the pipeline's) average the class and distillation heads
+    Task("image-classification", "image", ("ForImageClassification", "ForImageClassificationWithTeacher"),
+         "image-classification",
          '{"inputs": ["<base64 image>", ...], "parameters": {"top_k": 5}} or a raw image/* body',
          '[[{"label": str, "score": float}, ...], ...]',
          "top1_agreement", "top-1 label agreement vs PyTorch (top-5 overlap and logit cosine reported)", 0.95),
@@ -92,7 +94,7 @@ def tasks_for_architecture(arch: str) -> tuple[str, ...]:
     fits = [task.name for task in TASKS if any(arch.endswith(head) for head in task.heads)]
     if arch.endswith("ForSequenceClassification"):  # a classifier's default is classification, not ranking
         fits.sort(key=lambda name: name != "text-classification")
-    elif arch.endswith("ForImageClassification"):
+    elif arch.endswith(("ForImageClassification", "ForImageClassificationWithTeacher")):
         fits = ["image-classification"]
     elif not arch.endswith("Model"):
         fits.sort(key=lambda name: name == "feature-extraction")
