@@ -55,9 +55,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if __package__:
-    from .model_runtime import Encoded, InputError, LimitError, RequestLimits
+    from .model_runtime import Encoded, InputError, LimitError, RequestLimits, env_limit
 else:  # flat in the artifact
-    from model_runtime import Encoded, InputError, LimitError, RequestLimits  # type: ignore[no-redef]
+    from model_runtime import Encoded, InputError, LimitError, RequestLimits, env_limit  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from .model_runtime import LoadedModel
@@ -296,14 +296,8 @@ def _encode_prompts(model: LoadedModel, items: list[str | Chat], limits: Request
 
 def new_tokens_limit(spec: dict[str, Any], environ: Any = None) -> int:
     env = os.environ if environ is None else environ
-    raw = env.get(NEW_TOKENS_ENV) or spec.get("max_new_tokens_limit") or DEFAULT_MAX_NEW_TOKENS_LIMIT
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{NEW_TOKENS_ENV} must be a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{NEW_TOKENS_ENV} must be a positive integer, got {value}")
-    return value
+    return env_limit(env.get(NEW_TOKENS_ENV), spec.get("max_new_tokens_limit"), DEFAULT_MAX_NEW_TOKENS_LIMIT,
+                     NEW_TOKENS_ENV)
 
 
 def time_budget(spec: dict[str, Any], environ: Any = None) -> float | None:
