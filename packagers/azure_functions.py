@@ -208,3 +208,22 @@ def _example_inputs(bundle: ModelBundle) -> Any:
 
     warmup = bundle.manifest.runtime.spec().get("warmup")
     return warmup if warmup is not None else sample_event(bundle.manifest.to_dict())["inputs"]
+
+
+def package_from_path(path: Path, out: Path, *, python: str, arch: str, memory_mb: int | None = None,
+                      check: bool = True, progress: Progress = NULL_PROGRESS) -> tuple[AzureArtifacts, Report | None]:
+    """`slimserve package PATH --target azure-functions`: the folder (or bare .onnx) checked against
+    azure-functions-flex (unless `check` is False), then packaged with the memory and timeout it measured.
+    Bad input (Python, architecture, memory size, an unservable model) fails before anything slow runs."""
+    from slimserve.bundle import load_bundle
+    from slimserve.pipeline.check import CheckOptions, run_check
+
+    target = Target.parse(python, arch)
+    validate_target(target)
+    if memory_mb is not None:
+        choose_memory(memory_mb)
+    bundle = load_bundle(Path(path))
+    check_model(bundle)
+    report = run_check(Path(path), [PLATFORM], CheckOptions(memory_mb=memory_mb, python=python, arch=arch),
+                       progress) if check else None
+    return package_azure(bundle, Path(out), target, memory_mb, report, progress), report

@@ -1,7 +1,9 @@
-"""`slimserve package PATH --target lambda|container -o OUT`: emit deployable artifacts.
+"""`slimserve package PATH --target lambda|container|azure-functions -o OUT`: emit deployable artifacts.
 
 Lambda: layer.zip + function.zip + template.yaml + slimserve.json + DEPLOY.md, after a `check` against
 aws-lambda-zip whose recommended memory goes into the template and whose results go into the manifest.
+Azure Functions (Flex Consumption): function.zip + slimserve.json + DEPLOY.md (the `az` commands), after a
+`check` against azure-functions-flex whose recommended instance memory and timeout they use.
 Exit codes: 0 written (and fits), 1 written but the check says it does not fit, 2 bad input.
 """
 
@@ -25,14 +27,16 @@ if TYPE_CHECKING:
 
 @click.command("package", context_settings={"max_content_width": 110})
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--target", "kind", type=click.Choice(["lambda", "container"]), required=True,
-              help="lambda: layer + function zips and a SAM template; container: an OCI image.")
+@click.option("--target", "kind", type=click.Choice(["lambda", "container", "azure-functions"]), required=True,
+              help="lambda: layer + function zips and a SAM template; container: an OCI image; "
+                   "azure-functions: a Flex Consumption function app zip and its az commands.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path, file_okay=False), required=True,
               metavar="OUT", help="Folder to write (replaced atomically).")
-@python_option()
+@python_option("Target Python version (azure-functions: one its profile lists, 3.10-3.13).")
 @arch_option()
 @click.option("--memory", "memory_mb", type=click.IntRange(min=1), metavar="MB",
-              help="Lambda memory setting. Default: the one `check` recommends.")
+              help="Lambda memory setting (azure-functions: the instance memory, 512/2048/4096). "
+                   "Default: the one `check` recommends.")
 @click.option("--no-check", is_flag=True, help="Skip measuring cold start and limits (faster; no `checks`).")
 @click.option("--snapstart/--no-snapstart", default=None,
               help="Lambda: SnapStart in template.yaml (a published version behind the `live` alias). "
@@ -57,10 +61,12 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
     from slimserve.packagers.target import Target
     from slimserve.ui import progress_for
 
-    if kind == "lambda":
+    if kind in ("lambda", "azure-functions"):
         _refuse_container_options(base=base_ref, push=push_ref, insecure_registry=insecure)
-    elif snapstart is not None:
+    if kind != "lambda" and snapstart is not None:
         raise click.UsageError("--snapstart/--no-snapstart apply only to --target lambda")
+    if kind == "azure-functions":
+        return _azure(path, out, python, arch, memory_mb, no_check, fmt)
     with progress_for(sys.stderr) as progress:
         # every shipped file proven to lie inside the folder, the model loaded in onnxruntime (even with
         # --no-check), references without credentials: all before anything is built or written
@@ -86,7 +92,7 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
 
 
 def _refuse_container_options(**given: Any) -> None:
-    """Options that only shape images must not be silently ignored for a Lambda zip."""
+    """Options that only shape images must not be silently ignored for a zip (Lambda, Azure Functions)."""
     ctx = click.get_current_context()
     explicit = [name for name in ("platform", "engine")
                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
@@ -95,6 +101,40 @@ def _refuse_container_options(**given: Any) -> None:
         flags = ", ".join("--" + name.replace("_", "-") for name in explicit)
         verb = "applies" if len(explicit) == 1 else "apply"
         raise click.UsageError(f"{flags} {verb} only to --target container")
+
+
+def _azure(path: Path, out: Path, python: str, arch: str, memory_mb: int | None, no_check: bool, fmt: str) -> int:
+    """`--target azure-functions`: function.zip for Flex Consumption, sized by a check against its profile."""
+    from slimserve.packagers.azure_functions import ENTRY, PLATFORM, package_from_path
+    from slimserve.ui import progress_for
+
+    with progress_for(sys.stderr) as progress:
+        artifacts, report = package_from_path(path, out, python=python, arch=arch, memory_mb=memory_mb,
+                                              check=not no_check, progress=progress)
+    verdict = None if report is None else report.verdict(PLATFORM)
+    fits = None if verdict is None else verdict.fits
+    z = artifacts.function
+    summary = {"target": "azure-functions", "platform": PLATFORM, "out": str(artifacts.out),
+               "python": artifacts.python, "arch": arch, "memory_mb": artifacts.memory_mb,
+               "timeout_s": artifacts.timeout_s, "entry": f"{ENTRY}:app", "fits": fits,
+               "artifacts": {z.path.name: {"bytes": z.bytes, "unzipped_bytes": z.unzipped_bytes, "sha256": z.sha256}},
+               "files": [str(artifacts.manifest), str(artifacts.deploy)]}
+    if fmt == "json":
+        click.echo(json.dumps(summary, indent=2))
+        return 1 if fits is False else 0
+    click.echo(f"Azure Functions (Flex Consumption) app for Python {artifacts.python}, instance memory "
+               f"{artifacts.memory_mb} MB, functionTimeout {artifacts.timeout_s} s")
+    click.echo(f"  function.zip: {z.bytes / 1e6:.1f} MB zipped, {z.unzipped_bytes / 1e6:.1f} MB unzipped, "
+               f"sha256 {z.sha256[:16]}")
+    if report is not None and verdict is not None:
+        click.echo(f"  {verdict.name}: {'fits' if verdict.fits else 'DOES NOT FIT'}; cold start "
+                   f"{report.cold_start.total_ms:.0f} ms measured here (python {report.cold_start.python}), "
+                   f"peak RSS {report.peak_rss_mb:.0f} MB")
+        for finding in verdict.findings:
+            if finding.status != "pass":
+                click.echo(f"  {finding.status}: {finding.reason}")
+    click.echo(f"written to {artifacts.out} (slimserve.json, DEPLOY.md with the az commands)")
+    return 1 if fits is False else 0
 
 
 def _container(result: ContainerArtifacts, out: Path, platform: str, fmt: str) -> int:
