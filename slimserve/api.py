@@ -197,7 +197,8 @@ def compare(model: PathLike, out: PathLike, *, recipes: Sequence[str] | None = N
             eval_path: PathLike | None = None, task: str | None = None, min_fidelity: float | None = None,
             python: str = DEFAULT_PYTHON, arch: str = "x86_64", memory_mb: int | None = None, runs: int = 3,
             jobs: int = 1, profile_files: Sequence[PathLike] = (),
-            progress: Progress = NULL_PROGRESS) -> Comparison:
+            progress: Progress = NULL_PROGRESS, size_tolerance_pct: float = 10.0,
+            size_tolerance_mib: float = 2.0) -> Comparison:
     """Export `model` once, build one candidate per recipe (default: fp32, fp16, int8, int8-dynamic,
     int4-weight), measure each the same way and mark the Pareto frontier; write OUT (compare.json/.md/.png
     and candidates/)."""
@@ -205,8 +206,11 @@ def compare(model: PathLike, out: PathLike, *, recipes: Sequence[str] | None = N
     from slimserve.pipeline.compare import DEFAULT_RECIPES, CompareOptions, run_compare, validate
 
     names = list(recipes) if recipes is not None else list(DEFAULT_RECIPES)
+    from slimserve.selection import SizeTolerance
+
     options = CompareOptions(python=python, arch=arch, memory_mb=memory_mb, runs=runs, jobs=jobs,
-                             min_fidelity=min_fidelity)
+                             min_fidelity=min_fidelity,
+                             size_tolerance=SizeTolerance(size_tolerance_pct, size_tolerance_mib))
     files = [Path(p) for p in profile_files]
     validate(names, list(platforms), options, files)  # bad input fails before the slow export
     source = resolve_source(str(model), task=task)
@@ -219,19 +223,22 @@ def build(model: PathLike, out: PathLike, *, platform: str = "aws-lambda-zip", t
           max_cold_start_ms: float | None = None, base: str | None = None, eval_path: PathLike | None = None,
           task: str | None = None, python: str = DEFAULT_PYTHON, arch: str = "x86_64",
           memory_mb: int | None = None, runs: int = 3, jobs: int = 1,
-          progress: Progress = NULL_PROGRESS) -> BuildResult:
+          progress: Progress = NULL_PROGRESS, size_tolerance_pct: float = 10.0,
+          size_tolerance_mib: float = 2.0) -> BuildResult:
     """Compare recipes, choose the best candidate under the budgets, package it for `platform` and check
     the package. Raises `BuildFailed` (a `LimitExceeded`, carrying `.result`) after writing OUT when no
     candidate meets the budgets or the package fails its check."""
     from slimserve.optimizer.sources import resolve_source
     from slimserve.pipeline.build import BuildOptions, resolve_target, run_build
     from slimserve.pipeline.compare import DEFAULT_RECIPES, CompareOptions, validate
+    from slimserve.selection import SizeTolerance
 
     names = list(recipes) if recipes is not None else list(DEFAULT_RECIPES)
+    tolerance = SizeTolerance(size_tolerance_pct, size_tolerance_mib)
     options = BuildOptions(platform=platform, target=target, min_fidelity=min_fidelity,
-                           max_cold_start_ms=max_cold_start_ms, base=base,
+                           max_cold_start_ms=max_cold_start_ms, base=base, size_tolerance=tolerance,
                            compare=CompareOptions(python=python, arch=arch, memory_mb=memory_mb, runs=runs,
-                                                  jobs=jobs, min_fidelity=min_fidelity))
+                                                  jobs=jobs, min_fidelity=min_fidelity, size_tolerance=tolerance))
     (profile,) = validate(names, [platform], options.compare)  # bad input fails before the slow export
     resolve_target(profile, target)
     source = resolve_source(str(model), task=task)

@@ -162,10 +162,14 @@ def test_minilm_compare_of_five_recipes(minilm_comparison: tuple[Any, Path]) -> 
     assert rows["fp32"]["fidelity"]["mean"] > 0.9999 and rows["int8"]["fidelity"]["mean"] >= 0.999
     assert all(c["platforms"]["aws-lambda-zip"]["fits"] for c in rows.values())
     assert data["frontier"] and set(data["frontier"]) <= set(rows)
-    assert data["recommendation"]["recipe"] in data["frontier"]
-    # The recommendation is the smallest deployment with mean cosine ≥ 0.99 that fits both platforms.
-    ok = [c for c in rows.values() if c["fidelity"]["mean"] >= 0.99]
-    assert data["recommendation"]["recipe"] == min(ok, key=lambda c: c["deploy"]["unzipped_bytes"])["recipe"]
+    # The recommendation: among candidates with mean cosine ≥ 0.99 that fit both platforms, those within
+    # max(10%, 2 MiB) of the smallest deployment count as equally small; the best worst sample (then mean) wins.
+    ok = [c for c in rows.values() if c["fidelity"]["mean"] >= 0.99 and all(v["fits"] for v in c["platforms"].values())]
+    smallest = min(c["deploy"]["unzipped_bytes"] for c in ok)
+    near = [c for c in ok if c["deploy"]["unzipped_bytes"] <= smallest + max(0.1 * smallest, 2 * 1024**2)]
+    best = min(near, key=lambda c: (-c["fidelity"]["min"], -c["fidelity"]["mean"], c["deploy"]["unzipped_bytes"]))
+    assert data["recommendation"]["recipe"] == best["recipe"]
+    assert data["size_tolerance"] == {"pct": 10.0, "mib": 2.0}
     check_png(out / "compare.png", data["plot"], data)
     md = (out / "compare.md").read_text()
     assert md.splitlines()[2].startswith(f"**Recommended: `{data['recommendation']['recipe']}`**")

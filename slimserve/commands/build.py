@@ -37,11 +37,12 @@ from slimserve.report.build_report import FORMATS, BuildResult
 def command(model: str, out: Path, platform: str, target: str | None, min_fidelity: float | None,
             max_cold_start_ms: float | None, base: str | None, recipes: str | None, all_recipes: bool,
             eval_path: Path | None, task: str | None, jobs: int, python: str, arch: str, memory_mb: int | None,
-            runs: int, fmt: str) -> int:
+            runs: int, tolerance_pct: float, tolerance_mib: float, fmt: str) -> int:
     """Compare recipes on MODEL, choose the best under budgets, package it for the platform, check it.
 
-    The choice: among candidates that meet every budget and fit the platform, the smallest deployment,
-    then the fastest cold start. When none does, the comparison is still written and the command exits 1
+    The choice: among candidates that meet every budget and fit the platform, those whose deployment is
+    within the size tolerance of the smallest (10% or 2 MiB) count as equally small, and the most faithful
+    of them wins (worst sample, then mean); the summary says why, against the runner-up. When none does, the comparison is still written and the command exits 1
     saying which budget each candidate missed, by how much.
     """
     from slimserve.api import build
@@ -54,7 +55,8 @@ def command(model: str, out: Path, platform: str, target: str | None, min_fideli
             result = build(model, out, platform=platform, target=target, recipes=chosen_recipes(recipes, all_recipes),
                            min_fidelity=min_fidelity, max_cold_start_ms=max_cold_start_ms, base=base,
                            eval_path=eval_path, task=task, python=python, arch=arch, memory_mb=memory_mb,
-                           runs=runs, jobs=jobs, progress=progress)
+                           runs=runs, jobs=jobs, progress=progress, size_tolerance_pct=tolerance_pct,
+                           size_tolerance_mib=tolerance_mib)
     except BuildFailed as failed:
         _summary(failed.result, fmt)
         raise

@@ -40,6 +40,13 @@ def recipe_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Judge platforms at this memory setting (default: each one's recommended setting)."),
         click.option("--runs", type=click.IntRange(min=1, max=50), default=3, show_default=True,
                      help="Fresh processes per cold-start measurement (median reported)."),
+        click.option("--size-tolerance-pct", "tolerance_pct", type=click.FloatRange(min=0), default=10.0,
+                     show_default=True, metavar="PCT",
+                     help="Deployments within PCT% (or --size-tolerance-mb, whichever is larger) of the smallest "
+                          "count as equally small; among them the most faithful is chosen (worst sample, then "
+                          "mean). 0 and 0: strictly the smallest."),
+        click.option("--size-tolerance-mb", "tolerance_mib", type=click.FloatRange(min=0), default=2.0,
+                     show_default=True, metavar="MIB", help="See --size-tolerance-pct (MiB, unzipped deployment)."),
     ]
     return functools.reduce(lambda f, opt: opt(f), reversed(options), func)
 
@@ -81,7 +88,8 @@ def format_option(formats: tuple[str, ...]) -> Callable[[Callable[..., Any]], Ca
 @format_option(FORMATS)
 def command(model: str, out: Path, platforms: tuple[str, ...], profile_files: tuple[Path, ...],
             min_fidelity: float | None, recipes: str | None, all_recipes: bool, eval_path: Path | None,
-            task: str | None, jobs: int, python: str, arch: str, memory_mb: int | None, runs: int, fmt: str) -> int:
+            task: str | None, jobs: int, python: str, arch: str, memory_mb: int | None, runs: int,
+            tolerance_pct: float, tolerance_mib: float, fmt: str) -> int:
     """Run several recipes on MODEL and put their trade-offs side by side.
 
     Exports MODEL once, builds one candidate per recipe, and measures each the same way: bytes, fidelity,
@@ -95,7 +103,8 @@ def command(model: str, out: Path, platforms: tuple[str, ...], profile_files: tu
         comparison = compare(model, out, recipes=chosen_recipes(recipes, all_recipes), platforms=platforms,
                              eval_path=eval_path, task=task, min_fidelity=min_fidelity, python=python, arch=arch,
                              memory_mb=memory_mb, runs=runs, jobs=jobs, profile_files=profile_files,
-                             progress=progress)
+                             progress=progress, size_tolerance_pct=tolerance_pct,
+                             size_tolerance_mib=tolerance_mib)
     from slimserve.report.comparison import renderer
 
     renderer(fmt)(comparison, sys.stdout)

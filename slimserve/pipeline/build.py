@@ -1,7 +1,8 @@
 """The `build` pipeline: compare, choose under budgets, package the winner, check the package.
 
-    compare (slimserve.pipeline.compare)  →  decide (selection.choose under --min-fidelity, --max-cold-start,
-    platform fit)  →  package (packagers: lambda zips or a container image)  →  check the package
+    compare (slimserve.pipeline.compare)  →  decide (selection.explain_choice under --min-fidelity,
+    --max-cold-start, platform fit; the most faithful within --size-tolerance-* of the smallest)
+    →  package (packagers: lambda zips or a container image)  →  check the package
     (the sizes of the artifacts actually written, the cold start measured on the same layout)  →  OUT
 
 OUT (written atomically): compare.json/.md/.png and candidates/ (the comparison), package/ (the winner's
@@ -32,7 +33,7 @@ from slimserve.profiles.schema import Profile
 from slimserve.progress import NULL_PROGRESS, Progress
 from slimserve.report import Report
 from slimserve.report.build_report import PACKAGE_DIR, BuildResult, Decision
-from slimserve.selection import Budgets, Row, choose, misses
+from slimserve.selection import Budgets, Row, SizeTolerance, explain_choice, misses
 
 __all__ = ["PACKAGE_DIR", "BuildResult", "Decision"]
 
@@ -46,6 +47,7 @@ class BuildOptions:
     target: str | None = None  # default: lambda for aws-lambda-zip, container for container platforms
     min_fidelity: float | None = None
     max_cold_start_ms: float | None = None
+    size_tolerance: SizeTolerance = field(default_factory=SizeTolerance)  # sizes this close count as equal
     base: str | None = None  # container base image (registry ref, oci:PATH or an OCI layout folder)
     compare: CompareOptions = field(default_factory=CompareOptions)
 
@@ -129,9 +131,13 @@ def decide(comparison: Comparison, options: BuildOptions) -> Decision:
     for c in comparison.candidates:
         if c.error is not None:
             missed[c.recipe] = (f"failed: {c.error}",)
-    pick = choose(rows, budgets)
-    return Decision(winner=None if pick is None else pick.recipe, misses=missed, budgets=budgets,
-                    cold_start_basis=basis)
+    choice = explain_choice(rows, budgets, options.size_tolerance)
+    if choice is None:
+        return Decision(winner=None, misses=missed, budgets=budgets, cold_start_basis=basis,
+                        tolerance=options.size_tolerance)
+    return Decision(winner=choice.winner.recipe, misses=missed, budgets=budgets, cold_start_basis=basis,
+                    tolerance=options.size_tolerance, why=choice.why,
+                    runner_up=choice.runner_up.recipe if choice.runner_up is not None else None)
 
 
 def misses_line(decision: Decision) -> str:

@@ -6,7 +6,7 @@
     then, one candidate at a time (so measurements never disturb each other):
         deployment size (packagers.lambda_target) + cold start / peak RSS (measure.coldstart), each once,
         held against every platform by `check.check_facts`; warm latency (measure.latency)
-    → Pareto frontier (selection.pareto_frontier) and a recommendation (selection.choose)
+    → Pareto frontier (selection.pareto_frontier) and a recommendation (selection.explain_choice)
     → one report value, `Comparison` (slimserve.report.comparison), which the renderers in
       slimserve.report.compare_* turn into OUT/compare.json, compare.md (and compare_plot into compare.png)
       beside candidates/<recipe>/; the CLI picks one of the same renderers for stdout
@@ -39,7 +39,7 @@ from slimserve.report.comparison import (
     Machine,
     platform_reason,
 )
-from slimserve.selection import Budgets, Row, choose, pareto_frontier
+from slimserve.selection import Budgets, Row, SizeTolerance, explain_choice, pareto_frontier
 from slimserve.tasks import default_min_fidelity, ranked_metric
 
 __all__ = ["CandidateResult", "CompareOptions", "Comparison", "Fidelity", "Machine", "platform_reason"]
@@ -102,21 +102,21 @@ def evaluate_candidate(result: CandidateResult, profiles: Sequence[Profile], opt
 
 
 def recommend(candidates: Sequence[CandidateResult], profiles: Sequence[Profile],
-              min_fidelity: float | None) -> tuple[str | None, str]:
-    """Smallest deployment (then fastest cold start) that fits every platform above the fidelity floor
-    (--min-fidelity, else the default of the task's metric: slimserve.tasks)."""
+              min_fidelity: float | None, tolerance: SizeTolerance | None = None) -> tuple[str | None, str]:
+    """What `build` would choose among the candidates that fit every platform above the fidelity floor
+    (--min-fidelity, else the default of the task's metric: slimserve.tasks): the most faithful within the
+    size tolerance of the smallest deployment (selection.explain_choice)."""
     metric = ranked_metric(next((c.fidelity.metric for c in candidates if c.fidelity is not None), None))
     floor = default_min_fidelity(metric) if min_fidelity is None else min_fidelity
     label = "mean cosine" if metric == "cosine" else f"mean {metric}"
     names = [p.name for p in profiles]
     rows = [candidate_row(c) for c in candidates if c.ok and all(candidate_row(c).fits.get(n, False) for n in names)]
-    pick = choose(rows, Budgets(min_fidelity=floor))
+    choice = explain_choice(rows, Budgets(min_fidelity=floor), tolerance)
     where = " and ".join(names)
-    if pick is None:
+    if choice is None:
         return None, (f"no candidate fits {where} with {label} ≥ {floor}: "
                       "try other recipes, a lower --min-fidelity, or another platform")
-    return pick.recipe, (f"smallest deployment that fits {where} with {label} ≥ {floor} "
-                         f"({pick.fidelity_mean:.4f}), then fastest cold start")
+    return choice.winner.recipe, f"{choice.why}; among the candidates that fit {where} with {label} ≥ {floor}"
 
 
 def assemble(model: str, source: Mapping[str, str | None], eval_source: str, options: CompareOptions,
@@ -124,7 +124,7 @@ def assemble(model: str, source: Mapping[str, str | None], eval_source: str, opt
     """Frontier and recommendation over measured candidates; failed ones stay in the table."""
     measured = [c for c in candidates if c.ok]
     frontier = tuple(pareto_frontier([candidate_row(c) for c in measured]))
-    pick, why = recommend(measured, profiles, options.min_fidelity)
+    pick, why = recommend(measured, profiles, options.min_fidelity, options.size_tolerance)
     return Comparison(model=model, source=dict(source), eval_source=eval_source, options=options,
                       platforms=tuple(profiles), candidates=tuple(candidates), frontier=frontier,
                       recommendation=pick, recommendation_reason=why, versions=library_versions(),
@@ -149,6 +149,10 @@ def validate(recipes: Sequence[str], platforms: Sequence[str | Profile], options
         parse_recipe(recipe)
     if options.jobs < 1:
         raise SlimserveError(f"--jobs must be at least 1, got {options.jobs}")
+    tolerance = options.size_tolerance
+    if not (0 <= tolerance.pct < float("inf") and 0 <= tolerance.mib < float("inf")):
+        raise SlimserveError(f"the size tolerance must be a non-negative number, got {tolerance.pct:g}% and "
+                             f"{tolerance.mib:g} MiB", hint="0 and 0 choose strictly the smallest deployment")
     if options.min_fidelity is not None and not 0 < options.min_fidelity <= 1:
         raise SlimserveError(f"--min-fidelity is a fidelity in (0, 1] (the task's metric), got {options.min_fidelity}")
     profiles = resolve_profiles(list(platforms) or list(DEFAULT_PLATFORMS), profile_files)

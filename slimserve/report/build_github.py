@@ -33,9 +33,10 @@ def render(result: BuildResult, out: TextIO) -> None:
     art = result.artifacts or {}
     memory = f", {art['memory_mb']} MB" if "memory_mb" in art else ""
     where = f"{decision.winner} → {PACKAGE_DIR}/ ({result.target}{memory})"
+    why = [decision.why] if decision.why else []
     if result.fits:
-        out.write(annotation("notice", title, f"chosen {where}; passes its check") + "\n")
+        out.write(annotation("notice", title, "\n".join([f"chosen {where}; passes its check", *why])) + "\n")
     else:
         failed = [f.reason for v in (result.check.platforms if result.check else ()) for f in v.findings
                   if f.status == "fail"]
-        out.write(annotation("error", title, "\n".join([f"chosen {where}; fails its check", *failed])) + "\n")
+        out.write(annotation("error", title, "\n".join([f"chosen {where}; fails its check", *failed, *why])) + "\n")

@@ -1,6 +1,7 @@
 """`build --format json` and build.json: the decision, the package, and each candidate's numbers.
 
-Shape: {"platform", "target", "fits", "chosen", "budgets", "rule", "cold_start_basis", "misses": {RECIPE: [..]},
+Shape: {"platform", "target", "fits", "chosen", "budgets", "rule", "size_tolerance": {"pct", "mib"}, "why",
+"runner_up", "cold_start_basis", "misses": {RECIPE: [..]},
 "package": {"folder", "kind", ...} | null, "check": "check.json" | null, "comparison": "compare.json",
 "frontier", "candidates": {RECIPE: {"bytes", "deploy", "fidelity", "cold_start", "peak_rss_mb", "platforms",
 "error"}}}. The full comparison is in compare.json and the package's check in check.json.
@@ -23,6 +24,9 @@ def decision_dict(decision: Decision) -> dict[str, Any]:
             "budgets": {"min_fidelity": b.min_fidelity, "max_cold_start_ms": b.max_cold_start_ms,
                         "platform": b.platform},
             "rule": RULE,
+            "size_tolerance": {"pct": decision.tolerance.pct, "mib": decision.tolerance.mib},
+            "why": decision.why or None,
+            "runner_up": decision.runner_up,
             "cold_start_basis": decision.cold_start_basis,
             "misses": {k: list(v) for k, v in decision.misses.items()}}
 

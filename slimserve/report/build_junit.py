@@ -35,7 +35,8 @@ def render(result: BuildResult, out: TextIO) -> None:
                                                   "type": "budget"})
         failure.text = "\n".join(_misses(result))
     else:
-        lines = [f"chosen: {decision.winner} ({result.target})"] + [f"missed: {m}" for m in _misses(result)]
+        lines = [f"chosen: {decision.winner} ({result.target})"] + ([f"why: {decision.why}"] if decision.why else []) \
+            + [f"missed: {m}" for m in _misses(result)]
         ET.SubElement(case, "system-out").text = "\n".join(lines)
     if result.check is not None:
         for v in result.check.platforms:

@@ -29,8 +29,9 @@ def render(result: BuildResult, out: TextIO) -> None:
         head = f"## slimserve build: ❌ `{d.winner}` was packaged but fails its check\n\nBudgets: {budgets}."
     else:
         head = (f"## slimserve build: ✅ `{d.winner}` for {result.platform} ({result.target})\n\nBudgets: {budgets}. "
-                f"Chosen: the candidate meeting every budget with the smallest deployment, then the fastest "
-                f"cold start. Artifacts: `{PACKAGE_DIR}/`.")
+                f"Artifacts: `{PACKAGE_DIR}/`.")
+    if d.why:
+        head += f"\n\nWhy: {d.why}."
     lines = [head, ""]
     if any(d.misses.values()):
         lines += ["| recipe | missed budgets |", "|---|---|"]

@@ -10,17 +10,18 @@ the CLI maps it to 1). This module imports only report values and selection's bu
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from slimserve.report import Report, load_renderer
 from slimserve.report.comparison import Comparison
-from slimserve.selection import Budgets
+from slimserve.selection import Budgets, SizeTolerance
 
 PACKAGE_DIR = "package"
-RULE = ("meets every budget and fits the platform; then smallest deployment (unzipped), fastest cold start, "
-        "most faithful, recipe name")
+RULE = ("meets every budget and fits the platform; among those whose deployment (unzipped) is within the size "
+        "tolerance of the smallest, the most faithful (worst sample, then mean); then smaller, faster cold start, "
+        "recipe name")
 
 # format name -> module under slimserve.report (imported when used, so rich loads only for text output)
 RENDERERS: dict[str, str] = {
@@ -36,12 +37,15 @@ FORMATS = tuple(RENDERERS)
 @dataclass(frozen=True)
 class Decision:
     """The winner (or None) and, for every candidate in the order given, the budgets it missed (empty:
-    eligible; a recipe that failed to build misses with its error)."""
+    eligible; a recipe that failed to build misses with its error); why the winner, and the runner-up."""
 
     winner: str | None
     misses: Mapping[str, tuple[str, ...]]
     budgets: Budgets
     cold_start_basis: str
+    tolerance: SizeTolerance = field(default_factory=SizeTolerance)
+    why: str = ""  # one line: what was chosen over what, for how much (selection.Choice.why)
+    runner_up: str | None = None  # what would have been chosen without the winner
 
 
 @dataclass(frozen=True)

@@ -27,3 +27,5 @@ def render(result: BuildResult, out: TextIO) -> None:
         memory = f", {art['memory_mb']} MB" if "memory_mb" in art else ""
         console.print(f"chosen: {decision.winner} → {result.package_dir} ({art.get('kind')}{memory}); "
                       f"{verdict} for {result.platform}", markup=False)
+    if decision.why:
+        console.print(f"why: {decision.why}", markup=False)

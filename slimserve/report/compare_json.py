@@ -1,7 +1,7 @@
 """`compare --format json` and compare.json: the machine-readable comparison.
 
 Shape: {"schema", "model", "source", "eval", "target", "platforms", "recommendation": {"recipe", "why"} | null,
-"recommendation_note", "frontier", "candidates": [{"recipe", "folder", "frontier", "error", "bytes", "deploy",
+"recommendation_note", "frontier", "size_tolerance": {"pct", "mib"}, "candidates": [{"recipe", "folder", "frontier", "error", "bytes", "deploy",
 "fidelity", "latency", "cold_start", "peak_rss_mb", "platforms": {NAME: {"fits", "reason", ...}}, "seconds"}],
 "method", "plot", "machine", "versions"}. Candidates in the order the recipes were given.
 """
@@ -55,13 +55,17 @@ def comparison_dict(comparison: Comparison) -> dict[str, Any]:
             "recipe": comparison.recommendation, "why": comparison.recommendation_reason},
         "recommendation_note": comparison.recommendation_reason,
         "frontier": list(comparison.frontier),
+        "size_tolerance": {"pct": o.size_tolerance.pct, "mib": o.size_tolerance.mib},
         "candidates": [candidate_dict(c, comparison.frontier) for c in comparison.candidates],
         "method": {
             "cold_start": f"median of {o.runs} fresh `-I -S` interpreters that see only the Lambda layout "
                           "(layer + function), measured on this machine",
             "latency": f"median of {o.latency_runs} warm calls in this process, 1 thread, batch 1 and 8",
             "deploy": "bytes of layer.zip + function.zip as `package` builds them (unzipped and zipped)",
-            "frontier": "not dominated on (mean fidelity, unzipped deployment bytes, cold start)",
+            "frontier": "no other candidate is at least as small (unzipped deployment bytes) and at least as "
+                        "faithful (mean fidelity), and better in one",
+            "recommendation": "fits every platform above the fidelity floor; among those within the size "
+                              "tolerance of the smallest deployment, the most faithful (worst sample, then mean)",
             "measuring": "one candidate at a time; --jobs parallelises only building candidates",
         },
         "plot": dict(comparison.plot),

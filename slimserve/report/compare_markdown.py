@@ -22,8 +22,8 @@ def render(comparison: Comparison, out: TextIO) -> None:
     else:
         lines.append(f"**No recommendation**: {_cell(comparison.recommendation_reason)}.")
     lines += ["", (f"Target Python {o.python}, {o.arch} · evaluation: {_cell(comparison.eval_source)} · "
-                   f"{FRONTIER_MARK} = Pareto frontier (no other candidate is at least as faithful, as small and "
-                   "as fast to start, and better in one)"), ""]
+                   f"{FRONTIER_MARK} = Pareto frontier (no other candidate is at least as small and at least as "
+                   "faithful, and better in one)"), ""]
     header, rows = table(comparison)
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join([":-:", "---"] + ["---:"] * (len(header) - 2)) + "|")

@@ -20,6 +20,7 @@ from slimserve.measure.latency import Latency
 from slimserve.profiles.rules import PlatformVerdict
 from slimserve.profiles.schema import Profile
 from slimserve.report import load_renderer
+from slimserve.selection import SizeTolerance
 
 SCHEMA_VERSION = 1
 
@@ -37,6 +38,7 @@ class CompareOptions:
     latency_runs: int = 20
     jobs: int = 1  # threads for building candidates; measuring is always one at a time
     min_fidelity: float | None = None  # floor for the recommendation (default: the metric's, slimserve.tasks)
+    size_tolerance: SizeTolerance = field(default_factory=SizeTolerance)  # sizes this close count as equal
 
 
 @dataclass(frozen=True)
