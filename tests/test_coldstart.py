@@ -66,9 +66,9 @@ def test_the_probe_sees_only_the_given_paths(bundle, tmp_path: Path) -> None:  #
     # a path without the runtime libraries fails loudly instead of borrowing the dev venv's numpy
     task = tmp_path / "task"
     task.mkdir()
-    from slimserve.runtime import RUNTIME_DIR
+    from slimserve.runtime import RUNTIME_DIR, handler_modules
 
-    for name in ("lambda_handler.py", "model_runtime.py"):
+    for name in handler_modules("lambda_handler.py"):
         (task / name).write_text((RUNTIME_DIR / name).read_text())
     with pytest.raises(ToolError, match="No module named 'numpy'"):
         measure_cold_start([task], bundle.root, f"{sys.version_info.major}.{sys.version_info.minor}",

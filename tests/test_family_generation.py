@@ -582,10 +582,13 @@ def test_lambda_package_generates_like_transformers(arch: str, optimized: Callab
                          {**http, "body": json.dumps({"inputs": PROMPTS[0], "parameters": {"top_p": 2}})},
                          {**http, "body": json.dumps({"inputs": PROMPTS[0], "parameters": {"max_new_tokens": 1000}})},
                          {**http, "body": json.dumps({"inputs": CHATS[2]})},
-                         {**http, "body": json.dumps({"inputs": [{"role": "robot", "content": "Hi"}]})}]
+                         {**http, "body": json.dumps({"inputs": [{"role": "robot", "content": "Hi"}]})},
+                         {**http, "body": json.dumps({"inputs": PROMPTS[0], "stream": True})},
+                         {**http, "rawPath": "/v1/chat/completions",
+                          "body": json.dumps({"messages": CHATS[2], "max_tokens": NEW_TOKENS, "temperature": 0})}]
     ran = run_like_lambda(pkg, tmp_path / "run", "3.12", events)
     assert ran["modules"] == []  # neither torch nor slimserve at run time
-    greedy, sampled, sampled_again, bad, too_many, chat, bad_chat = ran["responses"]
+    greedy, sampled, sampled_again, bad, too_many, chat, bad_chat, streamed, completion = ran["responses"]
     for prompt, answer in zip(PROMPTS, greedy):
         assert answer["details"]["token_ids"] == _generate(model, tokenizer, prompt, do_sample=False), prompt
     assert sampled[0]["details"]["token_ids"] == sampled_again[0]["details"]["token_ids"]
@@ -594,3 +597,10 @@ def test_lambda_package_generates_like_transformers(arch: str, optimized: Callab
     assert chat["statusCode"] == 200
     assert json.loads(chat["body"])[0]["details"]["token_ids"] == _generate_chat(model, tokenizer, CHATS[2])
     assert bad_chat["statusCode"] == 400 and "role must be" in json.loads(bad_chat["body"])["error"]
+    # Lambda's managed runtimes answer whole responses: a stream is refused with the way out
+    assert streamed["statusCode"] == 400 and "container target" in json.loads(streamed["body"])["error"]
+    # OpenAI's chat completions, non-streamed, on Lambda too (the same routing table as the container)
+    body = json.loads(completion["body"])
+    assert completion["statusCode"] == 200 and body["object"] == "chat.completion"
+    expected = tokenizer.decode(_generate_chat(model, tokenizer, CHATS[2]), skip_special_tokens=True)
+    assert body["choices"][0]["message"]["content"] == expected

@@ -53,3 +53,12 @@ def test_wrong_method_is_405_with_allow_and_unknown_path_404(app: Any) -> None:
     assert status.startswith("405") and headers["Allow"] == "POST"
     status, _, _ = call(app, "DELETE", "/nowhere")
     assert status.startswith("404")
+
+
+def test_chat_route_and_streaming_are_for_generation_models_only(app: Any) -> None:
+    """A tensor (or any non-generation) model has no chat completions route and no streamed answers."""
+    status, _, body = call(app, "POST", "/v1/chat/completions", json.dumps({"messages": []}).encode())
+    assert status.startswith("404") and "no route" in body["error"]
+    request = {"inputs": {"x": [[0.5] * 16]}, "stream": True}
+    status, _, body = call(app, "POST", "/predict", json.dumps(request).encode())
+    assert status.startswith("400") and "streaming is for text-generation" in body["error"]

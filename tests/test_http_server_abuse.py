@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from slimserve.packagers.interpreters import find_python
-from slimserve.runtime import RUNTIME_DIR
+from slimserve.runtime import RUNTIME_DIR, handler_modules
 from tests.helpers_lambda import _manifest, tensor_model_dir
 
 PYTHON = "3.12"
@@ -74,7 +74,7 @@ class Server:
     def __init__(self, sites: list[Path], model: Path, work: Path, env: dict[str, str] | None = None) -> None:
         app = work / "app"
         app.mkdir()
-        for name in ("http_app.py", "lambda_handler.py", "model_runtime.py"):
+        for name in handler_modules("http_app.py", "lambda_handler.py"):
             shutil.copyfile(RUNTIME_DIR / name, app / name)
         exe = find_python(PYTHON)
         assert exe is not None

@@ -16,6 +16,6 @@ def task_modules() -> tuple[str, ...]:
 
 
 def handler_modules(*fronts: str) -> tuple[str, ...]:
-    """The runtime files an artifact ships: its fronts (lambda_handler.py, http_app.py), the model runtime
-    and every task module."""
-    return (*fronts, "model_runtime.py", *task_modules())
+    """The runtime files an artifact ships: its fronts (lambda_handler.py, http_app.py), the model runtime,
+    the OpenAI chat translation the fronts route to, and every task module."""
+    return (*fronts, "model_runtime.py", "chat_completions.py", *task_modules())

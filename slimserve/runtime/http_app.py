@@ -6,7 +6,10 @@ implementation for both fronts. Imports only the standard library, the shipped r
 `waitress`, a small pure-Python WSGI server with a thread pool. The model loads once, at import.
 
     POST /, /predict, /invocations   {"inputs": [...]}  -> the prediction (see lambda_handler); image
-                                     models also take an image file as the body (Content-Type: image/*)
+                                     models also take an image file as the body (Content-Type: image/*);
+                                     text generation with "stream": true answers server-sent events,
+                                     one per token (text-generation-inference's events)
+    POST /v1/chat/completions        OpenAI chat completions (text generation), "stream": true too
     GET  /, /health, /healthz        -> {"status": "ok", "task": ..., "limits": {...}}
     anything else                    -> 404, or 405 with Allow on a known path
 
@@ -40,7 +43,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import lambda_handler
@@ -104,25 +107,94 @@ def _request_id(environ: dict[str, Any]) -> str | None:
     return str(value)[:128] if value else None
 
 
-def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-    """WSGI front of `lambda_handler.respond`: the same routes, validation, limits and answers as Lambda."""
-    method = str(environ.get("REQUEST_METHOD", "GET")).upper()
-    path = str(environ.get("PATH_INFO") or "/")
-    if lambda_handler.route(method, path).action != lambda_handler.PREDICT:
-        answer = lambda_handler.respond(method, path, lambda: None, request_id=_request_id(environ))
-    elif not _SLOTS.acquire(blocking=False):
-        return _reply(start_response, 503, json.dumps({"error": "busy: too many requests waiting, retry shortly"}),
-                      [("Retry-After", "1")])
-    else:
-        try:
-            with _RUNNING:
-                answer = lambda_handler.respond(method, path, lambda: _read_json(environ),
-                                                request_id=_request_id(environ))
-        finally:
+class _Stream:
+    """A server-sent-events body: waitress sends each event as it is yielded (chunked), and calls `close`
+    when the stream ends or the client goes away, which frees the prediction's slot and logs the request."""
+
+    def __init__(self, lines: Iterator[str], done: Callable[[], None]) -> None:
+        self._lines, self._done, self._closed = lines, done, False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self._lines:
+            yield line.encode("utf-8")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            close = getattr(self._lines, "close", None)
+            if close is not None:
+                close()
+            self._done()
+
+
+SSE_HEADERS = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
+               ("X-Accel-Buffering", "no")]  # proxies (nginx) must not buffer the events
+
+
+def _predict(environ: dict[str, Any], start_response: StartResponse, method: str, path: str,
+             action: str) -> Iterable[bytes]:
+    """A prediction, holding a running slot (`_RUNNING`) until it is answered: for a stream, until its
+    last event is sent, so concurrent streams never exceed SLIMSERVE_CONCURRENCY generate loops."""
+    request_id, started = _request_id(environ), time.perf_counter()
+    _RUNNING.acquire()
+    released = streaming = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            _RUNNING.release()
             _SLOTS.release()
+
+    try:
+        failure: InputError | None = None
+        payload: Any = None
+        try:
+            payload = _read_json(environ)
+            if lambda_handler.wants_stream(payload):
+                lines = lambda_handler.open_stream(action, payload)
+
+                def done() -> None:
+                    release()
+                    lambda_handler.record(request_id, method, path, 200, started)
+
+                start_response("200 OK", list(SSE_HEADERS))
+                streaming = True
+                return _Stream(lines, done)
+        except InputError as exc:  # unreadable, or a stream refused before its first event: a 400/413
+            failure = exc
+
+        def read() -> Any:
+            if failure is not None:
+                raise failure
+            return payload
+
+        answer = lambda_handler.respond(method, path, read, request_id=request_id)
+    finally:
+        if not streaming:  # a stream releases when it closes
+            release()
+    return _answer(start_response, answer)
+
+
+def _answer(start_response: StartResponse, answer: dict[str, Any]) -> list[bytes]:
     headers = answer.get("headers") or {}
     extra = [("Allow", headers["allow"])] if "allow" in headers else []
     return _reply(start_response, int(answer["statusCode"]), str(answer["body"]), extra)
+
+
+def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """WSGI front of `lambda_handler.respond`: the same routes, validation, limits and answers as Lambda,
+    plus server-sent events for `"stream": true` generation requests."""
+    method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+    path = str(environ.get("PATH_INFO") or "/")
+    action = lambda_handler.route(method, path).action
+    if action not in (lambda_handler.PREDICT, lambda_handler.CHAT):
+        return _answer(start_response, lambda_handler.respond(method, path, lambda: None,
+                                                              request_id=_request_id(environ)))
+    if not _SLOTS.acquire(blocking=False):
+        return _reply(start_response, 503, json.dumps({"error": "busy: too many requests waiting, retry shortly"}),
+                      [("Retry-After", "1")])
+    return _predict(environ, start_response, method, path, action)
 
 
 def connection_limit(wanted: int) -> int:

@@ -14,7 +14,10 @@ Events:
 - API Gateway REST (v1: `httpMethod`, `path`), HTTP API (v2) and function URL events
   (`requestContext.http.method`, `rawPath`) are routed by `ROUTES`, the one table the container's
   `http_app` uses too: `GET /health` (and `/healthz`, `GET /`) answers health, `POST /`, `/predict` and
-  `/invocations` predict, anything else is a 404, or a 405 with `Allow` for a known path.
+  `/invocations` predict, `POST /v1/chat/completions` answers OpenAI's chat completions (text-generation
+  models only; chat_completions.py), anything else is a 404, or a 405 with `Allow` for a known path.
+  `"stream": true` is a 400 here: Lambda's managed Python runtimes return whole responses (response
+  streaming needs a custom runtime); the container server (`http_app`) streams it with `open_stream`.
   Predictions answer 200, 400 with `{"error": message}` for bad input, 413 naming the limit for a
   request over one of `LIMITS`, 500 for internal errors.
 
@@ -35,10 +38,11 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import chat_completions
 from model_runtime import InputError, LimitError, LoadedModel
 
 LOG = logging.getLogger("slimserve")
@@ -97,7 +101,7 @@ def _record(request_id: str | None, where: str, action: str | None, status: int,
     outcome = "ok" if status < 400 else "client_error" if status < 500 else "error"
     emit({"event": "request", "request_id": request_id, "route": where, "action": action, "status": status,
           "outcome": outcome, "batch": batch, "duration_ms": round(duration, 2), "task": MODEL.task})
-    if action == PREDICT:
+    if action in (PREDICT, CHAT):
         emit_metrics({"InferenceDuration": (round(duration, 2), "Milliseconds"),
                       "BatchSize": (float(batch or 0), "Count"), "Errors": (float(status >= 500), "Count"),
                       "ClientErrors": (float(400 <= status < 500), "Count")})
@@ -142,7 +146,9 @@ emit({"event": "init", "task": MODEL.task, "model": MODEL_DIR.name, "init_ms": r
       "snapstart": SNAPSTART, "limits": LIMITS.as_dict()})
 emit_metrics({"InitDuration": (round(INIT_MS, 2), "Milliseconds")})
 
-HEALTH, PREDICT = "health", "predict"
+HEALTH, PREDICT, CHAT = "health", "predict", "chat"
+CHAT_PATH = "/v1/chat/completions"
+GENERATION = "text-generation"
 # path -> method -> action: the one routing table of both fronts (Lambda HTTP events and http_app).
 ROUTES: dict[str, dict[str, str]] = {
     "/": {"GET": HEALTH, "POST": PREDICT},
@@ -150,6 +156,7 @@ ROUTES: dict[str, dict[str, str]] = {
     "/healthz": {"GET": HEALTH},
     "/predict": {"POST": PREDICT},
     "/invocations": {"POST": PREDICT},
+    CHAT_PATH: {"POST": CHAT},
 }
 
 
@@ -163,7 +170,7 @@ class Route(NamedTuple):
 
 def route(method: str, path: str) -> Route:
     methods = ROUTES.get(path)
-    if methods is None:
+    if methods is None or (path == CHAT_PATH and MODEL.task != GENERATION):
         return Route(None, 404)
     if method not in methods:  # RFC 9110 section 15.5.6: a 405 lists the methods the path has
         return Route(None, 405, ", ".join(sorted(methods)))
@@ -174,12 +181,13 @@ def health() -> dict[str, Any]:
     return {"status": "ok", "task": MODEL.spec.get("task"), "limits": LIMITS.as_dict()}
 
 
-REQUEST_FIELDS = ("inputs", "parameters", "options")  # the Inference API's; "options" is accepted and unused
+# The Inference API's; "options" is accepted and unused, "stream" (text-generation) needs a streaming front.
+REQUEST_FIELDS = ("inputs", "parameters", "options", "stream")
+NO_STREAMING = ("this deployment answers whole responses (Lambda's Python runtimes cannot stream them): send "
+                '"stream": false, or deploy the container target, whose server streams server-sent events')
 
 
-def _predict(payload: Any) -> Any:
-    """Validate a decoded request and run the model; InputError carries a message safe for the caller."""
-    _REQUEST.batch = batch_size(payload)
+def _check_request(payload: Any) -> None:
     if not isinstance(payload, dict):
         raise InputError('request must be a JSON object like {"inputs": [...]}')
     if "inputs" not in payload:
@@ -187,6 +195,76 @@ def _predict(payload: Any) -> Any:
     unknown = sorted(set(payload) - set(REQUEST_FIELDS))
     if unknown:
         raise InputError(f"unknown field {unknown[0]!r} (a request has {', '.join(REQUEST_FIELDS)})")
+    if payload.get("stream", False) not in (True, False):
+        raise InputError('"stream" must be true or false')
+
+
+def wants_stream(payload: Any) -> bool:
+    """Whether a decoded request asks for its answer as a stream (`"stream": true`)."""
+    return isinstance(payload, dict) and payload.get("stream") is True
+
+
+def _model_name(payload: dict[str, Any]) -> str:
+    """The `model` a chat completion answers with: the caller's name for it (one deployment, one model)."""
+    name = payload.get("model")
+    return name[:256] if isinstance(name, str) and name else os.environ.get("SLIMSERVE_MODEL_NAME", "slimserve")
+
+
+def _chat(payload: Any) -> Any:
+    """A non-streamed OpenAI chat completion."""
+    inputs, parameters, stream, _usage = chat_completions.translate(payload)
+    if stream:
+        raise InputError(NO_STREAMING)
+    _REQUEST.batch = 1
+    answer = MODEL.predict(inputs, parameters, LIMITS)[0]
+    return chat_completions.completion(answer, _model_name(payload))
+
+
+def _sse(item: Any) -> str:
+    return f"data: {json.dumps(item, separators=(',', ':'), allow_nan=False)}\n\n"
+
+
+def open_stream(action: str, payload: Any) -> Iterator[str]:
+    """Server-sent events (`data: {...}` lines) answering a `"stream": true` request: text-generation-
+    inference's token events on the Inference API routes, `chat.completion.chunk`s then `[DONE]` on the
+    chat route. Validated before it returns (InputError: answer 400/413 instead); an error after the first
+    event ends the stream with an `{"error"}` event, since the 200 has been sent."""
+    if action == CHAT:
+        inputs, parameters, _stream, include_usage = chat_completions.translate(payload)
+        _REQUEST.batch = 1
+        items: Iterator[Any] = chat_completions.chunks(MODEL.stream(inputs, parameters, LIMITS),
+                                                       _model_name(payload), include_usage)
+        tail = ["data: [DONE]\n\n"]
+    else:
+        _check_request(payload)
+        _REQUEST.batch = batch_size(payload)
+        items, tail = MODEL.stream(payload["inputs"], payload.get("parameters"), LIMITS), []
+
+    def lines() -> Iterator[str]:
+        try:
+            for item in items:
+                yield _sse(item)
+        except InputError as exc:
+            yield _sse(chat_completions.error(str(exc), exc.status) if action == CHAT else
+                       {"error": str(exc), "error_type": "validation"})
+            return
+        except Exception:
+            LOG.exception("inference failed while streaming")
+            yield _sse(chat_completions.error("internal error", 500) if action == CHAT else
+                       {"error": "internal error", "error_type": "generation"})
+            return
+        yield from tail
+
+    return lines()
+
+
+def _predict(payload: Any) -> Any:
+    """Validate a decoded request and run the model; InputError carries a message safe for the caller."""
+    _REQUEST.batch = batch_size(payload)
+    _check_request(payload)
+    if payload.get("stream"):
+        raise InputError(NO_STREAMING if MODEL.task == GENERATION else
+                         f'"stream" is for text-generation models; this one ({MODEL.task}) answers whole responses')
     inputs = payload["inputs"]
     if MODEL.kind != "tensor":
         return MODEL.predict(inputs, payload.get("parameters"), LIMITS)
@@ -302,6 +380,11 @@ def _decode_body(event: dict[str, Any]) -> Any:
     return parse_json(body)
 
 
+def record(request_id: str | None, method: str, path: str, status: int, started: float) -> None:
+    """The request's log line (and metrics), for a front that answers without `respond` (a stream)."""
+    _record(request_id, f"{method} {path}", route(method, path).action, status, started)
+
+
 def respond(method: str, path: str, payload: Callable[[], Any], request_id: str | None = None) -> dict[str, Any]:
     """An HTTP answer (Lambda proxy shape) for `method path`; `payload()` reads and decodes the body only
     when the route predicts. Never raises: bad input is a 400/413, anything else a logged 500. Logs one
@@ -321,13 +404,14 @@ def _respond(method: str, path: str, payload: Callable[[], Any]) -> dict[str, An
         if found.status == 405:
             return _http(405, {"error": f"{method} is not allowed on {path} (use {found.allow})"}, found.allow)
         return _http(404, {"error": f"no route for {method} {path}"})
+    chat = found.action == CHAT
     try:
-        return _http(200, _predict(payload()))
+        return _http(200, _chat(payload()) if chat else _predict(payload()))
     except InputError as exc:
-        return _http(exc.status, {"error": str(exc)})
+        return _http(exc.status, chat_completions.error(str(exc), exc.status) if chat else {"error": str(exc)})
     except Exception:  # a bug or a resource problem: log it for CloudWatch, tell the caller nothing internal
         LOG.exception("inference failed")
-        return _http(500, {"error": "internal error"})
+        return _http(500, chat_completions.error("internal error", 500) if chat else {"error": "internal error"})
 
 
 def handler(event: Any, context: Any = None) -> Any:
@@ -353,8 +437,10 @@ def handler(event: Any, context: Any = None) -> Any:
 
 
 __all__ = [
+    "CHAT",
     "LIMITS",
     "MODEL",
+    "PREDICT",
     "ROUTES",
     "SNAPSTART",
     "InputError",
@@ -363,10 +449,13 @@ __all__ = [
     "handler",
     "health",
     "media_type",
+    "open_stream",
     "parse_json",
     "raw_payload",
+    "record",
     "register_snapstart_hooks",
     "respond",
     "route",
+    "wants_stream",
     "warm_up",
 ]

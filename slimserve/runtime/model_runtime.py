@@ -29,7 +29,7 @@ import importlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -295,6 +295,14 @@ class LoadedModel:
             return self.module.predict(self, inputs, values, limits)
         encoded = self.encode_request(inputs, values, limits)
         return self.decode_outputs(self.run(encoded.feeds), encoded, values)
+
+    def stream(self, inputs: Any, parameters: Any = None, limits: RequestLimits | None = None) -> Iterator[Any]:
+        """The answer as events while it is produced (tasks with a `stream`: text generation); the request
+        is validated before this returns, so a bad one is still a 400 rather than a broken stream."""
+        if self.module is None or not hasattr(self.module, "stream"):
+            raise InputError(f"{self.task} answers whole responses: streaming is for text-generation models")
+        events: Iterator[Any] = self.module.stream(self, inputs, parameters, limits)
+        return events
 
     # -- text models ---------------------------------------------------------------------------
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
