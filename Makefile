@@ -7,7 +7,7 @@ MODEL ?= all-MiniLM-L6-v2
 DEMO_OUT ?= demo-out
 EXTRAS := export,tabular,test,plot,container,lint
 
-.PHONY: demo test lint install system-deps lambda-ric clean
+.PHONY: demo test lint install system-deps lambda-ric sam clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +39,22 @@ $(RIC)/.installed: constraints.txt
 
 lambda-ric: install $(RIC)/.installed
 
+# The validators the tests run on what slimserve generates: the AWS SAM CLI (`sam validate [--lint]` on every
+# template.yaml) and actionlint (docs/examples/*.yml), pinned in requirements/sam.txt, in a venv of their own
+# because aws-sam-cli pins libraries (click, pydantic...) below the versions slimserve uses.
+SAM := .cache/sam
+$(SAM)/.installed: requirements/sam.txt
+	rm -rf $(SAM)
+	$(PYTHON) -m venv $(SAM)
+	$(SAM)/bin/pip install --quiet --disable-pip-version-check -r requirements/sam.txt
+	touch $@
+
+sam: $(SAM)/.installed
+
 demo: install
 	$(VENV)/bin/slimserve build $(MODEL) --platform aws-lambda-zip -o $(DEMO_OUT)
 
-test: install system-deps lambda-ric lint
+test: install system-deps lambda-ric sam lint
 	$(PY) -m pytest -q
 
 # ruff over everything Python here; mypy --strict over slimserve (optimizer/, packagers/, profiles/ through

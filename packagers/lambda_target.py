@@ -173,12 +173,14 @@ def request_limits(bundle: ModelBundle) -> dict[str, int]:
 
 def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: int = DEFAULT_MEMORY_MB,
                    timeout_s: int = DEFAULT_TIMEOUT_S, check: Report | None = None,
-                   progress: Progress = NULL_PROGRESS, snapstart: bool | None = None) -> LambdaArtifacts:
+                   progress: Progress = NULL_PROGRESS, snapstart: bool | None = None,
+                   tracing: bool = False) -> LambdaArtifacts:
     """Write layer.zip, function.zip, template.yaml, slimserve.json and DEPLOY.md to `out`, atomically.
 
     `memory_mb` and `timeout_s` go into the template as given (see `choose_memory`/`choose_timeout`);
     `check`, the report of the check the settings came from, is recorded in the manifest and DEPLOY.md.
     `snapstart`: SnapStart in the template (None: on where the Python version supports it).
+    `tracing`: X-Ray active tracing in the template and in DEPLOY.md's CLI routes (see `sam_template`).
     """
     out = Path(out).absolute()
     if snapstart and not snapstart_default(target):
@@ -190,13 +192,14 @@ def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: in
     with atomic_dir(out, inputs=[bundle.model_path]) as staging:
         layer, function, closure = build_zips(bundle, target, staging, progress)
         (staging / "template.yaml").write_text(
-            sam_template(target, memory, bundle.runtime_extra or False, timeout_s, snapstart), encoding="utf-8")
+            sam_template(target, memory, bundle.runtime_extra or False, timeout_s, snapstart, tracing=tracing),
+            encoding="utf-8")
         manifest = artifact_manifest(bundle, target, memory, layer, function, closure, check, timeout_s)
         write_manifest(staging, manifest)
         notes = deploy_notes(target, layer, function, memory=memory, timeout_s=timeout_s,
                              limits=request_limits(bundle), cold_start=None if check is None else check.cold_start,
                              verdict=verdict, snapstart=snapstart, task_name=bundle.manifest.runtime.task,
-                             example_inputs=_example_inputs(bundle))
+                             example_inputs=_example_inputs(bundle), tracing=tracing)
         (staging / "DEPLOY.md").write_text(notes, encoding="utf-8")
     moved = {name: ZipArtifact(out / name, z.bytes, z.unzipped_bytes, z.sha256)
              for name, z in (("layer.zip", layer), ("function.zip", function))}
@@ -268,7 +271,7 @@ def snapstart_default(target: Target) -> bool:
 
 
 def sam_template(target: Target, memory: int, text: bool | str = True, timeout_s: int = DEFAULT_TIMEOUT_S,
-                 snapstart: bool | None = None) -> str:
+                 snapstart: bool | None = None, *, tracing: bool = False) -> str:
     """An AWS SAM template (cfn-lint clean): the layer, the function, and an IAM-authenticated function URL.
 
     `text` is the runtime extra ("text", "image", "") or, as older callers pass it, text or not.
@@ -277,11 +280,16 @@ def sam_template(target: Target, memory: int, text: bool | str = True, timeout_s
     starts with the model loaded and its session initialised. OPENBLAS_NUM_THREADS=1: numpy would start a
     BLAS thread pool at import that the runtime never uses (onnxruntime has its own threads). The handler's
     JSON log lines go to CloudWatch as JSON (LoggingConfig) and SLIMSERVE_METRICS=emf makes CloudWatch
-    derive metrics from them (init and inference duration, batch size, errors) with no API call."""
+    derive metrics from them (init and inference duration, batch size, errors) with no API call.
+    `tracing` sets `Tracing: Active`: Lambda itself records an X-Ray segment per invocation (init, invocation,
+    overhead), so the handler needs no X-Ray SDK; SAM adds the AWSXrayWriteOnlyAccess managed policy to the
+    role it generates for the function (the template defines no role of its own). Off by default: traces
+    are billed per trace recorded beyond X-Ray's free tier."""
     libraries = LAYER_LIBRARIES[("text" if text else "") if isinstance(text, bool) else text]
     snapstart = snapstart_default(target) if snapstart is None else snapstart
     snap = ("      AutoPublishAlias: live\n      SnapStart:\n        ApplyOn: PublishedVersions\n"
             if snapstart else "")
+    trace = "      Tracing: Active\n" if tracing else ""
     return f"""AWSTemplateFormatVersion: "2010-09-09"
 Transform: AWS::Serverless-2016-10-31
 Description: slimserve model endpoint ({target.lambda_runtime}, {target.arch})
@@ -315,7 +323,7 @@ Resources:
           SLIMSERVE_METRICS: emf
       LoggingConfig:
         LogFormat: JSON
-{snap}      FunctionUrlConfig:
+{trace}{snap}      FunctionUrlConfig:
         AuthType: AWS_IAM
 
 Outputs:
@@ -398,11 +406,30 @@ from template.yaml to turn it off.
 """
 
 
+def _tracing_note(enabled: bool) -> str:
+    """Why a trace appears (or not) without any tracing code in the function."""
+    if not enabled:
+        return ("\nX-Ray tracing is off. Package with `--tracing` (or add `Tracing: Active` to the function in "
+                "template.yaml) to have Lambda record a trace of each invocation; the function needs no X-Ray SDK "
+                "for that.\n")
+    return """
+X-Ray tracing is on (`Tracing: Active`): Lambda itself records a segment for each invocation, with the
+init, invocation and overhead time, and SAM gives the function's role the `AWSXrayWriteOnlyAccess` managed
+policy to send it. The function needs no X-Ray SDK and ships none (no new dependency): the trace shows
+Lambda's phases, not the handler's steps; the handler's JSON log lines carry its load and inference
+durations. X-Ray bills traces recorded beyond its free tier.
+"""
+
+
 def deploy_notes(target: Target, layer: ZipArtifact, function: ZipArtifact, *, memory: int = DEFAULT_MEMORY_MB,
                  timeout_s: int = DEFAULT_TIMEOUT_S, limits: dict[str, int] | None = None,
                  cold_start: ColdStart | None = None, verdict: PlatformVerdict | None = None,
-                 snapstart: bool | None = None, task_name: str = "tensor", example_inputs: Any = None) -> str:
+                 snapstart: bool | None = None, task_name: str = "tensor", example_inputs: Any = None,
+                 tracing: bool = False) -> str:
     snapstart = snapstart_default(target) if snapstart is None else snapstart
+    xray_policy = ("aws iam attach-role-policy --role-name my-model-lambda \\\n"
+                   "    --policy-arn arn:aws:iam::aws:policy/AWSXRayDaemonWriteAccess\n" if tracing else "")
+    xray_flag = " \\\n    --tracing-config Mode=Active" if tracing else ""
     from slimserve.tasks import BY_NAME
 
     task = BY_NAME.get(task_name, BY_NAME["tensor"])
@@ -441,11 +468,12 @@ sam deploy --template-file template.yaml --stack-name my-model --resolve-s3 --ca
 
 The template gives the function an IAM-authenticated function URL. For a public endpoint change
 `AuthType: AWS_IAM` to `AuthType: NONE` (anyone can then call it and you pay for it).
-{_snapstart_note(target, snapstart)}
+{_snapstart_note(target, snapstart)}{_tracing_note(tracing)}
 ## With the AWS CLI
 
-The function needs a role Lambda can assume with nothing but permission to write its logs (the managed
-`AWSLambdaBasicExecutionRole` policy: `logs:CreateLogGroup`, `logs:CreateLogStream`, `logs:PutLogEvents`):
+The function needs a role Lambda can assume with nothing but permission to write its logs{" and traces" if tracing else ""} (the managed
+`AWSLambdaBasicExecutionRole` policy: `logs:CreateLogGroup`, `logs:CreateLogStream`, `logs:PutLogEvents`{
+", and, for tracing, `AWSXRayDaemonWriteAccess`: `xray:PutTraceSegments`, `xray:PutTelemetryRecords`" if tracing else ""}):
 
 ```sh
 ROLE_ARN=$(aws iam create-role --role-name my-model-lambda --query Role.Arn --output text \\
@@ -453,13 +481,13 @@ ROLE_ARN=$(aws iam create-role --role-name my-model-lambda --query Role.Arn --ou
       "Principal": {{"Service": "lambda.amazonaws.com"}}, "Action": "sts:AssumeRole"}}]}}')
 aws iam attach-role-policy --role-name my-model-lambda \\
     --policy-arn arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole
-sleep 10  # a new role takes a few seconds to be usable by Lambda
+{xray_policy}sleep 10  # a new role takes a few seconds to be usable by Lambda
 LAYER_ARN=$(aws lambda publish-layer-version --layer-name my-model-runtime \\
     --zip-file fileb://layer.zip --compatible-runtimes {runtime} --compatible-architectures {arch} \\
     --query LayerVersionArn --output text)
 aws lambda create-function --function-name my-model --runtime {runtime} --architectures {arch} \\
     --handler {HANDLER} --role "$ROLE_ARN" --memory-size {memory} --timeout {timeout_s} \\
-    --environment "Variables={{OPENBLAS_NUM_THREADS=1,SLIMSERVE_METRICS=emf}}" --logging-config LogFormat=JSON \\
+    --environment "Variables={{OPENBLAS_NUM_THREADS=1,SLIMSERVE_METRICS=emf}}" --logging-config LogFormat=JSON{xray_flag} \\
     --layers "$LAYER_ARN" --zip-file fileb://function.zip
 ```
 
@@ -476,7 +504,7 @@ LAYER_ARN=$(aws lambda publish-layer-version --layer-name my-model-runtime \\
     --compatible-runtimes {runtime} --compatible-architectures {arch} --query LayerVersionArn --output text)
 aws lambda create-function --function-name my-model --runtime {runtime} --architectures {arch} \\
     --handler {HANDLER} --role "$ROLE_ARN" --memory-size {memory} --timeout {timeout_s} --layers "$LAYER_ARN" \\
-    --environment "Variables={{OPENBLAS_NUM_THREADS=1,SLIMSERVE_METRICS=emf}}" --logging-config LogFormat=JSON \\
+    --environment "Variables={{OPENBLAS_NUM_THREADS=1,SLIMSERVE_METRICS=emf}}" --logging-config LogFormat=JSON{xray_flag} \\
     --code S3Bucket=MY-BUCKET,S3Key=my-model/function.zip
 ```
 
