@@ -252,3 +252,63 @@ def test_minilm_through_the_cli_matches_sentence_transformers(minilm_fp32: Path,
     assert not_texts["status"] == 400 and "error" in json.loads(not_texts["body"])
     assert health["status"] == 200 and json.loads(health["body"])["task"] == "feature-extraction"
     assert [line["status"] for line in logs if line.get("event") == "request"] == [200, 413, 400, 200]
+
+
+def _vit_folder(folder: Path) -> Path:
+    """A tiny random ViT image classifier (a second family: the closure carries Pillow instead of tokenizers),
+    its head scaled so the top label is decisive rather than a tie on noise."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    labels = ["cat", "dog", "bird", "fish"]
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                       label2id={label: i for i, label in enumerate(labels)})
+    model = ViTForImageClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.mul_(40.0)
+    model.save_pretrained(folder, safe_serialization=True)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_an_image_classifier_takes_a_raw_jpeg_body_like_the_transformers_pipeline(tmp_path: Path) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    folder = _vit_folder(tmp_path / "vit")
+    optimized = tmp_path / "vit-fp32"
+    result = run_cli("optimize", str(folder), "-o", str(optimized), "--recipe", "fp32")
+    assert result.returncode == 0, result.stderr
+    result = run_cli("package", str(optimized), "--target", "azure-functions", "-o", str(tmp_path / "pkg"),
+                     "--no-check")
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(tmp_path / "pkg" / "function.zip") as zf:
+        assert any(n.startswith(SITE_DIR + "/PIL/") for n in zf.namelist())
+
+    pixels = np.random.default_rng(5).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    jpeg = buffer.getvalue()
+    raw = {"function": "predict", "method": "POST", "hex": jpeg.hex(), "headers": {"content-type": "image/jpeg"}}
+    as_json = post({"inputs": [base64.b64encode(jpeg).decode()], "parameters": {"top_k": 2}})
+    text = {"function": "predict", "method": "POST", "hex": b"plain words".hex(),
+            "headers": {"content-type": "application/octet-stream"}}
+    answers, _ = call_function(tmp_path / "pkg", tmp_path / "run", [raw, as_json, text], max_body=None)
+    got_raw, got_json, not_image = answers["responses"]
+    assert got_raw["status"] == 200 and got_json["status"] == 200, (got_raw, got_json)
+
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    processor = AutoImageProcessor.from_pretrained(folder, use_fast=False)
+    pipe = pipeline("image-classification", model=model, image_processor=processor, device="cpu")
+    image = Image.open(io.BytesIO(jpeg))
+    for ours, theirs in ((json.loads(got_raw["body"]), pipe(image)),
+                         (json.loads(got_json["body"])[0], pipe(image, top_k=2))):
+        assert [o["label"] for o in ours] == [t["label"] for t in theirs], (ours, theirs)
+        np.testing.assert_allclose([o["score"] for o in ours], [t["score"] for t in theirs], atol=1e-4)
+    assert not_image["status"] == 400 and "error" in json.loads(not_image["body"])
