@@ -6,10 +6,12 @@ Exit codes: 0 success (and "fits"), 1 a result that breaks a limit/budget or a t
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def unknown(kind: str, name: str, close: Sequence[str], command_path: str) -> SlimserveError:
+    """`error: no such command 'biuld'` + `hint: did you mean 'build'? see ...`: one shape for misspelt
+    commands and options (click's own message puts the suggestion on the error line)."""
+    see = f"see `{command_path} --help`"
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? {see}" if close else see
+    return SlimserveError(f"no such {kind} {name!r}", hint=hint)
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        """A misspelt command gets the closest names (click >= 8.4 would suggest only from `self.commands`,
+        which a lazy group leaves empty)."""
+        name = click.utils.make_str(args[0])
+        if name not in COMMANDS and not name.startswith("-") and not ctx.resilient_parsing:
+            raise unknown("command", name, difflib.get_close_matches(name, list(COMMANDS), n=2), ctx.command_path)
+        return super().resolve_command(ctx, args)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:
@@ -100,7 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx is not None else "slimserve"
-        _error(exc.format_message(), hint=f"see `{command} --help`")
+        name = getattr(exc, "option_name", None) or getattr(exc, "command_name", None)
+        if isinstance(name, str) and type(exc).__name__ in ("NoSuchOption", "NoSuchCommand"):
+            kind = "option" if isinstance(exc, click.NoSuchOption) else "command"
+            error = unknown(kind, name, getattr(exc, "possibilities", None) or (), command)
+            _error(error.message, error.hint)
+        else:
+            _error(exc.format_message(), hint=f"see `{command} --help`")
         return 2
     except click.ClickException as exc:
         _error(exc.format_message())

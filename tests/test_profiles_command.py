@@ -23,3 +23,24 @@ def test_profiles_text_is_the_default_table() -> None:
     result = run_cli("profiles")
     assert result.returncode == 0, result.stderr
     assert "platform profiles" in result.stdout and all(name in result.stdout for name in list_profiles())
+
+
+def test_profiles_show_format_json_is_the_parsed_profile() -> None:
+    expected = load_profile("aws-lambda-container").model_dump(mode="json")
+    for args in (("profiles", "show", "aws-lambda-container", "--format", "json"),
+                 ("profiles", "--format", "json", "show", "aws-lambda-container"),  # the group's format applies
+                 ("profiles", "show", "aws-lambda-container", "--json")):
+        result = run_cli(*args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert json.loads(result.stdout) == expected, args
+    text = run_cli("profiles", "show", "aws-lambda-container", "--format", "text")
+    assert text.returncode == 0 and text.stdout.startswith("aws-lambda-container: ")
+
+
+def test_profiles_show_format_json_of_a_bad_name_is_one_clean_error() -> None:
+    from tests.conftest import assert_clean_error
+
+    result = run_cli("profiles", "show", "aws-lambda-zp", "--format", "json")
+    assert_clean_error(result, contains="did you mean 'aws-lambda-zip'")
+    assert result.stdout == ""
+    assert_clean_error(run_cli("profiles", "show", "aws-lambda-zip", "--format", "yaml"), contains="yaml")

@@ -1,4 +1,10 @@
-"""`slimserve profiles` lists the shipped platform profiles; `slimserve profiles show NAME` prints one."""
+"""`slimserve profiles` lists the shipped platform profiles; `slimserve profiles show NAME` prints one.
+
+Both take `--format text|json`; json is the profile as parsed (`Profile.model_dump`), a list for the listing
+and one object for `show`, so a script can read any limit without parsing the table. `profiles --format json
+show NAME` works too (the group's format applies when `show` is given none); `show --json` is kept as an
+alias.
+"""
 
 from __future__ import annotations
 
@@ -38,14 +44,20 @@ def command(ctx: click.Context, fmt: str) -> None:
 
 @command.command("show")
 @click.argument("name", metavar="NAME|FILE")
-@click.option("--json", "as_json", is_flag=True, help="Print the parsed profile as JSON.")
-def show(name: str, as_json: bool) -> None:
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default=None,
+              help="text (default): every limit with its source; json: the parsed profile, for scripts.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.pass_context
+def show(ctx: click.Context, name: str, fmt: str | None, as_json: bool) -> None:
     """Print one profile (a shipped NAME or a profile FILE) with the source of every number."""
     from slimserve.profiles.loader import load_profile
     from slimserve.profiles.schema import LIMIT_FAMILIES
 
+    parent = ctx.parent.params.get("fmt") if ctx.parent is not None else None
+    if as_json and fmt == "text":
+        raise click.UsageError("--json and --format text contradict each other")
     p = load_profile(name)
-    if as_json:
+    if as_json or (fmt or parent) == "json":
         click.echo(json.dumps(p.model_dump(mode="json"), indent=2, ensure_ascii=False))
         return
     lines = [f"{p.name}: {p.title}", f"  provider {p.provider}, package {p.package}", f"  docs     {p.docs}", ""]
