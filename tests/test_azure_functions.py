@@ -197,6 +197,21 @@ def test_the_function_answers_like_onnxruntime_on_the_original_model(tensor_dir:
     assert [line["route"] for line in lines][:2] == ["POST /predict", "GET /health"]
 
 
+def test_the_cli_deploys_with_the_memory_and_timeout_check_measured(tensor_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    result = run_cli("package", str(tensor_dir), "--target", "azure-functions", "-o", str(out), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    checks = json.loads((out / "slimserve.json").read_text())["package"]["checks"]
+    assert summary["fits"] is True and checks["platform"] == "azure-functions-flex"
+    memory = {f["id"]: f for f in checks["checks"]}["memory"]
+    assert memory["status"] == "pass" and memory["limit"] == summary["memory_mb"] == checks["recommended_memory_mb"]
+    assert summary["timeout_s"] == checks["recommended_timeout_s"] >= 10
+    deploy = (out / "DEPLOY.md").read_text()
+    assert re.search(rf"--instance-memory {summary['memory_mb']}\b", deploy)
+    assert f"`functionTimeout` {summary['timeout_s']} s" in deploy and "peak RSS" in deploy
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (("--snapstart",), "--snapstart/--no-snapstart apply only to --target lambda"),
     (("--arch", "arm64"), "runs on x86_64 only"),

@@ -18,7 +18,11 @@ import click
 
 from slimserve.commands.options import arch_option, python_option
 from slimserve.packagers.container import DEFAULT_PLATFORM
-from slimserve.profiles.loader import packaged_platforms
+from slimserve.profiles.loader import load_profile, packaged_platforms
+
+_FLEX = load_profile("azure-functions-flex")  # its Pythons and instance sizes, for --help
+_FLEX_PYTHONS = ", ".join(_FLEX.runtime.python)
+_FLEX_SIZES = "/".join(str(v) for v in _FLEX.memory.values)
 
 if TYPE_CHECKING:
     from slimserve.packagers.container import ContainerArtifacts
@@ -32,10 +36,10 @@ if TYPE_CHECKING:
                    "azure-functions: a Flex Consumption function app zip and its az commands.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path, file_okay=False), required=True,
               metavar="OUT", help="Folder to write (replaced atomically).")
-@python_option("Target Python version (azure-functions: one its profile lists, 3.10-3.13).")
+@python_option(f"Target Python version (azure-functions: {_FLEX_PYTHONS}).")
 @arch_option()
 @click.option("--memory", "memory_mb", type=click.IntRange(min=1), metavar="MB",
-              help="Lambda memory setting (azure-functions: the instance memory, 512/2048/4096). "
+              help=f"Lambda memory setting (azure-functions: the instance memory, {_FLEX_SIZES}). "
                    "Default: the one `check` recommends.")
 @click.option("--no-check", is_flag=True, help="Skip measuring cold start and limits (faster; no `checks`).")
 @click.option("--snapstart/--no-snapstart", default=None,
