@@ -177,8 +177,8 @@ def build_candidates(prepared: Any, recipes: Sequence[str], root: Path, jobs: in
     def one(recipe: str) -> CandidateResult:
         folder = root / recipe
         started = time.perf_counter()
-        try:
-            with atomic_dir(folder) as staging:
+        try:  # one progress row per candidate: its steps and evaluation show inside it
+            with progress.stage(f"candidate {recipe}"), atomic_dir(folder) as staging:
                 manifest = make_candidate(prepared, recipe, staging, progress)
         except SlimserveError as exc:
             return CandidateResult(recipe, f"{CANDIDATES_DIR}/{recipe}", error=exc.message,
@@ -218,12 +218,13 @@ def measure_candidate(result: CandidateResult, folder: Path, options: CompareOpt
     target = Target.parse(options.python, options.arch)
     try:
         bundle = load_bundle(folder)
-        with progress.stage(f"{result.recipe}: deployment size"):
-            package = measure_package(bundle, target)
-        with progress.stage(f"{result.recipe}: cold start ({options.runs} fresh processes)"):
-            cold = measure_cold_start(bundle, target, options.runs)
-        with progress.stage(f"{result.recipe}: warm latency (batch 1 and 8)"):
-            latency = measure_latency(folder, runs=options.latency_runs)
+        with progress.stage(f"measure {result.recipe}"):  # one row per candidate, showing each part in turn
+            with progress.stage("deployment size"):
+                package = measure_package(bundle, target)
+            with progress.stage(f"cold start ({options.runs} fresh processes)"):
+                cold = measure_cold_start(bundle, target, options.runs)
+            with progress.stage("warm latency (batch 1 and 8)"):
+                latency = measure_latency(folder, runs=options.latency_runs)
     except SlimserveError as exc:
         return replace(result, error=f"measuring failed: {exc.message}")
     return replace(result, package=package, cold_start=cold, latency=latency,
