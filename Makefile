@@ -18,10 +18,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 # Debian tools the tests use: skopeo, umoci, a local registry, htpasswd (apache2-utils) for containers;
-# qemu-user to rerun the int8 tests on an emulated CPU without VNNI. Installed only when missing.
-SYSTEM_PACKAGES := skopeo umoci docker-registry apache2-utils qemu-user
+# qemu-user to rerun the int8 tests on an emulated CPU without VNNI; shellcheck for actionlint to check the
+# scripts of the workflows and the action. Installed only when missing.
+SYSTEM_PACKAGES := skopeo umoci docker-registry apache2-utils qemu-user shellcheck
 system-deps:
-	@missing=""; for t in skopeo umoci docker-registry htpasswd qemu-x86_64; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; for t in skopeo umoci docker-registry htpasswd qemu-x86_64 shellcheck; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	  else echo "missing:$$missing (run: sudo apt-get install $(SYSTEM_PACKAGES))"; exit 1; fi; fi
