@@ -18,6 +18,13 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
+def _debug() -> bool:
+    """Whether `slimserve --debug` (or SLIMSERVE_DEBUG) is on, outside a command's own parameters."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return isinstance(obj, dict) and bool(obj.get("debug"))
+
+
 def render_optimize_table(manifest: dict[str, Any]) -> None:
     """One result reads best as a two-column table: it fits any terminal width and CI logs."""
     from rich.console import Console
@@ -51,7 +58,9 @@ def render_optimize_table(manifest: dict[str, Any]) -> None:
     if model.get("fp32_bytes") and model["bytes"] > model["fp32_bytes"] * 1.01:
         notes.append(f"the result is {model['bytes'] / model['fp32_bytes']:.2f}x the fp32 model: on a model this "
                      "small the recipe's metadata (scales, graph nodes) outweighs what it saves")
-    for note in notes:
+    from slimserve.notes import for_terminal
+
+    for note in for_terminal(notes, _debug()):  # tool diagnostics stay in slimserve.json (shown with --debug)
         console.print(f"note: {note}", soft_wrap=True)
 
 
