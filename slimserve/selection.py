@@ -124,7 +124,8 @@ def _for_size(a: Row, b: Row) -> str:
     delta = a.deploy_bytes - b.deploy_bytes
     if delta == 0:
         return "at the same size"
-    size = f"{abs(delta) / 1024:,.0f} KiB" if abs(delta) < 0.1 * MIB else f"{abs(delta) / MIB:,.1f} MiB"
+    size = (f"{abs(delta):,} bytes" if abs(delta) < 1024 else f"{abs(delta) / 1024:,.1f} KiB"
+            if abs(delta) < 0.1 * MIB else f"{abs(delta) / MIB:,.1f} MiB")
     return f"for +{size}" if delta > 0 else f"and {size} smaller"
 
 

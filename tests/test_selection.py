@@ -103,6 +103,11 @@ def test_worst_sample_first_then_mean_then_size() -> None:
     choice = explain_choice(same_worst, Budgets())
     assert choice is not None and choice.winner.recipe == "b"
     assert choice.why.startswith("mean fidelity 0.9950 vs 0.9900 for +0.5 MiB")
+    tiny = [Row("a", 0.9999, 0.9994, 2800, 78_000_000, 150.0), Row("b", 1.0, 1.0, 3300, 78_000_500, 150.0)]
+    assert explain_choice(tiny, Budgets()).why.startswith(  # type: ignore[union-attr]
+        "worst-sample fidelity 1.0000 vs 0.9994 for +500 bytes")
+    kib = [Row("a", 0.99, 0.98, 0, 78_000_000, 1.0), Row("b", 0.999, 0.99, 0, 78_002_560, 1.0)]
+    assert "for +2.5 KiB" in explain_choice(kib, Budgets()).why  # type: ignore[union-attr]
     identical = [near("a", 0.99, 0.98, 81.0), near("b", 0.99, 0.98, 80.0)]
     assert choose(identical, Budgets()).recipe == "b"  # type: ignore[union-attr]
 
