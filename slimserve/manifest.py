@@ -216,7 +216,7 @@ class PackageSection(_Closed):
     """What packaging made, the same section for every target; the fields after `artifacts` are the
     target's own (None / absent for the others)."""
 
-    target: Literal["lambda", "container"]
+    target: Literal["lambda", "container", "azure-functions"]
     platform: str
     python: str
     arch: str
