@@ -106,6 +106,33 @@ def test_nothing_meets_the_budgets_lists_every_candidate_and_failed_recipes() ->
     assert decision.misses["int8-static"] == ("failed: step int8-static failed: boom",)
 
 
+def test_within_the_size_tolerance_the_most_faithful_wins() -> None:
+    # The case: int8-dynamic saves 0.3 MiB but its worst text is at cosine 0.968 (int8: 0.9991).
+    from dataclasses import replace
+
+    from slimserve.selection import SizeTolerance
+
+    dyn = replace(candidate("int8-dynamic", 0.995, 22.0, 480), fidelity=Fidelity("cosine", 0.995, 0.968, samples=100))
+    int8 = replace(candidate("int8", 0.9995, 22.3, 500), fidelity=Fidelity("cosine", 0.9995, 0.9991, samples=100))
+    decision = decide(comparison(FP32, int8, dyn), BuildOptions(min_fidelity=0.99))
+    assert decision.winner == "int8" and decision.runner_up == "int8-dynamic"
+    assert decision.why == ("worst-sample fidelity 0.9991 vs 0.9680 for +0.3 MiB (within 10% or 2 MiB of the "
+                            "smallest, int8-dynamic); runner-up int8-dynamic")
+    strict = decide(comparison(FP32, int8, dyn), BuildOptions(min_fidelity=0.99, size_tolerance=SizeTolerance(0, 0)))
+    assert strict.winner == "int8-dynamic" and strict.runner_up == "int8"
+    assert strict.why.startswith("the smallest deployment that meets every budget; runner-up int8: worst-sample "
+                                 "fidelity 0.9991 vs 0.9680 for +0.3 MiB, outside the size tolerance (0% or 0 MiB)")
+
+
+def test_size_tolerance_options_are_checked(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert_clean_error(run_cli("build", "m", "-o", str(out), "--size-tolerance-pct", "-1"),
+                       contains="--size-tolerance-pct")
+    assert_clean_error(run_cli("compare", "m", "-o", str(out), "--size-tolerance-mb", "x"),
+                       contains="--size-tolerance-mb")
+    assert not out.exists()
+
+
 def test_targets_follow_the_platform() -> None:
     (zip_profile,) = resolve_profiles(["aws-lambda-zip"])
     (container_profile,) = resolve_profiles(["aws-lambda-container"])
