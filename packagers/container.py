@@ -15,7 +15,8 @@ Platforms are data: each profile with a `[packager]` table of artifact "containe
 go, its default base, and how the runtime is driven (`spec_from_profile`). Today:
 - aws-lambda-container (Lambda runtime API): everything under LAMBDA_TASK_ROOT (/var/task),
   `CMD ["lambda_handler.handler"]`, the base's ENTRYPOINT (/lambda-entrypoint.sh, with the Runtime
-  Interface Emulator) kept.
+  Interface Emulator) kept: it starts the base's runtime interface client (awslambdaric), which calls the
+  handler; slimserve ships no client, and a base without an ENTRYPOINT is refused.
 - gcp-cloud-run (HTTP): /app, runtime closure in /app/packages (+ waitress), `python3 /app/http_app.py`
   serving WSGI on $PORT.
 """
@@ -43,6 +44,7 @@ from slimserve.manifest import (
 from slimserve.measure import PackageSize
 from slimserve.packagers.container_image import (
     ROLES,
+    _check_base_entrypoint,
     _check_base_python,
     _dockerfile,
     _image_facts,
@@ -163,6 +165,7 @@ def package_container(
             with progress.stage(f"base image {base_ref}", total=1) as handle:
                 base = fetch_base(base_ref, plat, client)
                 _check_base_python(base.image, target, base_ref)
+                _check_base_entrypoint(base.image, spec, base_ref)
                 handle.advance()
             base_workdir = (base.image.config.get("config") or {}).get("WorkingDir")
         (stage / "Dockerfile").write_text(_dockerfile(spec, recorded_base(base_ref), plat, base_workdir),

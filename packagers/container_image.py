@@ -120,6 +120,18 @@ def _check_base_python(base: Image, target: Target, base_ref: str) -> None:
                              hint=f"pass --python {'.'.join(version.split('.')[:2])} or a base with Python {target.python}")
 
 
+def _check_base_entrypoint(base: Image, spec: PlatformSpec, base_ref: str) -> None:
+    """A Lambda runtime-API image runs CMD (the handler name) through the base's ENTRYPOINT, which starts the
+    runtime interface client (awslambdaric in AWS's base images); slimserve ships no client of its own. A base
+    without an ENTRYPOINT would build, push and then fail on Lambda, so it is refused here."""
+    if spec.handler is None:
+        return
+    if not (base.config.get("config") or {}).get("Entrypoint"):
+        raise SlimserveError(f"base {base_ref} has no ENTRYPOINT to start Lambda's runtime interface client",
+                             hint="use an AWS Lambda base image (public.ecr.aws/lambda/python:X.Y), or a base "
+                                  "whose ENTRYPOINT is `python -m awslambdaric`")
+
+
 # -- the image ------------------------------------------------------------------------------------------
 def build_image(base: Image, entries: Mapping[str, Mapping[str, Source]], spec: PlatformSpec, target: Target,
                 workdir: Path, epoch: int) -> Image:

@@ -187,3 +187,24 @@ def test_an_image_without_its_model_reports_an_init_error(unpacked: tuple[Path, 
     output = _stop(proc)
     assert kind == "init/error", (kind, payload, output)
     assert payload["errorType"] and model.name in payload["errorMessage"], payload
+
+
+def test_a_base_without_an_entrypoint_is_refused(tmp_path: Path) -> None:
+    """Without the base's entry point nothing would start a runtime client: refused before anything is written."""
+    from slimserve.errors import SlimserveError
+
+    config = {"architecture": "amd64", "os": "linux", "config": {"Env": BASE_ENV, "Cmd": ["python3"]},
+              "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
+    layer = build_layer({"etc/os-release": b'NAME="plain"\n'}, tmp_path / "rootfs.tar.gz", epoch=0)
+    base = tmp_path / "plain"
+    layout.write(canonical(append_layers(Image(json.dumps(config).encode(), (), OCI), Addendum(layer, "ADD /")), 0),
+                 base)
+    site = tmp_path / "site"
+    (site / "numpy").mkdir(parents=True)
+    (site / "numpy" / "__init__.py").write_text("# stand-in\n")
+    bundle = load_bundle(build_tiny_onnx(tmp_path / "tiny.onnx"))
+    with pytest.raises(SlimserveError, match="no ENTRYPOINT") as caught:
+        package_container(bundle, tmp_path / "out", TARGET, base_ref=f"oci:{base}", platform="aws-lambda-container",
+                          engine="none", closure=site)
+    assert "awslambdaric" in (caught.value.hint or "")
+    assert not (tmp_path / "out").exists()
