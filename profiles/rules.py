@@ -48,7 +48,7 @@ MIN_TIMEOUT_S = 10
 
 # Findings are reported in this order on every platform (then by id), so reports diff cleanly.
 RULE_ORDER = ("python", "arch", "zipped-size", "unzipped-size", "layers", "image-size", "memory",
-              "init-time", "cold-start", "request-time", "fidelity")
+              "init-time", "cold-start", "request-time", "generation-speed", "fidelity")
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ class RuleOptions:
     memory_mb: int | None = None
     max_cold_start_ms: float | None = None
     min_fidelity: float | None = None
+    min_tokens_per_s: float | None = None  # text generation: decode speed the setting must reach
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,14 @@ def request_ms(proj: Projection, facts: DeploymentFacts) -> float | None:
     return None if worst is None else worst * proj.factor
 
 
+def tokens_per_s(proj: Projection, facts: DeploymentFacts) -> float | None:
+    """Decode tokens/s measured here, projected onto the platform's CPU share (a token is a pass over
+    every weight, so it slows with a smaller share like the cold start does, and is not assumed to gain
+    from more vCPUs than were used here). None: not a generation model."""
+    measured = facts.cold_start.tokens_per_s
+    return None if measured is None else measured / proj.factor
+
+
 def timeout_s(profile: Profile, facts: DeploymentFacts, proj: Projection) -> int | None:
     """The function timeout for the worst accepted request at `proj.memory_mb` (see the module docstring)."""
     worst = request_ms(proj, facts)
@@ -189,6 +198,9 @@ def recommend_memory(profile: Profile, facts: DeploymentFacts, options: RuleOpti
         worst = request_ms(proj, facts)
         if worst is not None and request_limit is not None and \
                 TIMEOUT_SAFETY * (proj.init_ms + worst) > request_limit.base():
+            continue
+        speed = tokens_per_s(proj, facts)
+        if options.min_tokens_per_s is not None and (speed is None or speed < options.min_tokens_per_s):
             continue
         return int(memory)
     return None
@@ -403,6 +415,31 @@ def _request_time(profile: Profile, facts: DeploymentFacts, options: RuleOptions
                    round(limit.base(), 1), "ms", reason, limit.source, estimate=True)
 
 
+def _generation_speed(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
+                      proj: Projection) -> Finding | None:
+    cs = facts.cold_start
+    speed = tokens_per_s(proj, facts)
+    floor = options.min_tokens_per_s
+    if speed is None or cs.tokens_per_s is None:
+        if floor is None:
+            return None
+        return Finding("generation-speed", "Generation speed (estimate)", "fail", None, floor, "tokens/s",
+                       "--min-tokens-per-s applies to text-generation models; this one generates no tokens")
+    ttft = (cs.ttft_ms or 0.0) * proj.factor
+    shown = (f"projected {speed:,.1f} tokens/s and time to first token {_ms(ttft)} at {memory:,} "
+             f"{profile.memory.unit} = {cs.tokens_per_s:,.1f} tokens/s, {_ms(cs.ttft_ms or 0.0)} measured here on "
+             f"{cs.cpus} CPU (a short prompt, greedy) ÷ / × {proj.formula}")
+    if floor is None:
+        return Finding("generation-speed", "Generation speed (estimate)", "pass", round(speed, 2), None,
+                       "tokens/s", shown, profile.cpu.source, estimate=True)
+    ok = speed >= floor
+    reason = (f"{shown} ≥ --min-tokens-per-s {floor:g}" if ok else
+              f"{shown} < --min-tokens-per-s {floor:g}: raise --memory (up to a full vCPU) or choose a smaller "
+              "recipe (int4-weight decodes from a quarter of the bytes)")
+    return Finding("generation-speed", "Generation speed (estimate)", "pass" if ok else "fail", round(speed, 2),
+                   floor, "tokens/s", reason, profile.cpu.source, estimate=True)
+
+
 def _fidelity(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
               proj: Projection) -> Finding | None:
     floor = options.min_fidelity
@@ -420,7 +457,7 @@ def _fidelity(profile: Profile, facts: DeploymentFacts, options: RuleOptions, me
 
 
 RULES: tuple[Rule, ...] = (_python, _arch, _zipped, _unzipped, _layers, _image, _memory, _init_time,
-                           _cold_start, _request_time, _fidelity)
+                           _cold_start, _request_time, _generation_speed, _fidelity)
 
 
 def _size(value: float, unit: str) -> str:

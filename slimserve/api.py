@@ -122,14 +122,14 @@ def candidate_from_manifest(folder: Path, written: dict[str, Any]) -> Candidate:
 def check(path: PathLike, platforms: Sequence[str] = ("aws-lambda-zip",), *, memory_mb: int | None = None,
           python: str = DEFAULT_PYTHON, arch: str = "x86_64", max_cold_start_ms: float | None = None,
           min_fidelity: float | None = None, runs: int = 3, profile_files: Sequence[PathLike] = (),
-          progress: Progress = NULL_PROGRESS) -> Report:
+          progress: Progress = NULL_PROGRESS, min_tokens_per_s: float | None = None) -> Report:
     """Hold an optimize output folder (or a bare .onnx, or a container package) against platforms: the
     package built and weighed, cold start and the worst accepted request measured in fresh processes,
     every limit with its verdict. `report.fits` is what the CLI's exit code says."""
     from slimserve.pipeline.check import CheckOptions, run_check
 
     options = CheckOptions(memory_mb=memory_mb, python=python, arch=arch, max_cold_start_ms=max_cold_start_ms,
-                           min_fidelity=min_fidelity, runs=runs)
+                           min_fidelity=min_fidelity, min_tokens_per_s=min_tokens_per_s, runs=runs)
     return run_check(Path(path), list(platforms), options, progress,
                      profile_files=[Path(p) for p in profile_files])
 

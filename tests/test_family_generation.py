@@ -383,6 +383,13 @@ def test_eos_ends_generation_like_generate(folder: Callable[[str], Path], tmp_pa
     expected = _generate(AutoModelForCausalLM.from_pretrained(source), tokenizer, prompt, do_sample=False)
     assert expected[-1] == eos and len(expected) < NEW_TOKENS
     assert answer["details"]["token_ids"] == expected and answer["details"]["finish_reason"] == "eos_token"
+    # min_new_tokens keeps EOS out until then, as transformers' MinNewTokensLengthLogitsProcessor does
+    pytorch = AutoModelForCausalLM.from_pretrained(source)
+    for minimum in (len(expected), NEW_TOKENS):
+        held = LoadedModel(out).predict(prompt, {"max_new_tokens": NEW_TOKENS, "min_new_tokens": minimum})[0]
+        assert held["details"]["token_ids"] == _generate(pytorch, tokenizer, prompt, do_sample=False,
+                                                         min_new_tokens=minimum)
+        assert len(held["details"]["token_ids"]) > len(expected)
     with pytest.raises(InputError, match="chat input is not supported for this model .*no chat template"):
         LoadedModel(out).predict([{"role": "user", "content": "Hi"}])
 

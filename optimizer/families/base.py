@@ -79,6 +79,20 @@ class Family(Protocol):
         (`check` measures its time and memory; the deployment's memory and timeout come from it)."""
         ...
 
+    # Optional (looked up with `request_parameters`): `sample_parameters(runtime)` and
+    # `worst_parameters(runtime)`, the "parameters" those two requests carry when the defaults would not
+    # make them typical or worst (text generation: how many tokens must be generated).
+
+
+def request_parameters(family: Family, runtime: dict[str, Any], which: str) -> dict[str, Any] | None:
+    """The family's `sample_parameters`/`worst_parameters` for `runtime` (`which`: "sample" or "worst"),
+    or None when the family's defaults already make the request what it should be."""
+    hook = getattr(family, f"{which}_parameters", None)
+    if hook is None:
+        return None
+    parameters: dict[str, Any] | None = hook(runtime)
+    return parameters
+
 
 # task -> the module in this package whose `FAMILY` serves it
 FAMILY_MODULES = {"image-classification": "image", "token-classification": "tokens",

@@ -134,9 +134,10 @@ def special_tokens(source: HfFolderSource, tokenizer_file: Path) -> dict[str, li
     return found
 
 
-def worst_prompt_chars(tokenizer_file: Path, tokens: int, max_chars: int, add_special_tokens: bool) -> int:
+def worst_prompt_chars(tokenizer_file: Path, tokens: int, max_chars: int, add_special_tokens: bool) -> tuple[int, int]:
     """The longest prefix of the filler (in characters) that tokenizes to at most `tokens` tokens, by
-    bisection with the tokenizer the handler ships."""
+    bisection with the tokenizer the handler ships, and its length in tokens (more than `tokens` only when
+    one character with the special tokens already is)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_file))
@@ -149,14 +150,14 @@ def worst_prompt_chars(tokenizer_file: Path, tokens: int, max_chars: int, add_sp
 
     low, high = 1, max_chars
     if count(high) <= tokens:
-        return high
+        return high, count(high)
     while low < high:
         middle = (low + high + 1) // 2
         if count(middle) <= tokens:
             low = middle
         else:
             high = middle - 1
-    return low
+    return low, count(low)
 
 
 class GenerationFamily:
@@ -201,9 +202,13 @@ class GenerationFamily:
         })
         chat, why = self._chat_format(source)
         spec.update({"chat": chat, "chat_unsupported": why or None})
-        default_new = int(task_generation.PARAMETERS["text-generation"]["max_new_tokens"])
-        spec["worst_prompt_chars"] = worst_prompt_chars(export_dir / str(spec["tokenizer"]),
-                                                        max(1, longest - default_new), int(spec["max_chars"]), True)
+        # The worst request asks for every new token the limit allows (decode steps cost far more per token
+        # than the prompt's), its prompt filling the rest of the window.
+        worst_new = min(int(spec["max_new_tokens_limit"]), max(1, longest - 1))
+        chars, prompt_tokens = worst_prompt_chars(export_dir / str(spec["tokenizer"]), max(1, longest - worst_new),
+                                                  int(spec["max_chars"]), True)
+        spec["worst_prompt_chars"] = chars
+        spec["worst_new_tokens"] = max(1, min(worst_new, longest - prompt_tokens))
         return spec
 
     @staticmethod
@@ -225,15 +230,30 @@ class GenerationFamily:
         """One short prompt (default parameters: greedy, 32 new tokens); `batch` > 1: a list of that many."""
         return SAMPLE_PROMPT if batch == 1 else [SAMPLE_PROMPT] * batch
 
+    def sample_parameters(self, runtime: dict[str, Any]) -> dict[str, Any]:
+        """The typical request generates all its default new tokens (a random or terse model may otherwise
+        stop at EOS after one, and time-to-first-token and tokens/s would measure nothing)."""
+        new = int(task_generation.PARAMETERS["text-generation"]["max_new_tokens"])
+        return {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False}
+
+    def worst_parameters(self, runtime: dict[str, Any]) -> dict[str, Any]:
+        new = self._worst_new_tokens(runtime)
+        return {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False}
+
+    @staticmethod
+    def _worst_new_tokens(runtime: dict[str, Any]) -> int:
+        """Manifests written before `worst_new_tokens` sized their worst prompt for the default 32."""
+        return int(runtime.get("worst_new_tokens") or task_generation.PARAMETERS["text-generation"]["max_new_tokens"])
+
     def worst_inputs(self, runtime: dict[str, Any], limits: RequestLimits) -> tuple[Any, str]:
-        """One prompt as long as the token budget allows beside the default max_new_tokens (its length in
-        characters measured with the model's tokenizer when the manifest was written)."""
+        """One prompt as long as the token budget allows beside max_new_tokens_limit new tokens (its length
+        in characters measured with the model's tokenizer when the manifest was written); EOS is held off
+        (`worst_parameters`), so every one of them is generated."""
         chars = min(int(runtime.get("worst_prompt_chars") or len(SAMPLE_PROMPT)), limits.max_chars)
         prompt = (WORST_FILLER * (chars // len(WORST_FILLER) + 1))[:chars]
-        new = task_generation.PARAMETERS["text-generation"]["max_new_tokens"]
+        new = self._worst_new_tokens(runtime)
         longest = min(int(runtime.get("context_window") or limits.max_tokens), limits.max_tokens)
-        return prompt, (f"1 prompt × {chars:,} characters (≤ {longest - new} tokens) + {new} new tokens "
-                        "(requests asking more new tokens cost more: see max_new_tokens_limit)")
+        return prompt, f"1 prompt × {chars:,} characters (≤ {longest - new} tokens) + {new} new tokens"
 
     def reference(self, source: HfFolderSource) -> ReferenceRunner:
         """AutoModelForCausalLM on the prompt's feeds (no past): every position's logits, plus a greedy

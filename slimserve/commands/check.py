@@ -28,6 +28,9 @@ from slimserve.report import FORMATS
               metavar="MS", help="Fail when the projected cold start on the platform exceeds MS milliseconds.")
 @click.option("--min-fidelity", type=click.FloatRange(min=0, max=1, min_open=True), metavar="X",
               help="Fail when the manifest's mean fidelity (the task's metric) is below X (e.g. 0.99).")
+@click.option("--min-tokens-per-s", type=click.FloatRange(min=0, min_open=True), metavar="N",
+              help="Text generation: fail when the projected decode speed is below N tokens/s; the recommended "
+                   "memory is the smallest setting that reaches it.")
 @click.option("--runs", type=click.IntRange(min=1, max=50), default=3, show_default=True,
               help="Fresh processes to time; the median is reported.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
@@ -35,8 +38,8 @@ from slimserve.report import FORMATS
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), metavar="REPORT",
               help="Write the report here (atomically) and print the text table to stdout.")
 def command(path: Path, platforms: tuple[str, ...], profile_files: tuple[Path, ...], memory_mb: int | None,
-            python: str, arch: str, max_cold_start_ms: float | None, min_fidelity: float | None, runs: int,
-            fmt: str, output: Path | None) -> int:
+            python: str, arch: str, max_cold_start_ms: float | None, min_fidelity: float | None,
+            min_tokens_per_s: float | None, runs: int, fmt: str, output: Path | None) -> int:
     """Hold an optimize output folder (or a bare .onnx) against platform limits.
 
     Measures the deployable package and its cold start once (fresh processes that see only the deployed
@@ -52,7 +55,8 @@ def command(path: Path, platforms: tuple[str, ...], profile_files: tuple[Path, .
         check_report_path(output)
     with progress_for(sys.stderr) as progress:
         report = check(path, platforms, memory_mb=memory_mb, python=python, arch=arch,
-                       max_cold_start_ms=max_cold_start_ms, min_fidelity=min_fidelity, runs=runs,
+                       max_cold_start_ms=max_cold_start_ms, min_fidelity=min_fidelity,
+                       min_tokens_per_s=min_tokens_per_s, runs=runs,
                        profile_files=profile_files, progress=progress)
     if output is not None:
         with atomic_file(output) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:

@@ -52,6 +52,8 @@ class ColdStart:
     worst_peak_rss_mb: float | None = None
     worst_request: str = ""
     cpus: int = 1
+    ttft_ms: float | None = None  # text generation: time to first token of the sample request
+    tokens_per_s: float | None = None  # text generation: decode tokens/s after the first token
 
     @property
     def max_rss_mb(self) -> float:

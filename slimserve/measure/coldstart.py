@@ -9,6 +9,8 @@ A probe inside it times, with `time.perf_counter`:
   first_inference_ms   the first `handler(sample)` call
   warm_ms              median of `warm_runs` further calls
   worst_ms             one call with the largest request the handler's limits accept (`worst_event`)
+  ttft_ms, tokens_per_s  text generation: the medians of the warm calls' time to first token and decode
+                       tokens/s, as the handler's answers report them
 and reads its peak RSS (before and after the worst request) (VmHWM from /proc/self/status; `ru_maxrss` only where that is missing, as Linux
 carries ru_maxrss over from the parent across fork+exec). Figures are medians over `runs` processes. Interpreter
 start-up itself is not included (Lambda's managed runtime has already started Python before the init phase).
@@ -69,7 +71,16 @@ import lambda_handler
 t2 = time.perf_counter()
 first = lambda_handler.handler(sample, None)
 t3 = time.perf_counter()
-warm_ms = warm_median_ms(lambda: lambda_handler.handler(sample, None), warm_runs, warmup=0)
+speed = []  # (time to first token, tokens/s) of each warm call of a generation model, from its answer
+def call():
+    answer = lambda_handler.handler(sample, None)
+    details = answer[0].get("details") if isinstance(answer, list) and answer and isinstance(answer[0], dict) else None
+    if isinstance(details, dict) and details.get("tokens_per_s"):
+        speed.append((details["time_to_first_token_s"] * 1000, details["tokens_per_s"]))
+warm_ms = warm_median_ms(call, warm_runs, warmup=0)
+def median(values):
+    values = sorted(values)
+    return (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2 if values else None
 error = first.get("error") if isinstance(first, dict) else None
 peak = peak_rss_mb()
 worst_ms = worst_peak = worst_error = None
@@ -85,6 +96,7 @@ print(json.dumps({"import_ms": (t1 - t0) * 1000, "load_ms": (t2 - t1) * 1000,
                   "first_inference_ms": (t3 - t2) * 1000,
                   "warm_ms": warm_ms,
                   "peak_rss_mb": peak, "worst_ms": worst_ms, "worst_peak_rss_mb": worst_peak,
+                  "ttft_ms": median([s[0] for s in speed]), "tokens_per_s": median([s[1] for s in speed]),
                   "error": error, "worst_error": worst_error}))
 """)
 
@@ -157,6 +169,9 @@ def measure_cold_start(sys_path: list[Path], model_dir: Path, python: str, sampl
                                 f"({worst.description}): {result['worst_error']}")
             for key in keys:
                 samples[key].append(float(result[key]))
+            for key in ("ttft_ms", "tokens_per_s"):
+                if result.get(key) is not None:
+                    samples.setdefault(key, []).append(float(result[key]))
             samples["total_ms"].append(result["import_ms"] + result["load_ms"] + result["first_inference_ms"])
     med = {k: statistics.median(v) for k, v in samples.items()}
     return ColdStart(import_ms=med["import_ms"], load_ms=med["load_ms"],
@@ -164,7 +179,8 @@ def measure_cold_start(sys_path: list[Path], model_dir: Path, python: str, sampl
                      warm_ms=med["warm_ms"], peak_rss_mb=med["peak_rss_mb"], runs=runs, python=version,
                      fallback=why, samples=samples, worst_ms=med.get("worst_ms"),
                      worst_peak_rss_mb=med.get("worst_peak_rss_mb"),
-                     worst_request=worst.description if worst is not None else "", cpus=max(1, cpus))
+                     worst_request=worst.description if worst is not None else "", cpus=max(1, cpus),
+                     ttft_ms=med.get("ttft_ms"), tokens_per_s=med.get("tokens_per_s"))
 
 
 @dataclass(frozen=True)
@@ -188,14 +204,16 @@ def worst_event(manifest: dict[str, Any]) -> WorstRequest:
     characters long (the most the tokenizer is asked to read). Tensors: as many rows as `max_batch` and
     `max_elements` allow, dynamic non-batch dimensions at 1, zeros.
     """
-    from slimserve.optimizer.families.base import family_for
+    from slimserve.optimizer.families.base import family_for, request_parameters
     from slimserve.runtime.model_runtime import RequestLimits
 
     runtime = manifest["runtime"]
     family = family_for(str(runtime.get("task", "")))
     if family is not None:
         family_inputs, description = family.worst_inputs(runtime, RequestLimits.from_spec(runtime, environ={}))
-        return WorstRequest({"inputs": family_inputs}, description)
+        parameters = request_parameters(family, runtime, "worst")
+        return WorstRequest({"inputs": family_inputs, **({"parameters": parameters} if parameters else {})},
+                            description)
     if runtime["kind"] == "text":
         limits = RequestLimits.from_spec(runtime, environ={})
         max_length = int(runtime.get("max_length") or 512)
@@ -223,11 +241,12 @@ def worst_event(manifest: dict[str, Any]) -> WorstRequest:
 
 def sample_event(manifest: dict[str, Any]) -> dict[str, Any]:
     """A representative direct-invocation event: one sentence, or one row of zeros per tensor input."""
-    from slimserve.optimizer.families.base import family_for
+    from slimserve.optimizer.families.base import family_for, request_parameters
 
     family = family_for(str(manifest["runtime"].get("task", "")))
     if family is not None:
-        return {"inputs": family.sample_inputs(manifest["runtime"])}
+        parameters = request_parameters(family, manifest["runtime"], "sample")
+        return {"inputs": family.sample_inputs(manifest["runtime"]), **({"parameters": parameters} if parameters else {})}
     if manifest["runtime"]["kind"] == "text":
         return {"inputs": ["Serverless inference should start fast and stay small."]}
     inputs: dict[str, Any] = {}

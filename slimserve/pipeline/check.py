@@ -35,6 +35,7 @@ class CheckOptions:
     arch: str = ARCHES[0]
     max_cold_start_ms: float | None = None
     min_fidelity: float | None = None
+    min_tokens_per_s: float | None = None
     runs: int = 3
     host_vcpus: float = 1.0  # vCPUs the measured cold start used here; see profiles.rules on projections
     # Container platform -> base image (registry ref, `oci:PATH` or an OCI layout folder). For each platform
@@ -43,7 +44,7 @@ class CheckOptions:
 
     def rule_options(self) -> RuleOptions:
         return RuleOptions(memory_mb=self.memory_mb, max_cold_start_ms=self.max_cold_start_ms,
-                           min_fidelity=self.min_fidelity)
+                           min_fidelity=self.min_fidelity, min_tokens_per_s=self.min_tokens_per_s)
 
 
 def resolve_profiles(platforms: Sequence[str | Profile], profile_files: Sequence[Path] = ()) -> list[Profile]:
@@ -78,6 +79,9 @@ def validate_options(options: CheckOptions, profiles: Sequence[Profile]) -> None
         raise SlimserveError(f"--max-cold-start must be a positive number of ms, got {options.max_cold_start_ms}")
     if options.min_fidelity is not None and not 0 < options.min_fidelity <= 1:
         raise SlimserveError(f"--min-fidelity is a fidelity in (0, 1] (the task's metric), got {options.min_fidelity}")
+    if options.min_tokens_per_s is not None and not (options.min_tokens_per_s > 0
+                                                     and math.isfinite(options.min_tokens_per_s)):
+        raise SlimserveError(f"--min-tokens-per-s must be a positive number, got {options.min_tokens_per_s}")
     for profile in profiles:
         validate_memory(profile, options.memory_mb)
 

@@ -10,7 +10,7 @@ preallocated buffer; a GroupQueryAttention graph with a shared buffer would avoi
 
 Request (Hugging Face Inference API): `{"inputs": "prompt" | ["prompt", ...] | chat | [chat, ...]}` where a
 chat is `[{"role": "system"|"user"|"assistant", "content": str}, ...]`, with `"parameters"`:
-`max_new_tokens` (32), `do_sample`, `temperature`, `top_k`, `top_p`, `repetition_penalty` (defaults: the
+`max_new_tokens` (32), `min_new_tokens` (EOS cannot end generation before it), `do_sample`, `temperature`, `top_k`, `top_p`, `repetition_penalty` (defaults: the
 model's generation_config.json, as transformers uses them; greedy when it has none), `seed` (null: a fresh
 one), `stop` (strings that end generation, kept in the text as transformers' `stop_strings` does; one
 may begin in the prompt), `return_full_text` (false, as the Inference API) and `details` (true: finish
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 TASKS = ("text-generation",)
 PARAMETERS: dict[str, dict[str, Any]] = {
-    "text-generation": {"max_new_tokens": 32, "do_sample": None, "temperature": None, "top_k": None,
+    "text-generation": {"max_new_tokens": 32, "min_new_tokens": None, "do_sample": None, "temperature": None, "top_k": None,
                         "top_p": None, "repetition_penalty": None, "seed": None, "stop": None,
                         "return_full_text": False, "details": True},
 }
@@ -120,6 +120,10 @@ def read_parameters(values: dict[str, Any]) -> dict[str, Any]:
     if max_new is None or max_new < 1:
         raise InputError('"max_new_tokens" must be a positive integer')
     out["max_new_tokens"] = max_new
+    min_new = _integer(values, "min_new_tokens")
+    if min_new is not None and min_new < 0:
+        raise InputError('"min_new_tokens" must be 0 or a positive integer')
+    out["min_new_tokens"] = min_new or 0
     for name in ("do_sample", "return_full_text", "details"):
         out[name] = _flag(values, name)
     for name in ("return_full_text", "details"):
@@ -478,6 +482,7 @@ def steps(model: LoadedModel, prompt: Prompt, max_new_tokens: int, settings: dic
     `reason` set. (`stop_at_eos` False: exactly `max_new_tokens`, as fidelity's greedy-prefix comparison
     wants; past `deadline`, a perf_counter time, generation ends with what it has: "time_limit".)"""
     eos = {int(i) for i in model.spec.get("eos_token_ids") or []} if stop_at_eos else set()
+    min_new = int(settings.get("min_new_tokens") or 0)
     names = past_names(model)
     run = Run(prompt=prompt, generated=[], started=time.perf_counter())
     sequence = list(prompt.ids)
@@ -486,6 +491,9 @@ def steps(model: LoadedModel, prompt: Prompt, max_new_tokens: int, settings: dic
     while True:
         outputs = model.run(step_feeds(model, new_ids, len(sequence), past))
         logits = np.asarray(outputs["logits"][0, -1], dtype=np.float32)
+        if eos and len(run.generated) < min_new:  # transformers' MinNewTokensLengthLogitsProcessor
+            logits = logits.copy()
+            logits[sorted(i for i in eos if i < logits.shape[-1])] = -np.inf
         token = choose(logits, sequence, settings, rng)
         if not run.generated:
             run.first_token_s = time.perf_counter() - run.started
@@ -543,7 +551,7 @@ def _prepare(model: LoadedModel, inputs: Any, parameters: dict[str, Any],
     items = _encode_prompts(model, texts, limits)
     max_new = int(parameters["max_new_tokens"])
     check_bounds(model, items, max_new, limits)
-    settings = sampling(model, parameters)
+    settings = {**sampling(model, parameters), "min_new_tokens": parameters["min_new_tokens"]}
     rng = random.Random(parameters["seed"])  # stdlib: the slim layer ships numpy without numpy.random
     budget = time_budget(model.spec)
     deadline = None if budget is None else time.perf_counter() + budget
