@@ -158,7 +158,7 @@ def package(path: PathLike, out: PathLike, *, target: Literal["lambda", "contain
             python: str = DEFAULT_PYTHON, arch: str = "x86_64", memory_mb: int | None = None, check: bool = True,
             platform: str = "aws-lambda-container", base: str | None = None, push: str | None = None,
             insecure_registries: Sequence[str] = (), engine: str = "auto", snapstart: bool | None = None,
-            progress: Progress = NULL_PROGRESS) -> Package:
+            tracing: bool = False, progress: Progress = NULL_PROGRESS) -> Package:
     """Package an optimize output folder (or a bare .onnx) as Lambda zips + SAM template (`target="lambda"`,
     sized by a check against aws-lambda-zip unless `check=False`) or as an OCI image for a container
     `platform`. Every shipped file is proven to lie inside the folder and the model to load in
@@ -188,7 +188,7 @@ def package(path: PathLike, out: PathLike, *, target: Literal["lambda", "contain
                        progress) if check else None
     verdict = None if report is None else report.verdict(PLATFORM)
     artifacts = package_lambda(bundle, Path(out), parsed, choose_memory(memory_mb, verdict),
-                               choose_timeout(verdict), report, progress, snapstart=snapstart)
+                               choose_timeout(verdict), report, progress, snapstart=snapstart, tracing=tracing)
     return Package(target="lambda", out=artifacts.out, report=report, lambda_artifacts=artifacts)
 
 

@@ -90,3 +90,16 @@ def test_deploy_md_routes_set_what_check_measured_and_show_a_signed_call(tiny_on
     payload = re.search(r"--payload ('[^']*')", deploy)
     assert payload is not None
     assert json.loads(shlex.split(payload.group(1))[0]) == {"inputs": {"x": [[0] * 16]}}
+
+
+def test_package_tracing_flag(tiny_onnx: Path, tmp_path: Path) -> None:
+    """`--tracing` reaches the template (Tracing: Active) and DEPLOY.md's CLI route; off by default; Lambda only."""
+    on = run_cli("package", str(tiny_onnx), "--target", "lambda", "-o", str(tmp_path / "on"), "--no-check", "--tracing")
+    assert on.returncode == 0, on.stderr
+    assert "Tracing: Active" in (tmp_path / "on" / "template.yaml").read_text()
+    assert "--tracing-config Mode=Active" in (tmp_path / "on" / "DEPLOY.md").read_text()
+    off = run_cli("package", str(tiny_onnx), "--target", "lambda", "-o", str(tmp_path / "off"), "--no-check")
+    assert off.returncode == 0, off.stderr
+    assert "Tracing" not in (tmp_path / "off" / "template.yaml").read_text()
+    wrong = run_cli("package", str(tiny_onnx), "--target", "container", "-o", str(tmp_path / "c"), "--tracing")
+    assert wrong.returncode == 2 and "--tracing applies only to --target lambda" in wrong.stderr

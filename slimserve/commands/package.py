@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 @click.option("--snapstart/--no-snapstart", default=None,
               help="Lambda: SnapStart in template.yaml (a published version behind the `live` alias). "
                    "Default: on for python3.12 and later.")
+@click.option("--tracing/--no-tracing", default=False,
+              help="Lambda: X-Ray active tracing in template.yaml (Tracing: Active; SAM adds the X-Ray write "
+                   "policy to the function's role) and in DEPLOY.md's CLI routes. The handler needs no X-Ray SDK.")
 @click.option("--base", "base_ref", metavar="REF",
               help="Container base image (registry reference or oci:PATH). Default depends on --platform.")
 @click.option("--platform", "platform", type=click.Choice(packaged_platforms("container")),
@@ -58,7 +61,7 @@ if TYPE_CHECKING:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Summary format on stdout.")
 def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb: int | None, no_check: bool,
-            snapstart: bool | None, base_ref: str | None, platform: str, push_ref: str | None, insecure: tuple[str, ...], engine: str,
+            snapstart: bool | None, tracing: bool, base_ref: str | None, platform: str, push_ref: str | None, insecure: tuple[str, ...], engine: str,
             fmt: str) -> int:
     """Package an optimize output folder (or a bare .onnx) for a serverless platform."""
     from slimserve.api import package
@@ -69,6 +72,8 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
         _refuse_container_options(base=base_ref, push=push_ref, insecure_registry=insecure)
     if kind != "lambda" and snapstart is not None:
         raise click.UsageError("--snapstart/--no-snapstart apply only to --target lambda")
+    if kind != "lambda" and tracing:
+        raise click.UsageError("--tracing applies only to --target lambda")
     if kind == "azure-functions":
         return _azure(path, out, python, arch, memory_mb, no_check, fmt)
     with progress_for(sys.stderr) as progress:
@@ -77,7 +82,7 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
         result = package(path, out, target="container" if kind == "container" else "lambda", python=python,
                          arch=arch, memory_mb=memory_mb, check=not no_check, platform=platform, base=base_ref,
                          push=push_ref, insecure_registries=insecure, engine=engine, snapstart=snapstart,
-                         progress=progress)
+                         tracing=tracing, progress=progress)
     if result.image is not None:
         return _container(result.image, out, platform, fmt)
     artifacts, report, fits = result.lambda_artifacts, result.report, result.fits
