@@ -28,6 +28,7 @@ initialised again inside its first invocation, under the function timeout.
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -238,11 +239,28 @@ def _python(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memo
             proj: Projection) -> Finding:
     offered = profile.runtime.python
     span = f"{offered[0]}–{offered[-1]}" if len(offered) > 1 else offered[0]
-    ok = facts.python in offered
-    reason = (f"Python {facts.python} is offered" if ok else
-              f"Python {facts.python} is not offered by {profile.name} ({span}): pass --python {offered[-1]}")
-    return Finding("python", "Python version", "pass" if ok else "fail", facts.python, span, "",
-                   reason, profile.runtime.source)
+    if facts.python not in offered:
+        return Finding("python", "Python version", "fail", facts.python, span, "",
+                       f"Python {facts.python} is not offered by {profile.name} ({span}): pass --python {offered[-1]}",
+                       profile.runtime.source)
+    status, reason = _lifecycle(profile, facts.python, datetime.date.today())
+    return Finding("python", "Python version", status, facts.python, span, "", reason, profile.runtime.source)
+
+
+def _lifecycle(profile: Profile, python: str, today: datetime.date) -> tuple[Status, str]:
+    """Offered, but deprecated (no security patches: warn) or past the date new functions are refused (fail)."""
+    dates = profile.runtime.lifecycle.get(python)
+    newest = max(profile.runtime.python, key=lambda v: tuple(int(p) for p in v.split(".")))
+    if dates is None or today < dates.deprecated:
+        return "pass", f"Python {python} is offered"
+    blocked = dates.create_block is not None and today >= dates.create_block
+    then = (f"; new functions are refused from {dates.create_block}" if dates.create_block and not blocked else "") + \
+           (f", updates from {dates.update_block}" if dates.update_block else "")
+    if blocked:
+        return "fail", (f"Python {python} has been deprecated on {profile.name} since {dates.deprecated} and new "
+                        f"functions with it are refused since {dates.create_block}{then}: pass --python {newest}")
+    return "warn", (f"Python {python} has been deprecated on {profile.name} since {dates.deprecated} (no security "
+                    f"patches){then}: pass --python {newest}")
 
 
 def _arch(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,

@@ -7,6 +7,7 @@ kind of limit they belong to, and sources must be public https pages.
 
 from __future__ import annotations
 
+import datetime
 import math
 from typing import Literal
 
@@ -101,6 +102,15 @@ class Limits(_Strict):
         return self
 
 
+class Lifecycle(_Strict):
+    """When the platform stops patching a Python version (`deprecated`), then refuses new functions with it
+    (`create_block`) and updates of existing ones (`update_block`): TOML dates."""
+
+    deprecated: datetime.date
+    create_block: datetime.date | None = None
+    update_block: datetime.date | None = None
+
+
 class Runtime(_Strict):
     """Python versions and CPU architectures the platform runs (for containers: what its base images offer)."""
 
@@ -108,6 +118,7 @@ class Runtime(_Strict):
     archs: tuple[Literal["x86_64", "arm64"], ...] = Field(min_length=1)
     source: str
     note: str = ""
+    lifecycle: dict[str, Lifecycle] = Field(default_factory=dict)  # python version -> its deprecation dates
 
     _source = field_validator("source")(_check_source)
 

@@ -238,3 +238,22 @@ def test_a_worst_request_too_slow_for_any_timeout_fails_and_raises_the_recommend
     assert v.timeout_s is not None and 800 < v.timeout_s <= 900
     at_128 = check("aws-lambda-zip", slow, memory_mb=256)
     assert finding(at_128, "request-time").status == "fail" and "900 s" in finding(at_128, "request-time").reason
+
+
+def test_python_lifecycle_warns_when_deprecated_and_fails_once_new_functions_are_refused() -> None:
+    """Lambda's deprecation table (aws-lambda-zip's [runtime.lifecycle]): patched -> pass, deprecated ->
+    warn with the dates and the way out, past the create-block date -> fail."""
+    import datetime
+
+    from slimserve.profiles.loader import load_profile
+    from slimserve.profiles.rules import _lifecycle
+
+    profile = load_profile("aws-lambda-zip")
+    dates = profile.runtime.lifecycle["3.10"]
+    assert (dates.deprecated, dates.create_block) == (datetime.date(2026, 10, 31), datetime.date(2027, 2, 1))
+    assert _lifecycle(profile, "3.10", datetime.date(2026, 10, 30))[0] == "pass"
+    status, reason = _lifecycle(profile, "3.10", datetime.date(2026, 11, 30))
+    assert status == "warn" and "since 2026-10-31" in reason and "refused from 2027-02-01" in reason
+    assert reason.endswith("pass --python 3.14")
+    assert _lifecycle(profile, "3.10", datetime.date(2027, 2, 1))[0] == "fail"
+    assert _lifecycle(profile, "3.12", datetime.date(2026, 11, 30)) == ("pass", "Python 3.12 is offered")
