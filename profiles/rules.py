@@ -49,7 +49,7 @@ MIN_TIMEOUT_S = 10
 
 # Findings are reported in this order on every platform (then by id), so reports diff cleanly.
 RULE_ORDER = ("python", "arch", "zipped-size", "unzipped-size", "layers", "image-size", "memory",
-              "init-time", "cold-start", "request-time", "generation-speed", "fidelity")
+              "init-time", "snapstart-restore", "cold-start", "request-time", "generation-speed", "fidelity")
 
 
 @dataclass(frozen=True)
@@ -394,6 +394,26 @@ def _init_time(profile: Profile, facts: DeploymentFacts, options: RuleOptions, m
                    round(limit_ms, 1), "ms", reason, limit.source, estimate=True)
 
 
+def _restore(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
+             proj: Projection) -> Finding | None:
+    """SnapStart: what init costs once per published version (the before-snapshot warm-up included) and
+    what each restore must fit (the after-restore hook), on runtimes that snapshot (python3.12+)."""
+    limit = profile.limits.restore_timeout
+    cs = facts.cold_start
+    if limit is None or cs.restore_hook_ms is None or tuple(int(p) for p in facts.python.split(".")) < (3, 12):
+        return None
+    restore = cs.restore_hook_ms * proj.factor
+    snapshot = (cs.snapshot_hook_ms or 0.0) * proj.factor
+    ok = restore <= limit.base()
+    shown = (f"after-restore hook projected {_ms(restore)} per restore at {memory:,} {profile.memory.unit} "
+             f"{'≤' if ok else '>'} {limit.display()} restore limit; once per published version, init "
+             f"{_ms(proj.init_ms)} + the before-snapshot warm-up {_ms(snapshot)} run before the snapshot "
+             f"(× {proj.formula})")
+    return Finding("snapstart-restore", "SnapStart restore (estimate)", "pass" if ok else "fail",
+                   round(restore, 3), round(limit.base(), 1), "ms",
+                   shown + ("" if ok or not limit.advice else f": {limit.advice}"), limit.source, estimate=True)
+
+
 def _cold_start(profile: Profile, facts: DeploymentFacts, options: RuleOptions, memory: int,
                 proj: Projection) -> Finding | None:
     budget = options.max_cold_start_ms
@@ -445,8 +465,8 @@ def _generation_speed(profile: Profile, facts: DeploymentFacts, options: RuleOpt
                        "--min-tokens-per-s applies to text-generation models; this one generates no tokens")
     ttft = (cs.ttft_ms or 0.0) * proj.factor
     shown = (f"projected {speed:,.1f} tokens/s and time to first token {_ms(ttft)} at {memory:,} "
-             f"{profile.memory.unit} = {cs.tokens_per_s:,.1f} tokens/s, {_ms(cs.ttft_ms or 0.0)} measured here on "
-             f"{cs.cpus} CPU (a short prompt, greedy) ÷ / × {proj.formula}")
+             f"{profile.memory.unit} from {cs.tokens_per_s:,.1f} tokens/s and {_ms(cs.ttft_ms or 0.0)} measured "
+             f"here on {cs.cpus} CPU (a short prompt, greedy): tokens/s ÷, time × {proj.formula}")
     if floor is None:
         return Finding("generation-speed", "Generation speed (estimate)", "pass", round(speed, 2), None,
                        "tokens/s", shown, profile.cpu.source, estimate=True)
@@ -475,7 +495,7 @@ def _fidelity(profile: Profile, facts: DeploymentFacts, options: RuleOptions, me
 
 
 RULES: tuple[Rule, ...] = (_python, _arch, _zipped, _unzipped, _layers, _image, _memory, _init_time,
-                           _cold_start, _request_time, _generation_speed, _fidelity)
+                           _restore, _cold_start, _request_time, _generation_speed, _fidelity)
 
 
 def _size(value: float, unit: str) -> str:

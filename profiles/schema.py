@@ -30,6 +30,7 @@ LIMIT_FAMILIES: dict[str, dict[str, float]] = {
     "image_size": SIZE_UNITS,       # uncompressed container image
     "init_timeout": TIME_UNITS,     # time the platform allows from start until the handler is ready
     "request_timeout": TIME_UNITS,  # the longest a request (function timeout) may be set to run
+    "restore_timeout": TIME_UNITS,  # SnapStart: what a restore (the after-restore hooks) may take
 }
 
 
@@ -92,6 +93,7 @@ class Limits(_Strict):
     image_size: Limit | None = None
     init_timeout: Limit | None = None
     request_timeout: Limit | None = None
+    restore_timeout: Limit | None = None
 
     @model_validator(mode="after")
     def _units_match_kind(self) -> Limits:

@@ -257,3 +257,23 @@ def test_python_lifecycle_warns_when_deprecated_and_fails_once_new_functions_are
     assert reason.endswith("pass --python 3.14")
     assert _lifecycle(profile, "3.10", datetime.date(2027, 2, 1))[0] == "fail"
     assert _lifecycle(profile, "3.12", datetime.date(2026, 11, 30)) == ("pass", "Python 3.12 is offered")
+
+
+def test_snapstart_restore_budget_is_reported_for_python_3_12_and_later() -> None:
+    """The after-restore hook measured in the probe, projected, against Lambda's 10 s restore limit; the
+    once-per-version cost (init + the before-snapshot warm-up) said beside it; not on python3.11."""
+    from dataclasses import replace
+
+    from slimserve.profiles.loader import load_profile
+    from slimserve.profiles.rules import RuleOptions, evaluate
+
+    profile = load_profile("aws-lambda-zip")
+    base = facts(python="3.12")
+    timed = replace(base, cold_start=replace(base.cold_start, restore_hook_ms=0.5, snapshot_hook_ms=40.0))
+    found = evaluate(profile, timed, RuleOptions()).finding("snapstart-restore")
+    assert found is not None and found.status == "pass" and found.limit == 10_000
+    assert "before-snapshot warm-up" in found.reason and found.estimate
+    slow = replace(timed, cold_start=replace(timed.cold_start, restore_hook_ms=20_000.0))
+    assert evaluate(profile, slow, RuleOptions()).finding("snapstart-restore").status == "fail"  # type: ignore[union-attr]
+    assert evaluate(profile, replace(timed, python="3.11"), RuleOptions()).finding("snapstart-restore") is None
+    assert evaluate(profile, base, RuleOptions()).finding("snapstart-restore") is None  # not measured

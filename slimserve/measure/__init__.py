@@ -54,6 +54,8 @@ class ColdStart:
     cpus: int = 1
     ttft_ms: float | None = None  # text generation: time to first token of the sample request
     tokens_per_s: float | None = None  # text generation: decode tokens/s after the first token
+    snapshot_hook_ms: float | None = None  # SnapStart: the before-snapshot hook (a warm-up inference)
+    restore_hook_ms: float | None = None  # SnapStart: the after-restore hook
 
     @property
     def max_rss_mb(self) -> float:

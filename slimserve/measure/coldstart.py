@@ -9,6 +9,8 @@ A probe inside it times, with `time.perf_counter`:
   first_inference_ms   the first `handler(sample)` call
   warm_ms              median of `warm_runs` further calls
   worst_ms             one call with the largest request the handler's limits accept (`worst_event`)
+  snapshot_hook_ms     SnapStart's before-snapshot hook (the manifest's warm-up request), after the first call
+  restore_hook_ms      SnapStart's after-restore hook
   ttft_ms, tokens_per_s  text generation: the medians of the warm calls' time to first token and decode
                        tokens/s, as the handler's answers report them
 and reads its peak RSS (before and after the worst request) (VmHWM from /proc/self/status; `ru_maxrss` only where that is missing, as Linux
@@ -82,6 +84,13 @@ def median(values):
     values = sorted(values)
     return (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2 if values else None
 error = first.get("error") if isinstance(first, dict) else None
+s = time.perf_counter()  # SnapStart's before-snapshot hook (the manifest's warm-up) and after-restore hook
+warm_up_ms = (time.perf_counter() - s) * 1000 if getattr(lambda_handler, "warm_up", lambda: False)() else None
+s = time.perf_counter()
+restored = getattr(lambda_handler, "after_restore", None)
+if restored is not None:
+    restored()
+restore_ms = (time.perf_counter() - s) * 1000 if restored is not None else None
 peak = peak_rss_mb()
 worst_ms = worst_peak = worst_error = None
 if worst_file and not error:
@@ -97,6 +106,7 @@ print(json.dumps({"import_ms": (t1 - t0) * 1000, "load_ms": (t2 - t1) * 1000,
                   "warm_ms": warm_ms,
                   "peak_rss_mb": peak, "worst_ms": worst_ms, "worst_peak_rss_mb": worst_peak,
                   "ttft_ms": median([s[0] for s in speed]), "tokens_per_s": median([s[1] for s in speed]),
+                  "snapshot_hook_ms": warm_up_ms, "restore_hook_ms": restore_ms,
                   "error": error, "worst_error": worst_error}))
 """)
 
@@ -169,7 +179,7 @@ def measure_cold_start(sys_path: list[Path], model_dir: Path, python: str, sampl
                                 f"({worst.description}): {result['worst_error']}")
             for key in keys:
                 samples[key].append(float(result[key]))
-            for key in ("ttft_ms", "tokens_per_s"):
+            for key in ("ttft_ms", "tokens_per_s", "snapshot_hook_ms", "restore_hook_ms"):
                 if result.get(key) is not None:
                     samples.setdefault(key, []).append(float(result[key]))
             samples["total_ms"].append(result["import_ms"] + result["load_ms"] + result["first_inference_ms"])
@@ -180,7 +190,8 @@ def measure_cold_start(sys_path: list[Path], model_dir: Path, python: str, sampl
                      fallback=why, samples=samples, worst_ms=med.get("worst_ms"),
                      worst_peak_rss_mb=med.get("worst_peak_rss_mb"),
                      worst_request=worst.description if worst is not None else "", cpus=max(1, cpus),
-                     ttft_ms=med.get("ttft_ms"), tokens_per_s=med.get("tokens_per_s"))
+                     ttft_ms=med.get("ttft_ms"), tokens_per_s=med.get("tokens_per_s"),
+                     snapshot_hook_ms=med.get("snapshot_hook_ms"), restore_hook_ms=med.get("restore_hook_ms"))
 
 
 @dataclass(frozen=True)
