@@ -8,21 +8,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from slimserve.packagers.lambda_target import ZipArtifact
+from slimserve.packagers.lambda_target import LIMIT_ROWS, ZipArtifact
 from slimserve.packagers.target import Target
 
 if TYPE_CHECKING:
     from slimserve.profiles.rules import PlatformVerdict
     from slimserve.report import Report
 
-LIMIT_ROWS = (
-    ("max_batch", "SLIMSERVE_MAX_BATCH", "texts, images (or tensor rows) per request"),
-    ("max_chars", "SLIMSERVE_MAX_TEXT_CHARS", "characters per text, refused before tokenizing"),
-    ("max_tokens", "SLIMSERVE_MAX_TOKENS", "texts × padded tokens after truncation, per request"),
-    ("max_elements", "SLIMSERVE_MAX_ELEMENTS", "numbers per tensor request, all inputs together"),
-    ("max_pixels", "SLIMSERVE_MAX_PIXELS", "width × height of one image, read from its header before decoding"),
-    ("max_request_pixels", "SLIMSERVE_MAX_REQUEST_PIXELS", "pixels of all images of one request together"),
-)
 
 
 def _mib(n: float) -> str:

@@ -28,7 +28,7 @@ from slimserve.bundle import ModelBundle
 from slimserve.errors import SlimserveError
 from slimserve.manifest import MANIFEST_NAME, Closure, PackageSection, sha256_file, write_manifest
 from slimserve.packagers.closure import build_closure, closure_info
-from slimserve.packagers.lambda_target import ZipArtifact, checks_record, request_limits
+from slimserve.packagers.lambda_target import ZipArtifact, checks_record, request_limits, verdict_for
 from slimserve.packagers.model_check import check_model
 from slimserve.packagers.model_files import model_entries, shipped_manifest
 from slimserve.packagers.repro_zip import write_zip
@@ -152,15 +152,6 @@ def azure_package_size(bundle: ModelBundle, target: Target) -> tuple[int, int]:
     return artifact.bytes, artifact.unzipped_bytes
 
 
-def verdict_of(check: Report | None) -> PlatformVerdict | None:
-    if check is None:
-        return None
-    try:
-        return check.verdict(PLATFORM)
-    except KeyError:
-        return None
-
-
 def package_azure(bundle: ModelBundle, out: Path, target: Target, memory_mb: int | None = None,
                   check: Report | None = None, progress: Progress = NULL_PROGRESS) -> AzureArtifacts:
     """Write function.zip, slimserve.json and DEPLOY.md to `out`, atomically.
@@ -172,7 +163,7 @@ def package_azure(bundle: ModelBundle, out: Path, target: Target, memory_mb: int
     out = Path(out).absolute()
     validate_target(target)
     check_model(bundle)  # refuse a model that cannot be served before building anything
-    verdict = verdict_of(check)
+    verdict = verdict_for(check, PLATFORM)
     memory = choose_memory(memory_mb, verdict)
     timeout = choose_timeout(verdict)
     with atomic_dir(out, inputs=[bundle.model_path]) as staging:

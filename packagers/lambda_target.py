@@ -188,7 +188,7 @@ def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: in
                              hint="drop --snapstart, or package for --python 3.12")
     check_model(bundle)  # refuse a model that cannot be served before building anything
     memory = choose_memory(memory_mb)  # validated against Lambda's settings before anything is built
-    verdict = _lambda_verdict(check)
+    verdict = verdict_for(check)
     with atomic_dir(out, inputs=[bundle.model_path]) as staging:
         layer, function, closure = build_zips(bundle, target, staging, progress)
         (staging / "template.yaml").write_text(
@@ -208,13 +208,25 @@ def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: in
                            deploy=out / "DEPLOY.md", memory_mb=memory, timeout_s=timeout_s)
 
 
-def _lambda_verdict(check: Report | None) -> PlatformVerdict | None:
+def verdict_for(check: Report | None, platform: str = PLATFORM) -> PlatformVerdict | None:
+    """The check's verdict for `platform`, None when there was no check or it did not cover the platform."""
     if check is None:
         return None
     try:
-        return check.verdict(PLATFORM)
+        return check.verdict(platform)
     except KeyError:
         return None
+
+
+# The request limits DEPLOY.md lists: manifest key, the variable that overrides it, what it bounds.
+LIMIT_ROWS = (
+    ("max_batch", "SLIMSERVE_MAX_BATCH", "texts, images (or tensor rows) per request"),
+    ("max_chars", "SLIMSERVE_MAX_TEXT_CHARS", "characters per text, refused before tokenizing"),
+    ("max_tokens", "SLIMSERVE_MAX_TOKENS", "texts × padded tokens after truncation, per request"),
+    ("max_elements", "SLIMSERVE_MAX_ELEMENTS", "numbers per tensor request, all inputs together"),
+    ("max_pixels", "SLIMSERVE_MAX_PIXELS", "width × height of one image, read from its header before decoding"),
+    ("max_request_pixels", "SLIMSERVE_MAX_REQUEST_PIXELS", "pixels of all images of one request together"),
+)
 
 
 def artifact_manifest(bundle: ModelBundle, target: Target, memory: int, layer: ZipArtifact,
@@ -223,7 +235,7 @@ def artifact_manifest(bundle: ModelBundle, target: Target, memory: int, layer: Z
     """The model's manifest plus what packaging added: the handler and the `package` section (target,
     artifacts, runtime closure, and the check the settings came from)."""
     info = closure_info(closure)
-    verdict = _lambda_verdict(check)
+    verdict = verdict_for(check)
     package = PackageSection(
         target="lambda", platform=PLATFORM, python=target.python, arch=target.arch,
         artifacts=[layer.as_artifact(), function.as_artifact()], model_dir=MODEL_SUBDIR,
@@ -340,14 +352,8 @@ def _limits_section(memory: int, timeout_s: int, limits: dict[str, int] | None, 
                     verdict: PlatformVerdict | None) -> str:
     """DEPLOY.md's account of what one request may ask for and why memory and timeout are what they are."""
     limits = limits or {}
-    rows = "\n".join(f"| `{key}` | {value:,} | `{env}` | {what} |" for key, env, what in (
-        ("max_batch", "SLIMSERVE_MAX_BATCH", "texts, images (or tensor rows) per request"),
-        ("max_chars", "SLIMSERVE_MAX_TEXT_CHARS", "characters per text, refused before tokenizing"),
-        ("max_tokens", "SLIMSERVE_MAX_TOKENS", "texts × padded tokens after truncation, per request"),
-        ("max_elements", "SLIMSERVE_MAX_ELEMENTS", "numbers per tensor request, all inputs together"),
-        ("max_pixels", "SLIMSERVE_MAX_PIXELS", "width × height of one image, read from its header before decoding"),
-        ("max_request_pixels", "SLIMSERVE_MAX_REQUEST_PIXELS", "pixels of all images of one request together"),
-    ) if key in limits for value in (limits[key],))
+    rows = "\n".join(f"| `{key}` | {limits[key]:,} | `{env}` | {what} |" for key, env, what in LIMIT_ROWS
+                     if key in limits)
     if cold is not None and cold.worst_ms is not None and verdict is not None and verdict.timeout_s is not None:
         measured = (f"`check` ran the largest request these limits accept ({cold.worst_request}) in a fresh "
                     f"{cold.python} process on {cold.cpus} CPU: {cold.worst_ms:,.0f} ms, peak RSS "
