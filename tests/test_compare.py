@@ -187,3 +187,40 @@ def test_jobs_build_in_parallel_and_keep_the_order(tiny_onnx: Path, tmp_path: Pa
     for recipe in recipes:
         manifest = json.loads((tmp_path / "out" / "candidates" / recipe / "slimserve.json").read_text())
         assert manifest["recipe"] == recipe
+
+
+def test_candidates_are_measured_in_interleaved_rounds(tiny_onnx: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Round r measures every candidate once, in an order rotated by r (A B C, B C A, C A B), so a machine
+    that slows for a while slows all of them; the medians are over the rounds and the spread is kept.
+    The real measurements run; the spy only records which folder each fresh-process measurement was for."""
+    from slimserve.measure import latency as latency_module
+    from slimserve.pipeline import check as check_module
+    from slimserve.pipeline.compare import rotated, run_compare
+
+    order: list[tuple[str, str]] = []
+    real_cold, real_warm = check_module.measure_cold_start, latency_module.measure_latency
+
+    def cold_spy(bundle: Any, *args: Any, **kwargs: Any) -> Any:
+        order.append(("cold", bundle.root.name))
+        return real_cold(bundle, *args, **kwargs)
+
+    def warm_spy(folder: Path, *args: Any, **kwargs: Any) -> Any:
+        order.append(("warm", Path(folder).name))
+        return real_warm(folder, *args, **kwargs)
+
+    monkeypatch.setattr(check_module, "measure_cold_start", cold_spy)
+    monkeypatch.setattr(latency_module, "measure_latency", warm_spy)
+    recipes = ["fp32", "int8-dynamic", "fp16"]
+    comp = run_compare(str(tiny_onnx), recipes, tmp_path / "out", options=CompareOptions(runs=3, latency_runs=6))
+    assert rotated(recipes, 1) == ["int8-dynamic", "fp16", "fp32"]
+    cold = [name for kind, name in order if kind == "cold"]
+    assert cold == [*rotated(recipes, 0), *rotated(recipes, 1), *rotated(recipes, 2)]
+    assert [name for kind, name in order if kind == "warm"] == cold  # three latency rounds, the same rotation
+    data = json.loads((tmp_path / "out" / "compare.json").read_text())
+    for c, measured in zip(data["candidates"], comp.candidates):
+        assert c["cold_start"]["runs"] == 3 and len(measured.cold_start.samples["total_ms"]) == 3
+        low, high = c["cold_start"]["spread_ms"]
+        assert low <= c["cold_start"]["total_ms"] <= high
+        assert len(c["latency"]["rounds_batch1_ms"]) == 3 and c["latency"]["runs"] == 6
+    assert "interleaved" in data["method"]["cold_start"]

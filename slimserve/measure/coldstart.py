@@ -183,15 +183,35 @@ def measure_cold_start(sys_path: list[Path], model_dir: Path, python: str, sampl
                 if result.get(key) is not None:
                     samples.setdefault(key, []).append(float(result[key]))
             samples["total_ms"].append(result["import_ms"] + result["load_ms"] + result["first_inference_ms"])
-    med = {k: statistics.median(v) for k, v in samples.items()}
+    return from_samples(samples, python=version, fallback=why,
+                        worst_request=worst.description if worst is not None else "", cpus=max(1, cpus))
+
+
+def from_samples(samples: dict[str, list[float]], *, python: str, fallback: str | None, worst_request: str,
+                 cpus: int) -> ColdStart:
+    """The medians of per-process samples (key -> one value per fresh process)."""
+    med = {k: statistics.median(v) for k, v in samples.items() if v}
     return ColdStart(import_ms=med["import_ms"], load_ms=med["load_ms"],
                      first_inference_ms=med["first_inference_ms"], total_ms=med["total_ms"],
-                     warm_ms=med["warm_ms"], peak_rss_mb=med["peak_rss_mb"], runs=runs, python=version,
-                     fallback=why, samples=samples, worst_ms=med.get("worst_ms"),
-                     worst_peak_rss_mb=med.get("worst_peak_rss_mb"),
-                     worst_request=worst.description if worst is not None else "", cpus=max(1, cpus),
+                     warm_ms=med["warm_ms"], peak_rss_mb=med["peak_rss_mb"], runs=len(samples["total_ms"]),
+                     python=python, fallback=fallback, samples=samples, worst_ms=med.get("worst_ms"),
+                     worst_peak_rss_mb=med.get("worst_peak_rss_mb"), worst_request=worst_request, cpus=cpus,
                      ttft_ms=med.get("ttft_ms"), tokens_per_s=med.get("tokens_per_s"),
                      snapshot_hook_ms=med.get("snapshot_hook_ms"), restore_hook_ms=med.get("restore_hook_ms"))
+
+
+def merge(parts: list[ColdStart]) -> ColdStart:
+    """One measurement from several taken at different times (compare's interleaved rounds): the samples
+    of every process together, and their medians."""
+    if not parts:
+        raise SlimserveError("nothing to merge: no cold-start measurement")
+    samples: dict[str, list[float]] = {}
+    for part in parts:
+        for key, values in part.samples.items():
+            samples.setdefault(key, []).extend(values)
+    first = parts[0]
+    return from_samples(samples, python=first.python, fallback=first.fallback, worst_request=first.worst_request,
+                        cpus=first.cpus)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,12 @@ class Latency:
     runs: int
     threads: int
     batch_sizes: tuple[int, ...] = (1, 8)
+    rounds_ms: tuple[float, ...] = ()  # batch-1 medians of the interleaved rounds `merge` combined
+
+    @property
+    def spread_ms(self) -> tuple[float, float] | None:
+        """Lowest and highest batch-1 round median: how much the machine moved the number."""
+        return (min(self.rounds_ms), max(self.rounds_ms)) if len(self.rounds_ms) > 1 else None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +64,20 @@ def _tensor_request(model: Any, batch: int) -> dict[str, Any]:
         request[spec.name] = (rng.standard_normal(shape) if np.dtype(dtype).kind == "f"
                               else rng.integers(0, 2, shape)).astype(dtype)
     return request
+
+
+def merge(parts: list[Latency]) -> Latency:
+    """One latency from rounds measured at different times (compare interleaves candidates): the median of
+    the rounds' medians, and the rounds kept for the spread."""
+    import statistics
+
+    first = parts[0]
+    b8 = [p.batch8_ms for p in parts if p.batch8_ms is not None]
+    return Latency(load_ms=round(statistics.median(p.load_ms for p in parts), 2),
+                   batch1_ms=round(statistics.median(p.batch1_ms for p in parts), 3),
+                   batch8_ms=round(statistics.median(b8), 3) if b8 else None, runs=sum(p.runs for p in parts),
+                   threads=first.threads, batch_sizes=first.batch_sizes,
+                   rounds_ms=tuple(p.batch1_ms for p in parts))
 
 
 def measure_latency(folder: Path, runs: int = 20, threads: int = 1) -> Latency:

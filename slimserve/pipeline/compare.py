@@ -21,7 +21,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 from slimserve.atomic import atomic_dir
 from slimserve.errors import SlimserveError, first_line
 from slimserve.manifest import library_versions
+from slimserve.measure import ColdStart, PackageSize
 from slimserve.profiles.schema import Profile
 from slimserve.progress import NULL_PROGRESS, Progress
 from slimserve.report.comparison import (
@@ -204,31 +205,77 @@ def build_candidates(prepared: Any, recipes: Sequence[str], root: Path, jobs: in
         return {r: results[r] for r in recipes}
 
 
-def measure_candidate(result: CandidateResult, folder: Path, options: CompareOptions,
-                      progress: Progress = NULL_PROGRESS) -> CandidateResult:
-    """Deployment size, cold start + peak RSS and warm latency of one candidate: each measured once."""
+LATENCY_ROUNDS = 3  # warm latency is measured in this many interleaved rounds (cold start: one per --runs)
+
+
+def rotated(items: Sequence[str], turn: int) -> list[str]:
+    """`items` starting at position `turn`: A B C, B C A, C A B ... so no candidate always runs first."""
+    k = turn % len(items) if items else 0
+    return [*items[k:], *items[:k]]
+
+
+def measure_candidates(built: Mapping[str, CandidateResult], root: Path, options: CompareOptions,
+                       progress: Progress = NULL_PROGRESS) -> dict[str, CandidateResult]:
+    """Deployment size, cold start + peak RSS and warm latency of every candidate, the timed parts in
+    interleaved rounds (each round measures every candidate once, in a rotated order), so a machine
+    that slows down for a minute slows every candidate alike instead of ranking one of them 1.3x apart.
+    Medians over the rounds; the rounds are kept for the spread the reports show."""
     from slimserve.bundle import load_bundle
-    from slimserve.measure.latency import measure_latency
+    from slimserve.measure import coldstart, latency
     from slimserve.packagers.target import Target
     from slimserve.pipeline.check import measure_cold_start, measure_package
 
-    if result.error is not None:
-        return result
-    started = time.perf_counter()
     target = Target.parse(options.python, options.arch)
-    try:
-        bundle = load_bundle(folder)
-        with progress.stage(f"measure {result.recipe}"):  # one row per candidate, showing each part in turn
-            with progress.stage("deployment size"):
-                package = measure_package(bundle, target)
-            with progress.stage(f"cold start ({options.runs} fresh processes)"):
-                cold = measure_cold_start(bundle, target, options.runs)
-            with progress.stage("warm latency (batch 1 and 8)"):
-                latency = measure_latency(folder, runs=options.latency_runs)
-    except SlimserveError as exc:
-        return replace(result, error=f"measuring failed: {exc.message}")
-    return replace(result, package=package, cold_start=cold, latency=latency,
-                   measure_seconds=time.perf_counter() - started)
+    results = dict(built)
+    bundles: dict[str, Any] = {}
+    packages: dict[str, PackageSize] = {}
+    seconds = {recipe: 0.0 for recipe in built}
+
+    def attempt(recipe: str, what: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`what(*args, **kwargs)`, its time counted to `recipe`; a failure marks the candidate, not the run."""
+        started = time.perf_counter()
+        try:
+            return what(*args, **kwargs)
+        except SlimserveError as exc:
+            results[recipe] = replace(results[recipe], error=f"measuring failed: {exc.message}")
+            return None
+        finally:
+            seconds[recipe] += time.perf_counter() - started
+
+    ok = [recipe for recipe, c in built.items() if c.error is None]
+    with progress.stage("measure deployment sizes", total=len(ok)) as stage:
+        for recipe in ok:
+            bundle = attempt(recipe, load_bundle, root / recipe)
+            package = None if bundle is None else attempt(recipe, measure_package, bundle, target)
+            if package is not None:
+                bundles[recipe], packages[recipe] = bundle, package
+            stage.advance()
+    colds: dict[str, list[ColdStart]] = {recipe: [] for recipe in bundles}
+    with progress.stage(f"cold start: {options.runs} interleaved rounds × {len(bundles)} candidates",
+                        total=options.runs * len(bundles)) as stage:
+        for turn in range(options.runs):
+            for recipe in rotated([r for r in bundles if results[r].error is None], turn):
+                cold = attempt(recipe, measure_cold_start, bundles[recipe], target, 1)
+                if cold is not None:
+                    colds[recipe].append(cold)
+                stage.advance()
+    rounds = max(1, min(LATENCY_ROUNDS, options.latency_runs))
+    warm: dict[str, list[latency.Latency]] = {recipe: [] for recipe in bundles}
+    with progress.stage(f"warm latency: {rounds} interleaved rounds × {len(bundles)} candidates",
+                        total=rounds * len(bundles)) as stage:
+        for turn in range(rounds):
+            for recipe in rotated([r for r in bundles if results[r].error is None], turn):
+                lat = attempt(recipe, latency.measure_latency, root / recipe,
+                              runs=max(1, -(-options.latency_runs // rounds)))
+                if lat is not None:
+                    warm[recipe].append(lat)
+                stage.advance()
+    for recipe in bundles:
+        if results[recipe].error is None:
+            results[recipe] = replace(results[recipe], package=packages[recipe],
+                                      cold_start=coldstart.merge(colds[recipe]), latency=latency.merge(warm[recipe]),
+                                      measure_seconds=seconds[recipe])
+    return results
 
 
 def compare_into(staging: Path, model: str, recipes: Sequence[str], profiles: Sequence[Profile],
@@ -249,10 +296,8 @@ def compare_into(staging: Path, model: str, recipes: Sequence[str], profiles: Se
         errors = "; ".join(f"{r}: {c.error}" for r, c in built.items())
         raise SlimserveError(f"every recipe failed on this model ({errors})",
                              hint="rerun with --debug, or try other recipes")
-    results = []
-    for recipe in recipes:
-        measured = measure_candidate(built[recipe], root / recipe, options, progress)
-        results.append(evaluate_candidate(measured, profiles, options))
+    measured = measure_candidates(built, root, options, progress)
+    results = [evaluate_candidate(measured[recipe], profiles, options) for recipe in recipes]
     src = {"kind": prepared.source.kind, "path": prepared.extra.get("source_path"),
            "sha256": prepared.source_sha256, "reference": prepared.exported.reference_kind}
     return write_outputs(staging, assemble(model, src, prepared.eval_source, options, profiles, results))

@@ -28,11 +28,14 @@ def candidate_dict(c: CandidateResult, frontier: Sequence[str]) -> dict[str, Any
         "latency": None if c.latency is None else {
             "batch1_ms": c.latency.batch1_ms, "batch8_ms": c.latency.batch8_ms, "load_ms": c.latency.load_ms,
             "batch_sizes": list(c.latency.batch_sizes),
-            "runs": c.latency.runs, "threads": c.latency.threads, "statistic": "median"},
+            "runs": c.latency.runs, "threads": c.latency.threads, "statistic": "median",
+            **({"rounds_batch1_ms": list(c.latency.rounds_ms)} if c.latency.rounds_ms else {})},
         "cold_start": None if cs is None else {
             "import_ms": round(cs.import_ms, 1), "load_ms": round(cs.load_ms, 1),
             "first_inference_ms": round(cs.first_inference_ms, 1), "total_ms": round(cs.total_ms, 1),
-            "runs": cs.runs, "python": cs.python, "fallback": cs.fallback, "measured_here": True},
+            "runs": cs.runs, "python": cs.python, "fallback": cs.fallback, "measured_here": True,
+            **({"spread_ms": [round(min(cs.samples["total_ms"]), 1), round(max(cs.samples["total_ms"]), 1)]}
+               if len(cs.samples.get("total_ms", [])) > 1 else {})},
         "peak_rss_mb": None if cs is None else round(cs.peak_rss_mb, 1),
         "platforms": {v.name: {"fits": v.fits, "reason": platform_reason(v), "memory_mb": v.memory_mb,
                                "recommended_memory_mb": v.recommended_memory_mb,
@@ -59,14 +62,17 @@ def comparison_dict(comparison: Comparison) -> dict[str, Any]:
         "candidates": [candidate_dict(c, comparison.frontier) for c in comparison.candidates],
         "method": {
             "cold_start": f"median of {o.runs} fresh `-I -S` interpreters that see only the Lambda layout "
-                          "(layer + function), measured on this machine",
-            "latency": f"median of {o.latency_runs} warm calls in this process, 1 thread, batch 1 and 8",
+                          "(layer + function), measured on this machine in interleaved rounds (each round "
+                          "runs every candidate once, in a rotated order); spread_ms = lowest and highest",
+            "latency": f"median of {o.latency_runs} warm calls in this process, 1 thread, batch 1 and 8, in "
+                       "interleaved rounds like the cold start (rounds_batch1_ms: each round's median)",
             "deploy": "bytes of layer.zip + function.zip as `package` builds them (unzipped and zipped)",
             "frontier": "no other candidate is at least as small (unzipped deployment bytes) and at least as "
                         "faithful (mean fidelity), and better in one",
             "recommendation": "fits every platform above the fidelity floor; among those within the size "
                               "tolerance of the smallest deployment, the most faithful (worst sample, then mean)",
-            "measuring": "one candidate at a time; --jobs parallelises only building candidates",
+            "measuring": "one process at a time, candidates interleaved round by round; --jobs parallelises "
+                         "only building candidates",
         },
         "plot": dict(comparison.plot),
         "machine": comparison.machine.as_dict(),

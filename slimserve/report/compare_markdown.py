@@ -42,6 +42,7 @@ def render(comparison: Comparison, out: TextIO) -> None:
     m = comparison.machine
     lines.append(f"_Measured here on {m.cpu} ({m.cpus if m.cpus is not None else '?'} CPUs; VNNI: "
                  f"{', '.join(m.vnni) or 'no'}). Cold start: median of {o.runs} fresh processes "
-                 f"that see only the deployed files; warm latency: median of {o.latency_runs} calls, 1 thread. "
+                 f"that see only the deployed files, with their lowest–highest; warm latency: median of {o.latency_runs} "
+                 "calls, 1 thread; both measured in interleaved rounds (every candidate once per round). "
                  "A platform's CPU share differs from this machine's: `slimserve check` shows projections._")
     out.write("\n".join(lines) + "\n")

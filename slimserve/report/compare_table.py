@@ -16,6 +16,11 @@ def _ms(value: float | None) -> str:
     return f"{value:.3f}" if value < 1 else f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
 
+def _spread(samples: list[float]) -> str:
+    """", lowest–highest" of a median's samples: how far the machine moved it (nothing for one sample)."""
+    return f", {min(samples):,.0f}–{max(samples):,.0f}" if len(samples) > 1 else ""
+
+
 def mark(c: CandidateResult, comparison: Comparison) -> str:
     return ((RECOMMENDED_MARK if c.recipe == comparison.recommendation else "")
             + (FRONTIER_MARK if c.recipe in comparison.frontier else ""))
@@ -25,7 +30,7 @@ def table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     """Header and one row of cells per measured candidate (failed recipes are listed separately)."""
     platforms = [p.name for p in comparison.platforms]
     header = ["", "recipe", "model", "deploy unzipped / zipped", "fidelity mean / min", "warm b1 ms",
-              "warm b8 ms", "cold start (import+load+1st)", "peak RSS", *platforms]
+              "warm b8 ms", "cold start, range (import+load+1st)", "peak RSS", *platforms]
     rows = []
     for c in comparison.measured:
         if c.package is None or c.cold_start is None or c.fidelity is None:
@@ -35,7 +40,8 @@ def table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
                  f"{fmt_bytes(c.package.unzipped_bytes)} / {fmt_bytes(c.package.zipped_bytes)}",
                  f"{fid.mean:.4f} / {fid.min:.4f}",
                  _ms(lat.batch1_ms if lat else None), _ms(lat.batch8_ms if lat else None),
-                 f"{fmt_value(cs.total_ms, 'ms')} ({cs.import_ms:,.0f}+{cs.load_ms:,.0f}+{cs.first_inference_ms:,.0f})",
+                 (f"{fmt_value(cs.total_ms, 'ms')}{_spread(cs.samples.get('total_ms', []))} "
+                  f"({cs.import_ms:,.0f}+{cs.load_ms:,.0f}+{cs.first_inference_ms:,.0f})"),
                  f"{cs.peak_rss_mb:,.0f} MB"]
         for name in platforms:
             v = c.verdict(name)
