@@ -11,7 +11,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNEL = ("slimserve.report", "slimserve.measure", "slimserve.profiles", "slimserve.selection")
+# Value types and pure tables a renderer may read (slimserve.tasks: the task table, e.g. a metric's default floor).
+KERNEL = ("slimserve.report", "slimserve.measure", "slimserve.profiles", "slimserve.selection", "slimserve.tasks")
 
 
 def imports(path: Path) -> set[str]:
