@@ -168,6 +168,7 @@ def test_the_function_answers_like_onnxruntime_on_the_original_model(tensor_dir:
         post({"inputs": {"x": [[0.0] * 16]}, "pad": "x" * MAX_BODY}),  # body over SLIMSERVE_MAX_BODY_BYTES
         post("<html/>", **{"content-type": "text/html"}),
         {"function": "predict", "method": "POST", "body": "", "headers": {}},
+        {"function": "chat_completions", "method": "POST", "body": json.dumps({"messages": []}), "headers": {}},
     ]
     result, logs = call_function(tensor_pkg, tmp_path, requests)
     assert result["importable"] == {"torch": False, "transformers": False, "slimserve": False}
@@ -177,14 +178,17 @@ def test_the_function_answers_like_onnxruntime_on_the_original_model(tensor_dir:
     assert triggers["health"]["route"] == "health" and triggers["health"]["methods"] == ["GET"]
     assert {t["authLevel"] for t in triggers.values()} == {"FUNCTION"}
 
-    ok, health, bad_json, bad_field, over_batch, over_body, html, empty = result["responses"]
+    ok, health, bad_json, bad_field, over_batch, over_body, html, empty, chat = result["responses"]
+    assert triggers["chat_completions"]["route"] == "v1/chat/completions"
+    assert chat["status"] == 404  # chat completions are for text-generation models
     assert ok["status"] == 200 and ok["mimetype"] == "application/json"
     np.testing.assert_allclose(np.array(json.loads(ok["body"])["outputs"]["y"]), expected, rtol=1e-5, atol=1e-5)
     assert health["status"] == 200 and json.loads(health["body"])["status"] == "ok"
     assert json.loads(health["body"])["limits"]["max_batch"] == 8
     for answer, status, words in ((bad_json, 400, "not valid JSON"), (bad_field, 400, "missing field"),
                                   (over_batch, 413, "8"), (over_body, 413, "SLIMSERVE_MAX_BODY_BYTES"),
-                                  (html, 400, "Content-Type"), (empty, 400, "empty request body")):
+                                  (html, 400, "Content-Type"), (empty, 400, "empty request body"),
+                                  (chat, 404, "no route")):
         assert answer["status"] == status, answer
         error = json.loads(answer["body"])
         assert set(error) == {"error"} and words in error["error"], error

@@ -8,6 +8,7 @@ imports this module, and is reused by every invocation.
 
     POST /api/predict  {"inputs": [...]}  -> the prediction; image models also take an image file as the
                                              body (Content-Type: image/*)
+    POST /api/v1/chat/completions         -> OpenAI's chat completions (text-generation models; 404 otherwise)
     GET  /api/health                      -> {"status": "ok", "task": ..., "limits": {...}}
 
 Both take the function key (`x-functions-key` header or `?code=`): `AuthLevel.FUNCTION`. Bad requests get a
@@ -83,6 +84,12 @@ def _answer(method: str, path: str, req: func.HttpRequest, context: Any) -> func
 def predict(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     """POST /api/predict: the model's answer, or a 400/413 with {"error": ...}."""
     return _answer("POST", "/predict", req, context)
+
+
+@app.route(route="v1/chat/completions", methods=["POST"])
+def chat_completions(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    """POST /api/v1/chat/completions: OpenAI's chat completions, whole (text-generation models; else 404)."""
+    return _answer("POST", "/v1/chat/completions", req, context)
 
 
 @app.route(route="health", methods=["GET"])

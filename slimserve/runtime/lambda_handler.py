@@ -183,8 +183,8 @@ def health() -> dict[str, Any]:
 
 # The Inference API's; "options" is accepted and unused, "stream" (text-generation) needs a streaming front.
 REQUEST_FIELDS = ("inputs", "parameters", "options", "stream")
-NO_STREAMING = ("this deployment answers whole responses (Lambda's Python runtimes cannot stream them): send "
-                '"stream": false, or deploy the container target, whose server streams server-sent events')
+NO_STREAMING = ('this deployment answers whole responses: send "stream": false, or deploy the container target, '
+                "whose server streams server-sent events")
 
 
 def _check_request(payload: Any) -> None:
