@@ -192,7 +192,8 @@ def package_lambda(bundle: ModelBundle, out: Path, target: Target, memory_mb: in
     with atomic_dir(out, inputs=[bundle.model_path]) as staging:
         layer, function, closure = build_zips(bundle, target, staging, progress)
         (staging / "template.yaml").write_text(
-            sam_template(target, memory, bundle.runtime_extra or False, timeout_s, snapstart, tracing=tracing),
+            sam_template(target, memory, bundle.runtime_extra or False, timeout_s, snapstart, tracing=tracing,
+                         generation=bundle.manifest.runtime.task == "text-generation"),
             encoding="utf-8")
         manifest = artifact_manifest(bundle, target, memory, layer, function, closure, check, timeout_s)
         write_manifest(staging, manifest)
@@ -282,8 +283,23 @@ def snapstart_default(target: Target) -> bool:
     return (major, minor) >= (3, 12)
 
 
+def generation_budget_s(timeout_s: int) -> int:
+    """Seconds a text-generation request may spend generating (SLIMSERVE_MAX_GENERATION_SECONDS): the function
+    timeout minus a margin (15%, at least 2 s) for decoding and answering, so a slow request answers what it
+    has with finish_reason "time_limit" instead of being killed at the timeout with nothing."""
+    return max(1, timeout_s - max(2, math.ceil(0.15 * timeout_s)))
+
+
+def function_environment(generation_timeout_s: int | None) -> dict[str, str]:
+    """The function's environment variables (the template's and DEPLOY.md's CLI routes alike)."""
+    env = {"OPENBLAS_NUM_THREADS": "1", "SLIMSERVE_METRICS": "emf"}
+    if generation_timeout_s is not None:
+        env["SLIMSERVE_MAX_GENERATION_SECONDS"] = str(generation_budget_s(generation_timeout_s))
+    return env
+
+
 def sam_template(target: Target, memory: int, text: bool | str = True, timeout_s: int = DEFAULT_TIMEOUT_S,
-                 snapstart: bool | None = None, *, tracing: bool = False) -> str:
+                 snapstart: bool | None = None, *, tracing: bool = False, generation: bool = False) -> str:
     """An AWS SAM template (cfn-lint clean): the layer, the function, and an IAM-authenticated function URL.
 
     `text` is the runtime extra ("text", "image", "") or, as older callers pass it, text or not.
@@ -296,12 +312,15 @@ def sam_template(target: Target, memory: int, text: bool | str = True, timeout_s
     `tracing` sets `Tracing: Active`: Lambda itself records an X-Ray segment per invocation (init, invocation,
     overhead), so the handler needs no X-Ray SDK; SAM adds the AWSXrayWriteOnlyAccess managed policy to the
     role it generates for the function (the template defines no role of its own). Off by default: traces
-    are billed per trace recorded beyond X-Ray's free tier."""
+    are billed per trace recorded beyond X-Ray's free tier. `generation` (a text-generation model) bounds
+    each request's generating time under the timeout (`generation_budget_s`)."""
     libraries = LAYER_LIBRARIES[("text" if text else "") if isinstance(text, bool) else text]
     snapstart = snapstart_default(target) if snapstart is None else snapstart
     snap = ("      AutoPublishAlias: live\n      SnapStart:\n        ApplyOn: PublishedVersions\n"
             if snapstart else "")
     trace = "      Tracing: Active\n" if tracing else ""
+    variables = "".join(f'          {key}: "{value}"\n' if key != "SLIMSERVE_METRICS" else f"          {key}: {value}\n"
+                        for key, value in function_environment(timeout_s if generation else None).items())
     return f"""AWSTemplateFormatVersion: "2010-09-09"
 Transform: AWS::Serverless-2016-10-31
 Description: slimserve model endpoint ({target.lambda_runtime}, {target.arch})
@@ -331,9 +350,7 @@ Resources:
         - !Ref RuntimeLayer
       Environment:
         Variables:
-          OPENBLAS_NUM_THREADS: "1"
-          SLIMSERVE_METRICS: emf
-      LoggingConfig:
+{variables}      LoggingConfig:
         LogFormat: JSON
 {trace}{snap}      FunctionUrlConfig:
         AuthType: AWS_IAM
@@ -436,6 +453,8 @@ def deploy_notes(target: Target, layer: ZipArtifact, function: ZipArtifact, *, m
     xray_policy = ("aws iam attach-role-policy --role-name my-model-lambda \\\n"
                    "    --policy-arn arn:aws:iam::aws:policy/AWSXRayDaemonWriteAccess\n" if tracing else "")
     xray_flag = " \\\n    --tracing-config Mode=Active" if tracing else ""
+    env = ",".join(f"{k}={v}" for k, v in function_environment(
+        timeout_s if task_name == "text-generation" else None).items())
     from slimserve.tasks import BY_NAME
 
     task = BY_NAME.get(task_name, BY_NAME["tensor"])
@@ -493,7 +512,7 @@ LAYER_ARN=$(aws lambda publish-layer-version --layer-name my-model-runtime \\
     --query LayerVersionArn --output text)
 aws lambda create-function --function-name my-model --runtime {runtime} --architectures {arch} \\
     --handler {HANDLER} --role "$ROLE_ARN" --memory-size {memory} --timeout {timeout_s} \\
-    --environment "Variables={{OPENBLAS_NUM_THREADS=1,SLIMSERVE_METRICS=emf}}" --logging-config LogFormat=JSON{xray_flag} \\
+    --environment "Variables={{{env}}}" --logging-config LogFormat=JSON{xray_flag} \\
     --layers "$LAYER_ARN" --zip-file fileb://function.zip
 ```
 
@@ -510,7 +529,7 @@ LAYER_ARN=$(aws lambda publish-layer-version --layer-name my-model-runtime \\
     --compatible-runtimes {runtime} --compatible-architectures {arch} --query LayerVersionArn --output text)
 aws lambda create-function --function-name my-model --runtime {runtime} --architectures {arch} \\
     --handler {HANDLER} --role "$ROLE_ARN" --memory-size {memory} --timeout {timeout_s} --layers "$LAYER_ARN" \\
-    --environment "Variables={{OPENBLAS_NUM_THREADS=1,SLIMSERVE_METRICS=emf}}" --logging-config LogFormat=JSON{xray_flag} \\
+    --environment "Variables={{{env}}}" --logging-config LogFormat=JSON{xray_flag} \\
     --code S3Bucket=MY-BUCKET,S3Key=my-model/function.zip
 ```
 

@@ -581,6 +581,11 @@ def test_lambda_package_generates_like_transformers(arch: str, optimized: Callab
     result = run_cli("package", str(out), "--target", "lambda", "-o", str(pkg))
     assert result.returncode == 0, result.stderr
     assert "checks" in json.loads((pkg / "slimserve.json").read_text())["package"]
+    # generating time is bounded under the function timeout: a slow request answers what it has
+    timeout = json.loads((pkg / "slimserve.json").read_text())["package"]["timeout_s"]
+    budget = f'SLIMSERVE_MAX_GENERATION_SECONDS: "{timeout - max(2, -(-timeout * 15 // 100))}"'
+    assert budget in (pkg / "template.yaml").read_text()
+    assert "SLIMSERVE_MAX_GENERATION_SECONDS=" in (pkg / "DEPLOY.md").read_text()
     http = {"requestContext": {"http": {"method": "POST"}}, "rawPath": "/predict",
             "headers": {"content-type": "application/json"}}
     events: list[Any] = [{"inputs": PROMPTS, "parameters": {"max_new_tokens": NEW_TOKENS}},

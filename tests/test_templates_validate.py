@@ -35,6 +35,7 @@ SHAPES = [
     ("3.12", "x86_64", "image", False, False),
     ("3.13", "x86_64", "text", None, True),
     ("3.13", "arm64", "text", False, False),
+    ("3.12", "x86_64", "generation", None, False),  # a text-generation model: its time budget in the environment
 ]
 
 
@@ -104,8 +105,11 @@ def translate(template: Path, home: Path) -> dict[str, object]:
 @pytest.mark.parametrize(("python", "arch", "extra", "snapstart", "tracing"), SHAPES)
 def test_every_template_shape_passes_sam_validate_and_cfn_lint(tmp_path: Path, python: str, arch: str, extra: str,
                                                                snapstart: bool | None, tracing: bool) -> None:
-    text = sam_template(Target(python, arch), 1536, extra, 45, snapstart, tracing=tracing)
+    generation = extra == "generation"
+    text = sam_template(Target(python, arch), 1536, "text" if generation else extra, 45, snapstart, tracing=tracing,
+                        generation=generation)
     assert ("Tracing: Active" in text) is tracing
+    assert ('SLIMSERVE_MAX_GENERATION_SECONDS: "38"' in text) is generation  # 45 s - max(2, 15%)
     assert ("SnapStart:" in text) is (snapstart if snapstart is not None else python >= "3.12")
     template = tmp_path / "template.yaml"
     template.write_text(text)
