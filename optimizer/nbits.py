@@ -100,8 +100,9 @@ def matmul_nbits_nodes(
     accuracy_level: int,
     search_clip: bool = False,
     importance: np.ndarray | None = None,
+    bias: str | None = None,
 ) -> list[onnx.NodeProto]:
-    """A com.microsoft MatMulNBits node (and its initializers) replacing MatMul(A, w)."""
+    """A com.microsoft MatMulNBits node (and its initializers) replacing MatMul(A, w) (+ `bias`, for a Gemm)."""
     from onnx import helper, numpy_helper
 
     k, n = w.shape
@@ -116,6 +117,8 @@ def matmul_nbits_nodes(
         zp_name = g.fresh(base + "_zp")
         g.graph.initializer.append(numpy_helper.from_array(pack_bits(zp, bits), zp_name))
         inputs.append(zp_name)
+    if bias is not None:  # inputs 3 (zero points) and 4 (g_idx) may be empty; 5 is the bias
+        inputs += [""] * (5 - len(inputs)) + [bias]
     return [
         helper.make_node(
             "MatMulNBits",
@@ -143,18 +146,28 @@ def replace_matmuls_nbits(
     exclude: frozenset[str] = frozenset(),
     min_elements: int = MIN_ELEMENTS,
     importance: dict[str, np.ndarray] | None = None,
+    gemm: bool = False,
 ) -> list[str]:
-    """Swap every MatMul with a 2-D float constant weight (sole consumer) for MatMulNBits; returns names."""
+    """Swap every MatMul with a 2-D float constant weight (sole consumer) for MatMulNBits; returns names.
+    With `gemm`, also Gemm(A, W[, bias]) without transA/alpha/beta (a weight transposed by transB is
+    stored transposed back), its bias going to MatMulNBits' bias input: no float weight is left to fold."""
     g = WeightGraph(model.graph)
     done, weights = [], []
     for idx, node in enumerate(list(model.graph.node)):
-        if node.op_type != "MatMul" or node.name in exclude or len(g.consumers.get(node.input[1], [])) != 1:
+        is_gemm = gemm and node.op_type == "Gemm" and _plain_gemm(g, node)
+        if (node.op_type != "MatMul" and not is_gemm) or node.name in exclude \
+                or len(g.consumers.get(node.input[1], [])) != 1:
             continue
         w = g.float_weight(node.input[1], min_elements)
         if w is None or w.ndim != 2:
             continue
+        bias, matmul = None, node
+        if is_gemm:
+            w = w.T if any(a.name == "transB" and a.i for a in node.attribute) else w
+            bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+            matmul = _as_matmul(node)
         imp = (importance or {}).get(node.name)
-        new = matmul_nbits_nodes(g, node, w, bits, block, symmetric, accuracy_level, search_clip, imp)
+        new = matmul_nbits_nodes(g, matmul, w, bits, block, symmetric, accuracy_level, search_clip, imp, bias)
         pos = list(model.graph.node).index(node)
         model.graph.node.remove(node)
         model.graph.node.insert(pos, new[0])
@@ -164,6 +177,26 @@ def replace_matmuls_nbits(
     if done:
         ensure_ms_domain(model)
     return done
+
+
+def _plain_gemm(g: WeightGraph, node: onnx.NodeProto) -> bool:
+    """Gemm = A @ W + bias: no transA, alpha = beta = 1, a 1-D float initializer bias (or none)."""
+    from onnx import TensorProto
+
+    attrs = {a.name: (a.f if a.type == a.FLOAT else a.i) for a in node.attribute}
+    if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+        return False
+    if len(node.input) > 2 and node.input[2]:
+        bias = g.inits.get(node.input[2])
+        return bias is not None and len(bias.dims) == 1 and bias.data_type == TensorProto.FLOAT
+    return True
+
+
+def _as_matmul(node: onnx.NodeProto) -> onnx.NodeProto:
+    """The Gemm's A and W inputs and its output, as the MatMul matmul_nbits_nodes replaces."""
+    from onnx import helper
+
+    return helper.make_node("MatMul", list(node.input[:2]), list(node.output), name=node.name)
 
 
 def replace_gathers_4bit(model: onnx.ModelProto, block: int, symmetric: bool, search_clip: bool) -> list[str]:

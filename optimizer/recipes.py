@@ -14,6 +14,7 @@ registering a name twice raises. Step modules are cheap to import (heavy librari
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ def registry() -> dict[str, StepSpec[Any]]:
     )
 
     return make_registry([graph_opt.SPEC, fp16.SPEC, int8_dynamic.SPEC, int8_static.SPEC, int8_weight.SPEC,
-                          int4_weight.SPEC, int8_auto.SPEC, *prune.SPECS])
+                          int8_weight.RESIDENT_SPEC, int4_weight.SPEC, int8_auto.SPEC, *prune.SPECS])
 
 
 def step_names() -> list[str]:
@@ -151,6 +152,23 @@ def parse_recipe(recipe: str) -> list[RecipeStep]:
     if not recipe.strip() or any(not p for p in parts):
         raise SlimserveError(f"recipe {recipe!r} is empty or has an empty step", hint=f"steps: {', '.join(step_names())}")
     return [parse_step(p) for p in parts]
+
+
+def with_target(recipe: str, cpu: str | None) -> str:
+    """`recipe` with `cpu=CPU` on every step that takes a target CPU and does not name one itself
+    (`optimize --cpu` -> `int8(cpu=x86-64-avx512-vnni)`); other steps and options are left as written."""
+    if cpu is None:
+        return recipe
+    from slimserve.optimizer import isa
+
+    isa.resolve(cpu)
+    labels = []
+    for step in parse_recipe(recipe):
+        names = {f.name for f in step_options.fields_of(step.spec.options)}
+        if "cpu" in names and getattr(step.options, "cpu", None) is None:
+            step = RecipeStep(step.spec, dataclasses.replace(step.options, cpu=cpu))
+        labels.append(step.label)
+    return "+".join(labels)
 
 
 def describe_steps() -> str:

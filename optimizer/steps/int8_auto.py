@@ -1,8 +1,16 @@
-"""Step `int8`: the recommended int8 recipe, chosen on the model at hand.
+"""Step `int8`: the recommended int8 recipe, chosen by what the user values and the CPU it will run on.
 
-It builds int8-weight and int8-dynamic, runs both and the float32 input on the calibration feeds, and keeps
-the one whose outputs are closest (mean per-sample cosine, then worst sample). Without calibration feeds it
-takes int8-weight, the most faithful on every model measured so far.
+`int8(priority=fidelity|latency|memory, cpu=TARGET)` (`optimize --cpu` sets cpu; optimizer/isa.py names
+the targets; the default target is the build machine's architecture at its baseline, x86-64-avx2 on x86-64,
+never the build machine's own extensions):
+
+- fidelity (the default): builds int8-weight and int8-dynamic, runs both and the float32 input on the
+  calibration feeds, and keeps the one whose outputs are closest (mean per-sample cosine, then worst
+  sample). Without calibration feeds it takes int8-weight, the most faithful on every model measured so far.
+- memory: int8-resident for the target (weights stay int8 in memory: about half int8-weight's peak RSS;
+  accuracy level 4 where the target has integer dot products, else 0 with int8-weight's fidelity).
+- latency: int8-dynamic (integer matmuls: the fastest int8 on every CPU measured, 1.8x float32 at batch 1
+  with VNNI, 0-24% faster without; the least faithful).
 
 Measured on all-MiniLM-L6-v2 against the PyTorch model (161 eval texts; benchmarks/results/quant_sweep.md),
 all three int8 recipes land at the same size (~23 MB, about 4x smaller than float32):
@@ -22,19 +30,39 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from slimserve.errors import SlimserveError
+from slimserve.optimizer import isa
 from slimserve.optimizer.onnx_io import model_files
 from slimserve.optimizer.step_cache import run_step
 from slimserve.optimizer.steps import int8_dynamic, int8_weight
-from slimserve.optimizer.steps.base import Feed, NoOptions, StepContext, StepResult, StepSpec
+from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
 CANDIDATES = (int8_weight, int8_dynamic)
 MAX_FEEDS = 32  # enough to rank two methods whose gap is measured in thousandths; bounds the step's time
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """What `int8` optimizes for, and for which CPU."""
+
+    priority: Literal["fidelity", "latency", "memory"] = option(
+        "fidelity", "fidelity: the more faithful of int8-weight and int8-dynamic on this model; memory: "
+        "int8-resident (int8 weights resident); latency: int8-dynamic (integer matmuls)")
+    cpu: isa.CpuTarget | None = option(  # noqa: RUF009 - option() is dataclasses.field with help
+        None, "target CPU (optimize --cpu sets it); none = the build machine's architecture at its baseline")
+
+
+def _delegate(spec: StepSpec[Any], options: Any, src: Path, dst: Path, ctx: StepContext, why: str) -> StepResult:
+    """`int8` = one other step, built (or taken from the cache) and recorded as the delegate."""
+    result = run_step(spec, options, src, dst, ctx)
+    return StepResult(path=result.path, details={**result.details, "delegate": spec.name},
+                      notes=(f"int8 = {spec.name} ({why})", *result.notes))
 
 
 def _outputs(path: Path, feeds: Sequence[Feed]) -> list[np.ndarray]:
@@ -60,14 +88,21 @@ def _score(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[fl
     return float(cos.mean()), float(cos.min())
 
 
-def run(src: Path, dst: Path, ctx: StepContext, options: NoOptions) -> StepResult:
-    """Build each candidate beside `dst` (or take it from `ctx.cache`), keep the most faithful on this
-    model's calibration feeds."""
+def run(src: Path, dst: Path, ctx: StepContext, options: Int8Options) -> StepResult:
+    """By priority: memory and latency delegate to one step; fidelity builds each candidate beside `dst`
+    (or takes it from `ctx.cache`) and keeps the most faithful on this model's calibration feeds."""
+    opts = options if isinstance(options, Int8Options) else Int8Options()  # NoOptions from older callers
+    target = isa.resolve(opts.cpu)
+    if opts.priority == "memory":
+        return _delegate(int8_weight.RESIDENT_SPEC, int8_weight.Int8ResidentOptions(cpu=opts.cpu), src, dst, ctx,
+                         f"priority memory: int8 weights stay int8 in memory on {target}")
+    if opts.priority == "latency":
+        return _delegate(int8_dynamic.SPEC, int8_dynamic.SPEC.options(), src, dst, ctx,
+                         "priority latency: integer matmuls, the fastest int8 on every CPU measured")
     feeds = list(ctx.calibration)[:MAX_FEEDS]
     if not feeds:
-        result = run_step(int8_weight.SPEC, int8_weight.Int8WeightOptions(), src, dst, ctx)
-        return StepResult(path=result.path, details={**result.details, "delegate": int8_weight.STEP},
-                          notes=("int8 = int8-weight (no calibration inputs to compare methods on)", *result.notes))
+        return _delegate(int8_weight.SPEC, int8_weight.Int8WeightOptions(), src, dst, ctx,
+                         "no calibration inputs to compare methods on")
     built: dict[str, StepResult] = {}
     errors: dict[str, SlimserveError] = {}
     for module in CANDIDATES:
@@ -101,8 +136,9 @@ def run(src: Path, dst: Path, ctx: StepContext, options: NoOptions) -> StepResul
 
 SPEC = StepSpec(
     name="int8",
-    help="Recommended int8: builds int8-weight and int8-dynamic and keeps the more faithful on this model's "
-    "calibration inputs (int8-weight on MiniLM).",
+    help="Recommended int8 by priority and target CPU: fidelity (default) keeps the more faithful of "
+    "int8-weight and int8-dynamic on this model's calibration inputs (int8-weight on MiniLM); memory = "
+    "int8-resident; latency = int8-dynamic. int8(priority=memory,cpu=x86-64-avx512-vnni).",
     run=run,
-    options=NoOptions,
+    options=Int8Options,
 )

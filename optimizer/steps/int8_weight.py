@@ -19,15 +19,26 @@ What it writes (chosen by measurement on all-MiniLM-L6-v2, benchmarks/results/qu
 
 Tensors below `MIN_ELEMENTS` (biases, LayerNorm, tiny tables) stay float: they cost bytes nobody
 notices and carry most of the precision risk.
+
+Step `int8-resident` (= int8-weight(matmul=nbits) with the accuracy level chosen for the target CPU): the
+MatMul weights stay int8 in memory as MatMulNBits bits=8 (block 32), so the session does not hold a float32
+copy. Measured on all-MiniLM-L6-v2 (benchmarks/results/int8_resident.md): peak RSS about half of
+int8-weight's, same bytes. Its accuracy level is the target's trade (optimizer/isa.py):
+- accuracy_level 0 (float activations; targets without integer dot products, i.e. plain AVX2): fidelity
+  of int8-weight (mean cosine 0.9998) on every CPU, but MatMulNBits dequantizes each block on every call:
+  3-4x slower warm than float32.
+- accuracy_level 4 (int8 activations; VNNI / AMX / arm64 dot product): faster than float32 there (integer
+  dot products), mean cosine 0.9995 / min 0.998 on MiniLM, and its numerics depend on the CPU's kernels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from slimserve.errors import SlimserveError, ToolError, first_line
-from slimserve.optimizer import graph_tools, onnx_io
+from slimserve.optimizer import graph_tools, isa, onnx_io
 from slimserve.optimizer.int8_rewrites import (
     EmbeddingMode,
     MatMulMode,
@@ -76,6 +87,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int8WeightOptions, st
                     opts.accuracy_level,
                     search_clip=opts.search_clip,
                     min_elements=opts.min_elements,
+                    gemm=True,  # a Gemm's weight folded to float would not stay resident
                 )
             )
             n_lin += quantize_linear_weights(model, "castmul", conv=opts.conv)
@@ -118,4 +130,59 @@ SPEC = StepSpec(
     "tables int8 per row; expanded to float32 at load, so compute stays float32.",
     run=run,
     options=Int8WeightOptions,
+)
+
+
+RESIDENT_STEP = "int8-resident"
+
+
+@dataclass(frozen=True)
+class Int8ResidentOptions:
+    """int8-weight's nbits form, its accuracy level picked for the CPU it will run on."""
+
+    cpu: isa.CpuTarget | None = option(  # noqa: RUF009 - option() is dataclasses.field with help
+        None, "target CPU (optimize --cpu sets it): x86-64-avx2, x86-64-avx512-vnni, arm64-dotprod... "
+        "none = the build machine's architecture at its baseline (x86-64-avx2 on x86-64)")
+    accuracy_level: Literal["auto", 0, 4] = option(
+        "auto", "MatMulNBits accuracy_level: auto = 4 on CPUs with integer dot products (VNNI, AMX, arm64 "
+        "dotprod/i8mm), 0 (float activations) elsewhere")
+    block: int = option(32, "inputs per scale along the reduction axis")
+    embeddings: EmbeddingMode = option(  # noqa: RUF009 - option() is dataclasses.field with help
+        "gather-mul", "embedding tables: gather-mul (int8 rows x row scales), gbq, dq, none")
+    min_elements: int = option(MIN_ELEMENTS, "tensors smaller than this stay float")
+
+
+def resident_level(options: Int8ResidentOptions) -> tuple[str, int]:
+    """(target, accuracy level) for these options."""
+    target = isa.resolve(options.cpu)
+    if options.accuracy_level != "auto":
+        return target, options.accuracy_level
+    return target, 4 if isa.has_integer_dot(target) else 0
+
+
+def run_resident(src: Path, dst: Path, ctx: StepContext, options: Int8ResidentOptions) -> StepResult:
+    """MatMul weights as MatMulNBits bits=8, kept int8 in memory, at the target's accuracy level."""
+    target, level = resident_level(options)
+    opts = Int8WeightOptions(matmul="nbits", embeddings=options.embeddings, block=options.block,
+                             accuracy_level=level, min_elements=options.min_elements)
+    with ctx.progress.stage(f"{RESIDENT_STEP}: int8 weights resident (MatMulNBits, accuracy level {level})"):
+        result = quantize(Path(src), Path(dst), ctx, opts, RESIDENT_STEP)
+    why = ("int8 activations: this target has integer dot products" if level == 4 else
+           "float activations: fidelity of int8-weight on every CPU, slower warm than float32 "
+           "(each block is dequantized per call)")
+    return StepResult(path=result.path,
+                      notes=(f"int8-resident for {target}: MatMulNBits bits=8 accuracy_level {level} ({why})",
+                             *result.notes[:-1],
+                             "weights int8 and kept int8 in memory; " + (
+                                 "activations int8 in the matmuls" if level else "activations and compute float")),
+                      details={**result.details, "accuracy_level": level, "cpu": target})
+
+
+RESIDENT_SPEC = StepSpec(
+    name=RESIDENT_STEP,
+    help="int8 weights that stay int8 in memory (MatMulNBits bits=8, block 32): about half int8-weight's peak "
+    "RSS. Accuracy level by the target CPU: 4 (int8 activations) with VNNI/AMX/arm64 dot product, else 0 "
+    "(float activations, int8-weight's fidelity, 3-4x slower warm).",
+    run=run_resident,
+    options=Int8ResidentOptions,
 )

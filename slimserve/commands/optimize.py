@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from slimserve.optimizer.isa import TARGETS, is_warning
 from slimserve.optimizer.recipes import DEFAULT_RECIPE
 from slimserve.optimizer.sources import SUPPORTED_TASKS, TENSOR_DTYPES
 
@@ -61,7 +62,7 @@ def render_optimize_table(manifest: dict[str, Any]) -> None:
     from slimserve.notes import for_terminal
 
     for note in for_terminal(notes, _debug()):  # tool diagnostics stay in slimserve.json (shown with --debug)
-        console.print(f"note: {note}", soft_wrap=True)
+        console.print(f"{'warning' if is_warning(note) else 'note'}: {note}", soft_wrap=True, markup=False)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -101,6 +102,11 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle-based checkpoints (pytorch_model.bin).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: a table; json: the manifest (slimserve.json) on stdout.")
+@click.option("--cpu", type=click.Choice(TARGETS), metavar="TARGET",
+              help="CPU the model will run on: " + ", ".join(TARGETS) + ". int8 and int8-resident choose by it; "
+                   "the manifest records it with the CPU fidelity was measured on, and warns when the recipe's "
+                   "integer matmuls compute differently there. Default: this machine's architecture at its "
+                   "baseline (x86-64-avx2 on x86-64).")
 @click.option("--list-recipes", is_flag=True, is_eager=True, expose_value=False, callback=lambda ctx, _p, v: _list(ctx, v),
               help="List recipe steps and exit.")
 @click.option("--list-tasks", is_flag=True, is_eager=True, expose_value=False,
@@ -109,7 +115,7 @@ def _floats(text: str) -> tuple[float, ...]:
 def command(model: str, output: Path, recipe: str, task: str | None, eval_path: Path | None,
             input_shapes: tuple[str, ...], input_dtype: str, image_size: int | None, resize: int | None,
             mean: tuple[float, ...] | None, std: tuple[float, ...] | None, labels: Path | None, resample: str | None,
-            trust_remote_code: bool, allow_pickle: bool, fmt: str) -> None:
+            trust_remote_code: bool, allow_pickle: bool, fmt: str, cpu: str | None) -> None:
     """Export MODEL (an .onnx file, a Hugging Face folder, or package.module:factory) and apply a recipe."""
     from slimserve.api import optimize
     from slimserve.ui import progress_for
@@ -118,8 +124,11 @@ def command(model: str, output: Path, recipe: str, task: str | None, eval_path: 
         candidate = optimize(model, output, recipe=recipe, task=task, eval_path=eval_path, input_shapes=input_shapes,
                              input_dtype=input_dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
                              image_size=image_size, resize=resize, mean=mean, std=std, labels=labels,
-                             resample=resample, progress=progress)
+                             resample=resample, progress=progress, cpu=cpu)
     if fmt == "json":
+        for note in candidate.manifest.to_dict().get("notes", []):
+            if is_warning(note):
+                click.echo(f"warning: {note}", err=True)
         click.echo(json.dumps(candidate.manifest.to_dict(), indent=2))
     else:
         render_optimize_table(candidate.manifest.to_dict())
