@@ -107,6 +107,17 @@ def default_target(machine: str | None = None) -> str:
     return BASELINE.get(arch_of(machine), "x86-64-avx2")
 
 
+# The CPU a platform profile's architecture guarantees (build/compare --arch): AWS Lambda x86_64 runs on
+# whatever AWS gives, AVX2 at least (often AVX-512 VNNI, never promised); every arm64 server CPU the
+# profiles' providers run has the dot product (Graviton2+: Lambda arm64; Ampere Altra; Azure Cobalt).
+PLATFORM_TARGETS = {"x86_64": "x86-64-avx2", "arm64": "arm64-dotprod"}
+
+
+def platform_target(arch: str) -> str:
+    """The target to assume for a platform's `arch` when the user names no --cpu."""
+    return PLATFORM_TARGETS.get(arch_of(arch), default_target())
+
+
 def has_integer_dot(target: str) -> bool:
     return target in INTEGER_DOT
 

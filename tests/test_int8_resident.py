@@ -53,6 +53,7 @@ def test_the_cpu_is_named_by_its_integer_instructions() -> None:
                                                           "cpu": "AMD EPYC 7R32"}
     # The default target is the architecture's floor, never the build machine's extensions.
     assert isa.default_target("x86_64") == "x86-64-avx2" and isa.default_target("aarch64") == "arm64"
+    assert isa.platform_target("x86_64") == "x86-64-avx2" and isa.platform_target("arm64") == "arm64-dotprod"
 
 
 def test_this_machine_is_detected_from_its_flags() -> None:
