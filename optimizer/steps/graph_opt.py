@@ -16,11 +16,15 @@ last step): quantizers write graphs onnxruntime would otherwise fuse again at ev
 QDQ -> integer ops). The saved file then loads at `LOAD_LEVEL` (basic), recorded in the manifest as
 runtime.session.graph_optimization_level and read by model_runtime.session_options; a manifest without
 the key loads at ALL as before. Measured on MiniLM int8-dynamic (benchmarks/results/coldstart_levers.md).
-ConstantFolding stays off offline: int8-weight's folded form (int8 x fp16 scales via Cast/Mul, used for
-the MatMuls int8-dynamic/static keep out of integer compute) would be folded into float32 in the file
-(MiniLM int8-dynamic grew 23.2 -> 33.6 MB: +14.2 MB of float32 for 3.5 MB of int8). The quantizers'
-input was already constant-folded (graph_tools.normalize_for_quant); at load, basic folds those weights
-in memory exactly as ALL did, so outputs are identical and the file stays int8-sized.
+Why the file does not grow: onnxruntime's constant folding turns int8-weight's folded form (int8 x fp16
+scales via Cast/Mul, also used for the MatMuls int8-dynamic/static keep out of integer compute) into
+float32 initializers (MiniLM int8-dynamic grew 23.2 -> 33.6 MB: +14.2 MB of float32 for 3.5 MB of int8).
+Switching ConstantFolding off offline keeps them int8 but changes the fusions (with a computed weight ORT
+fuses six Add+LayerNormalization into SkipLayerNormalization that it does not fuse at load): up to 0.013
+on a batch-1 embedding through dynamic int8's rounding. So we fold and fuse exactly as the handler did at
+load, then put back every constant subgraph that folding widened (`unfold_widened`): the file stays
+int8-sized, and at load the basic level folds those weights again into the same float32 values, giving
+the same graph the handler built from the unfused file. Measured on MiniLM int8-dynamic: identical outputs.
 """
 
 from __future__ import annotations
@@ -35,14 +39,14 @@ from slimserve.notes import diagnostic
 from slimserve.optimizer.graph_tools import check_session, ort_optimize
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
 
-# The level a pre-optimized file loads at. Not DISABLE_ALL: constant folding must still widen the folded
-# int8 weights (without it onnxruntime's outputs changed on MiniLM int8-dynamic, max |diff| 0.16).
+# The level a pre-optimized file loads at. Not DISABLE_ALL: constant folding must widen the restored int8
+# weights again (without it onnxruntime's outputs changed on MiniLM int8-dynamic, max |diff| 0.16).
 LOAD_LEVEL = "basic"
 # What preoptimize saves: portable, without constant folding (see the module docstring).
 OFFLINE_LEVEL = "extended"
-OFFLINE_DISABLED = ("ConstantFolding",)
 MAX_GROWTH = 1.02  # a re-optimized file larger than this (ratio) is not shipped
-CHECK_FEEDS = 8
+CHECK_FEEDS = 32  # batch-1 feeds: dynamic int8 turns a one-ulp change into a visible one on some texts
+WIDENED = 2.0  # a folded initializer this many times larger than the constants it came from is put back
 # Nodes onnxruntime inserts for the build machine's kernels (float16 ops without a CPU kernel get Casts
 # around them): saved offline they would pin the build host's kernel set, so such a result is not used.
 _INSERTED = ("InsertedPrecisionFreeCast", "InsertedCast")
@@ -117,9 +121,81 @@ def _max_difference(ref: list[Any], new: list[Any]) -> float:
     return worst
 
 
+def unfold_widened(source: Any, optimized: Any) -> int:
+    """Put back in `optimized` the constant subgraphs of `source` that onnxruntime folded into initializers
+    at least WIDENED times larger (int8 weights widened to float32); returns how many. In place.
+
+    A folded initializer keeps the name of the node output it replaced, so its subgraph is found in
+    `source` by that name: nodes whose inputs lead only to initializers. Their nodes and initializers are
+    copied back (prepended: they depend on initializers only); a name clash leaves that tensor folded.
+    """
+    from onnx import numpy_helper
+
+    src_graph, graph = source.graph, optimized.graph
+    producers = {o: n for n in src_graph.node for o in n.output if o}
+    src_inits = {t.name: t for t in src_graph.initializer}
+    names = ({o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+             | {n.name for n in graph.node})
+    have = {t.name: t for t in graph.initializer}
+
+    def constant_subgraph(name: str) -> tuple[list[Any], set[str]] | None:
+        nodes: list[Any] = []
+        leaves: set[str] = set()
+        stack, seen = [name], set()
+        while stack:
+            current = stack.pop()
+            if current in seen or not current:
+                continue
+            seen.add(current)
+            if current in src_inits:
+                leaves.add(current)
+                continue
+            node = producers.get(current)
+            if node is None or node.attribute and any(a.g.node or a.graphs for a in node.attribute):
+                return None  # a graph input, or control flow
+            nodes.append(node)
+            stack.extend(node.input)
+        return nodes, leaves
+
+    restored, new_nodes, new_inits = 0, list[Any](), list[Any]()
+    for tensor in list(graph.initializer):
+        if tensor.name not in producers:
+            continue
+        found = constant_subgraph(tensor.name)
+        if found is None:
+            continue
+        nodes, leaves = found
+        leaf_bytes = sum(numpy_helper.to_array(src_inits[n]).nbytes for n in leaves)
+        if numpy_helper.to_array(tensor).nbytes < WIDENED * max(1, leaf_bytes):
+            continue
+        outputs = {o for n in nodes for o in n.output if o} - {tensor.name}
+        clash = (outputs | {n.name for n in nodes}) & names or {
+            n for n in leaves if n in have and have[n] != src_inits[n]}
+        if clash:
+            continue
+        graph.initializer.remove(tensor)
+        for node in reversed(nodes):  # producers were collected consumer-first
+            if not any(node is m for m in new_nodes):
+                new_nodes.append(node)
+        for leaf in sorted(leaves):
+            if leaf not in have:
+                new_inits.append(src_inits[leaf])
+                have[leaf] = src_inits[leaf]
+        names |= outputs | {n.name for n in nodes}
+        restored += 1
+    if restored:
+        order = {id(n): i for i, n in enumerate(src_graph.node)}  # the source's order is topological
+        new_nodes.sort(key=lambda n: order[id(n)])
+        kept = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(new_nodes + kept)
+        graph.initializer.extend(new_inits)
+    return restored
+
+
 def preoptimize(src: Path, dst: Path, feeds: Sequence[Feed], tolerance: float = 1e-6
                 ) -> tuple[Path, str | None, tuple[str, ...]]:
-    """`src` re-optimized offline (OFFLINE_LEVEL, no constant folding) into `dst` when that is safe:
+    """`src` re-optimized offline (OFFLINE_LEVEL, widened constants put back) into `dst` when that is safe:
     returns (the file to ship, the load level to record or None, notes).
 
     Safe means: no arch-dependent QDQ fusion, no kernel-specific Casts inserted, the file not larger by more
@@ -137,15 +213,19 @@ def preoptimize(src: Path, dst: Path, feeds: Sequence[Feed], tolerance: float = 
         return src, None, (diagnostic("not re-optimized offline: weights in external data files"),)
     if _signed_qdq(src):
         return src, None, (diagnostic("not re-optimized offline: int8 QDQ fusion differs between x86-64 and arm64"),)
+    fused = dst.with_name(dst.stem + "-fused.onnx")
     try:
-        ort_optimize(src, dst, "preoptimize", OFFLINE_LEVEL, OFFLINE_DISABLED)
+        ort_optimize(src, fused, "preoptimize", OFFLINE_LEVEL)
     except SlimserveError as exc:
         return src, None, (diagnostic(f"not re-optimized offline ({exc.message})"),)
-    if onnx_io.external_data_files(onnx_io.load_onnx(dst)):
+    if onnx_io.external_data_files(onnx_io.load_onnx(fused)):
         return src, None, (diagnostic("not re-optimized offline: onnxruntime wrote external data"),)
-    model = onnx.load(str(dst), load_external_data=False)
+    model = onnx.load(str(fused))
     if any(n.name.startswith(_INSERTED) for n in model.graph.node):
         return src, None, (diagnostic("not re-optimized offline: onnxruntime inserted casts for this CPU's kernels"),)
+    restored = unfold_widened(onnx.load(str(src)), model)
+    onnx.save_model(model, str(dst))
+    fused.unlink()
     before, after = src.stat().st_size, dst.stat().st_size
     if after > before * MAX_GROWTH:
         return src, None, (diagnostic(f"not re-optimized offline: the file grew {before} -> {after} bytes"),)
@@ -158,9 +238,9 @@ def preoptimize(src: Path, dst: Path, feeds: Sequence[Feed], tolerance: float = 
         return src, None, (diagnostic(f"not re-optimized offline: the re-optimized file fails ({exc})"),)
     if difference > tolerance:
         return src, None, (diagnostic(f"not re-optimized offline: outputs moved by {difference:.2g}"),)
-    note = (f"graph re-optimized offline after the last step (onnxruntime {OFFLINE_LEVEL}, without constant "
-            f"folding; {before} -> {after} bytes, outputs unchanged): the handler loads it at the "
-            f"{LOAD_LEVEL} level, so cold starts skip the fusions")
+    note = (f"graph re-optimized offline after the last step (onnxruntime {OFFLINE_LEVEL}, {restored} compact weights "
+            f"left unfolded; {before} -> {after} bytes, outputs unchanged): the handler loads it "
+            f"at the {LOAD_LEVEL} level, so cold starts skip the fusions")
     return dst, LOAD_LEVEL, (diagnostic(note),)
 
 
