@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slimserve.errors import SlimserveError, ToolError, first_line
+from slimserve.notes import diagnostic
 from slimserve.optimizer import onnx_io
 
 if TYPE_CHECKING:
@@ -72,8 +73,11 @@ def _needs_external(src: Path) -> bool:
     """True when the source model with its data is near the protobuf limit."""
     src = Path(src)
     total = src.stat().st_size
+    # The files its tensors point to (optimum names them `model.onnx_data`), plus the usual `<stem>*.data`.
+    referenced = set(onnx_io.external_data_files(onnx_io.load_onnx(src)))
     for sibling in src.parent.iterdir():
-        if sibling != src and sibling.suffix in {".data", ".bin"} and sibling.name.startswith(src.stem):
+        if sibling != src and (sibling.name in referenced
+                               or (sibling.suffix in {".data", ".bin"} and sibling.name.startswith(src.stem))):
             total += sibling.stat().st_size
     return total > onnx_io.PROTOBUF_LIMIT
 
@@ -123,7 +127,7 @@ def normalize_for_quant(src: Path, work_dir: Path, step: str) -> tuple[Path, tup
     notes: list[str] = []
     removed = detach_initializer_inputs(model)
     if removed:
-        notes.append(f"{removed} graph inputs that shadowed initializers were made constants")
+        notes.append(diagnostic(f"{removed} graph inputs that shadowed initializers were made constants"))
     name_nodes(model.graph)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +136,7 @@ def normalize_for_quant(src: Path, work_dir: Path, step: str) -> tuple[Path, tup
     try:
         ort_optimize(detached, folded, step, "basic")
     except ToolError as exc:
-        notes.append(f"constant folding skipped ({exc.message})")
+        notes.append(diagnostic(f"constant folding skipped ({exc.message})"))
         return detached, tuple(notes)
     return folded, tuple(notes)
 
@@ -234,8 +238,8 @@ def preprocess(src: Path, work: Path, step: str) -> tuple[Path, tuple[str, ...]]
     try:
         quant_pre_process(str(prepared), str(out), skip_optimization=True, skip_symbolic_shape=True, **large)
     except Exception as exc:  # noqa: BLE001 - optional step; quantizing without it still works
-        return prepared, (*notes, f"quantization pre-processing skipped ({first_line(exc)})")
-    return out, (*notes, f"symbolic shape inference failed ({symbolic_error}); used ONNX shape inference")
+        return prepared, (*notes, diagnostic(f"quantization pre-processing skipped ({first_line(exc)})"))
+    return out, (*notes, diagnostic(f"symbolic shape inference failed ({symbolic_error}); used ONNX shape inference"))
 
 
 def quantizer_error(step: str, model_path: Path, exc: BaseException) -> ToolError:
