@@ -158,13 +158,15 @@ def test_int8_chooses_by_priority_and_target(tiny: tuple[Path, np.ndarray], tmp_
     assert memory_avx2.details["delegate"] == "int8-resident" and _nbits(memory_avx2.path)[0]["accuracy_level"] == 0
     memory_vnni = build("memory", "x86-64-avx512-vnni")
     assert memory_vnni.details["delegate"] == "int8-resident" and _nbits(memory_vnni.path)[0]["accuracy_level"] == 4
-    latency = build("latency", None)
+    latency = build("latency", "x86-64-avx2")  # no integer dot products: int8-dynamic
     assert latency.details["delegate"] == "int8-dynamic"
     assert {n.op_type for n in onnx.load(str(latency.path)).graph.node} & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    latency_dot = build("latency", "arm64-i8mm")
+    assert latency_dot.details["delegate"] == "int8-resident" and _nbits(latency_dot.path)[0]["accuracy_level"] == 4
     fidelity = build("fidelity", "arm64-i8mm")
     assert set(fidelity.details["candidates"]) == {"int8-weight", "int8-dynamic"}
     ref = _numpy_reference(src, x)
-    for result in (memory_avx2, memory_vnni, latency, fidelity):
+    for result in (memory_avx2, memory_vnni, latency, latency_dot, fidelity):
         got = _run(result.path, x)
         assert np.abs(got - ref).max() / np.abs(ref).max() < 0.05, result.details["delegate"]
 

@@ -9,8 +9,11 @@ never the build machine's own extensions):
   sample). Without calibration feeds it takes int8-weight, the most faithful on every model measured so far.
 - memory: int8-resident for the target (weights stay int8 in memory: about half int8-weight's peak RSS;
   accuracy level 4 where the target has integer dot products, else 0 with int8-weight's fidelity).
-- latency: int8-dynamic (integer matmuls: the fastest int8 on every CPU measured, 1.8x float32 at batch 1
-  with VNNI, 0-24% faster without; the least faithful).
+- latency, by the target: with integer dot products (VNNI, AMX, arm64 dotprod/i8mm) int8-resident at
+  accuracy level 4 (MiniLM on AVX-512 VNNI: 2.0 ms at batch 1, the fastest int8, vs 2.2 ms int8-dynamic and
+  6.2 ms int8-weight; 12.2 vs 10.6 ms at batch 8; mean cosine 0.9995 vs 0.9946; benchmarks/results/
+  int8_resident.md); on plain AVX2 int8-dynamic, the only int8 faster than float32 there (0-24%, issue 14;
+  MatMulNBits is 1.7x slower than float32 at level 4, 3.8x at level 0).
 
 Measured on all-MiniLM-L6-v2 against the PyTorch model (161 eval texts; benchmarks/results/quant_sweep.md),
 all three int8 recipes land at the same size (~23 MB, about 4x smaller than float32):
@@ -53,7 +56,8 @@ class Int8Options:
 
     priority: Literal["fidelity", "latency", "memory"] = option(
         "fidelity", "fidelity: the more faithful of int8-weight and int8-dynamic on this model; memory: "
-        "int8-resident (int8 weights resident); latency: int8-dynamic (integer matmuls)")
+        "int8-resident (int8 weights resident); latency: int8-resident at accuracy level 4 on CPUs with "
+        "integer dot products, int8-dynamic on plain AVX2")
     cpu: isa.CpuTarget | None = option(  # noqa: RUF009 - option() is dataclasses.field with help
         None, "target CPU (optimize --cpu sets it); none = the build machine's architecture at its baseline")
 
@@ -96,9 +100,14 @@ def run(src: Path, dst: Path, ctx: StepContext, options: Int8Options) -> StepRes
     if opts.priority == "memory":
         return _delegate(int8_weight.RESIDENT_SPEC, int8_weight.Int8ResidentOptions(cpu=opts.cpu), src, dst, ctx,
                          f"priority memory: int8 weights stay int8 in memory on {target}")
+    if opts.priority == "latency" and isa.has_integer_dot(target):
+        return _delegate(int8_weight.RESIDENT_SPEC, int8_weight.Int8ResidentOptions(cpu=opts.cpu), src, dst, ctx,
+                         f"priority latency on {target}: int8 activations on integer dot products, the fastest "
+                         "int8 at batch 1 measured there and more faithful than int8-dynamic")
     if opts.priority == "latency":
         return _delegate(int8_dynamic.SPEC, int8_dynamic.SPEC.options(), src, dst, ctx,
-                         "priority latency: integer matmuls, the fastest int8 on every CPU measured")
+                         f"priority latency on {target}: without integer dot products only int8-dynamic's "
+                         "integer matmuls beat float32")
     feeds = list(ctx.calibration)[:MAX_FEEDS]
     if not feeds:
         return _delegate(int8_weight.SPEC, int8_weight.Int8WeightOptions(), src, dst, ctx,
@@ -138,7 +147,8 @@ SPEC = StepSpec(
     name="int8",
     help="Recommended int8 by priority and target CPU: fidelity (default) keeps the more faithful of "
     "int8-weight and int8-dynamic on this model's calibration inputs (int8-weight on MiniLM); memory = "
-    "int8-resident; latency = int8-dynamic. int8(priority=memory,cpu=x86-64-avx512-vnni).",
+    "int8-resident; latency = int8-resident (level 4) with VNNI/arm64 dot product, int8-dynamic on AVX2. "
+    "int8(priority=memory,cpu=x86-64-avx512-vnni).",
     run=run,
     options=Int8Options,
 )
