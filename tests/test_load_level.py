@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from slimserve.optimizer.graph_tools import ort_optimize
+from slimserve.optimizer.optimize import drop_inferred_value_info
 from slimserve.optimizer.steps import graph_opt
 from slimserve.runtime.model_runtime import LoadedModel
 
@@ -33,12 +35,16 @@ def dynamic_dir(minilm_candidate: Callable[[str], Path]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def step_output(minilm_prepared: Any, dynamic_dir: Path) -> Path:
-    """The int8-dynamic step's own file (quantized, not re-optimized), left in the recipe's scratch folder."""
+def step_output(minilm_prepared: Any, dynamic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The int8-dynamic step's own file (quantized, not re-optimized) from the recipe's scratch folder, as
+    the handler used to get it: without the quantizer's inferred shapes (optimize.drop_inferred_value_info)."""
     found = [p for p in Path(minilm_prepared.work_dir).glob("recipe-*/0-int8-dynamic/model.onnx")
-             if sorted(q.name for q in p.parents[1].iterdir()) == ["0-int8-dynamic", "final.onnx"]]
+             if "final.onnx" in {q.name for q in p.parents[1].iterdir()}]
     assert found, "the int8-dynamic recipe's scratch folder is gone"
-    return found[0]
+    shipped_before = tmp_path_factory.mktemp("before") / "model.onnx"
+    shutil.copyfile(found[0], shipped_before)
+    drop_inferred_value_info(shipped_before, minilm_prepared.exported.onnx_path)
+    return shipped_before
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +82,17 @@ def test_int8_dynamic_manifest_records_basic_and_the_handler_loads_at_it(dynamic
     # Fused offline: the integer matmuls are already the fused contrib ops, nothing left to fuse at load.
     ops = {n.op_type for n in onnx.load(str(dynamic_dir / "model.onnx")).graph.node}
     assert {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "Gelu"} <= ops and "MatMulInteger" not in ops
+
+
+def test_the_shipped_graph_is_the_one_the_handler_built_at_load(dynamic_dir: Path, step_output: Path,
+                                                                 tmp_path: Path) -> None:
+    """Same fused nodes as onnxruntime makes of the old file at load (only the int8 weights' Cast/Mul/Reshape,
+    folded again at load, are extra): no fusion the handler would not have made (e.g. SkipLayerNormalization
+    from the quantizer's inferred shapes), so outputs and warm latency stay the same."""
+    at_load = ort_optimize(step_output, tmp_path / "at_load.onnx", "test", "extended")
+    def ops(path: Path) -> Counter[str]:
+        return Counter(n.op_type for n in onnx.load(str(path)).graph.node if n.op_type not in ("Cast", "Mul", "Reshape"))
+    assert ops(dynamic_dir / "model.onnx") == ops(at_load)
 
 
 def test_embeddings_at_basic_equal_onnxruntime_at_all_on_both_files(

@@ -193,10 +193,32 @@ def unfold_widened(source: Any, optimized: Any) -> int:
     return restored
 
 
-def preoptimize(src: Path, dst: Path, feeds: Sequence[Feed], tolerance: float = 1e-6
+def without_inferred_shapes(src: Path, original: Path, dst: Path) -> Path:
+    """A copy of `src` keeping only the top-level value_info `original` has (what the handler's file keeps,
+    optimize.drop_inferred_value_info). The quantizers' shape inference writes shapes that hold for the
+    sizes it saw; onnxruntime's fusions read them (with them it fuses Add+LayerNormalization into
+    SkipLayerNormalization on MiniLM, which it does not do on the shipped file), so fusing offline on them
+    would build another graph than the one the handler built, one that may hold only for those sizes."""
+    import onnx
+
+    from slimserve.optimizer import onnx_io
+
+    keep = {v.name for v in onnx_io.load_onnx(original).graph.value_info}
+    model = onnx.load(str(src))
+    kept = [v for v in model.graph.value_info if v.name in keep]
+    if len(kept) == len(model.graph.value_info):
+        return src
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    onnx.save_model(model, str(dst))
+    return dst
+
+
+def preoptimize(src: Path, dst: Path, feeds: Sequence[Feed], tolerance: float = 1e-6, original: Path | None = None
                 ) -> tuple[Path, str | None, tuple[str, ...]]:
     """`src` re-optimized offline (OFFLINE_LEVEL, widened constants put back) into `dst` when that is safe:
-    returns (the file to ship, the load level to record or None, notes).
+    returns (the file to ship, the load level to record or None, notes). `original` is the exported model,
+    whose shape annotations are the only ones kept (see without_inferred_shapes).
 
     Safe means: no arch-dependent QDQ fusion, no kernel-specific Casts inserted, the file not larger by more
     than MAX_GROWTH, and on the first CHECK_FEEDS feeds the new file loaded at LOAD_LEVEL gives the outputs
@@ -213,9 +235,10 @@ def preoptimize(src: Path, dst: Path, feeds: Sequence[Feed], tolerance: float = 
         return src, None, (diagnostic("not re-optimized offline: weights in external data files"),)
     if _signed_qdq(src):
         return src, None, (diagnostic("not re-optimized offline: int8 QDQ fusion differs between x86-64 and arm64"),)
+    plain = src if original is None else without_inferred_shapes(src, Path(original), dst.with_name(dst.stem + "-in.onnx"))
     fused = dst.with_name(dst.stem + "-fused.onnx")
     try:
-        ort_optimize(src, fused, "preoptimize", OFFLINE_LEVEL)
+        ort_optimize(plain, fused, "preoptimize", OFFLINE_LEVEL)
     except SlimserveError as exc:
         return src, None, (diagnostic(f"not re-optimized offline ({exc.message})"),)
     if onnx_io.external_data_files(onnx_io.load_onnx(fused)):
@@ -233,7 +256,7 @@ def preoptimize(src: Path, dst: Path, feeds: Sequence[Feed], tolerance: float = 
     if not checked:
         return src, None, (diagnostic("not re-optimized offline: no inputs to prove the outputs unchanged"),)
     try:
-        difference = _max_difference(_outputs(src, "all", checked), _outputs(dst, LOAD_LEVEL, checked))
+        difference = _max_difference(_outputs(plain, "all", checked), _outputs(dst, LOAD_LEVEL, checked))
     except Exception as exc:  # noqa: BLE001 - any failure means: ship the file as it was
         return src, None, (diagnostic(f"not re-optimized offline: the re-optimized file fails ({exc})"),)
     if difference > tolerance:
