@@ -167,9 +167,10 @@ def record(records: Iterable[Mapping[str, Any]], target: str | None,
     if steps and target != detected.isa:
         notes.append(f"{WARNING_PREFIX}{detected.isa} (this machine) but the target is {target}: "
                      f"{', '.join(steps)} multiplies int8 activations with kernels that differ per instruction "
-                     "set, so fidelity there can differ (int8-dynamic on MiniLM: mean cosine 0.9955 with VNNI, "
-                     "0.9931 on AVX2); measure on the target, or pick a float-compute recipe (int8-weight, "
-                     "int8-resident on AVX2) whose numbers hold everywhere")
+                     "set, so fidelity there can differ (one int8-dynamic MiniLM: mean cosine 0.9955 with VNNI, "
+                     "0.9931 on AVX2; benchmarks/results/int8_isa.md); measure on the target, or pick a "
+                     "float-compute recipe (int8-weight, int8-resident(accuracy_level=0)) whose numbers hold "
+                     "everywhere")
     return section, notes
 
 

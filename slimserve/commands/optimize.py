@@ -51,6 +51,10 @@ def render_optimize_table(manifest: dict[str, Any]) -> None:
     if "max_abs_error" in fidelity:
         table.add_row("abs error max / mean", f"{fidelity['max_abs_error']:.4g} / {fidelity['mean_abs_error']:.4g}")
     table.add_row("evaluated on", f"{fidelity['samples']} samples: {fidelity['eval_source']}")
+    cpu = fidelity.get("isa")
+    if isinstance(cpu, dict) and cpu.get("measured_on"):
+        depends = "depends on the CPU" if cpu.get("depends_on_isa") else "float compute: the same on any CPU"
+        table.add_row("measured on CPU", f"{cpu['measured_on']}, target {cpu.get('target')} ({depends})")
     table.add_row("time", f"export {timings['export_s']:.1f} s, recipe {timings['recipe_s']:.1f} s, "
                           f"evaluation {timings['eval_s']:.1f} s")
     console = Console()
