@@ -22,13 +22,15 @@ notices and carry most of the precision risk.
 
 Step `int8-resident` (= int8-weight(matmul=nbits) with the accuracy level chosen for the target CPU): the
 MatMul weights stay int8 in memory as MatMulNBits bits=8 (block 32), so the session does not hold a float32
-copy. Measured on all-MiniLM-L6-v2 (benchmarks/results/int8_resident.md): peak RSS about half of
-int8-weight's, same bytes. Its accuracy level is the target's trade (optimizer/isa.py):
+copy. Measured on all-MiniLM-L6-v2 (benchmarks/results/int8_resident.md): peak RSS 103-107 MB, 0.47x
+int8-weight's, cold-start CPU 0.7x, same bytes (+0.7 MB of scales). Its accuracy level is the target's
+trade (optimizer/isa.py):
 - accuracy_level 0 (float activations; targets without integer dot products, i.e. plain AVX2): fidelity
-  of int8-weight (mean cosine 0.9998) on every CPU, but MatMulNBits dequantizes each block on every call:
-  3-4x slower warm than float32.
-- accuracy_level 4 (int8 activations; VNNI / AMX / arm64 dot product): faster than float32 there (integer
-  dot products), mean cosine 0.9995 / min 0.998 on MiniLM, and its numerics depend on the CPU's kernels.
+  of int8-weight (held-out mean cosine 0.9998, min 0.9993) on every CPU, but MatMulNBits dequantizes each
+  block on every call: 2.4x slower warm than int8-weight at batch 1 on AVX-512, 3.8x on AVX2 (issue 14).
+- accuracy_level 4 (int8 activations; VNNI / AMX / arm64 dot product): the fastest int8 at batch 1 on
+  AVX-512 VNNI (3x int8-weight), mean cosine 0.9995 / min 0.998, numerics that depend on the CPU's kernels.
+  On plain AVX2 it is still 1.7x slower than float32 (issue 14), hence level 0 there.
 """
 
 from __future__ import annotations
@@ -182,7 +184,7 @@ RESIDENT_SPEC = StepSpec(
     name=RESIDENT_STEP,
     help="int8 weights that stay int8 in memory (MatMulNBits bits=8, block 32): about half int8-weight's peak "
     "RSS. Accuracy level by the target CPU: 4 (int8 activations) with VNNI/AMX/arm64 dot product, else 0 "
-    "(float activations, int8-weight's fidelity, 3-4x slower warm).",
+    "(float activations, int8-weight's fidelity, 2-4x slower warm).",
     run=run_resident,
     options=Int8ResidentOptions,
 )
