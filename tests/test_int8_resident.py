@@ -299,3 +299,25 @@ def test_minilm_int8_resident_is_faithful_in_half_the_memory(minilm_candidate: C
     assert np.mean(cos) >= 0.999 and min(cos) >= 0.995, (np.mean(cos), min(cos))
     weight, kept = _peak_rss_mb(minilm_int8), _peak_rss_mb(resident)
     assert kept <= 110 and kept <= 0.7 * weight, (kept, weight)
+
+
+@pytest.mark.slow
+def test_minilm_int8_resident_answers_in_a_lambda_package_like_sentence_transformers(
+        minilm_candidate: Callable[[str], Path], minilm_dir: Path, tmp_path: Path) -> None:
+    """The shipped handler (python3.12 -I -S, only the layer and function zips) runs MatMulNBits: the
+    embeddings it answers agree with sentence-transformers on the PyTorch model."""
+    from sentence_transformers import SentenceTransformer
+
+    from tests.helpers_lambda import run_like_lambda
+
+    resident = minilm_candidate("int8-resident(cpu=x86-64-avx2)")
+    out = tmp_path / "pkg"
+    result = run_cli("package", str(resident), "--target", "lambda", "-o", str(out), "--no-check")
+    assert result.returncode == 0, result.stderr
+    texts = ["Serverless inference should start fast.", "A second, rather longer sentence " * 5, "ok"]
+    ran = run_like_lambda(out, tmp_path / "run", "3.12", [{"inputs": texts}])
+    got = np.asarray(ran["responses"][0]["embeddings"])
+    want = SentenceTransformer(str(minilm_dir), device="cpu").encode(texts, normalize_embeddings=True)
+    cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert cos.min() >= 0.999, cos
+    assert ran["modules"] == []
