@@ -171,6 +171,20 @@ def test_int8_chooses_by_priority_and_target(tiny: tuple[Path, np.ndarray], tmp_
         assert np.abs(got - ref).max() / np.abs(ref).max() < 0.05, result.details["delegate"]
 
 
+def test_int8_keeps_a_large_models_weights_resident(tiny: tuple[Path, np.ndarray], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fidelity first, but a model whose float32 weights are over the threshold (1 GiB: language models)
+    is not widened back to float32 at load: int8 takes int8-resident, saying why. (The threshold is lowered
+    to this tiny model's size; the choice is the step's own.)"""
+    src, x = tiny
+    monkeypatch.setattr(int8_auto, "RESIDENT_ABOVE_BYTES", src.stat().st_size - 1)
+    result = run_step(int8_auto.SPEC, int8_auto.Int8Options(cpu="x86-64-avx2"), src, tmp_path / "out" / "model.onnx",
+                      StepContext(work_dir=tmp_path, calibration=[{"x": x[:4]}]))
+    assert result.details["delegate"] == "int8-resident" and _nbits(result.path)[0]["accuracy_level"] == 0
+    assert any("would widen them back to float32" in note for note in result.notes)
+    assert np.abs(_run(result.path, x) - _numpy_reference(src, x)).max() < 0.05 * np.abs(_numpy_reference(src, x)).max()
+
+
 # -- through the CLI, on two real architectures -------------------------------------------------------------
 def _tiny_folder(folder: Path, minilm_dir: Path, arch: str) -> Path:
     import torch

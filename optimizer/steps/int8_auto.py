@@ -7,6 +7,8 @@ never the build machine's own extensions):
 - fidelity (the default): builds int8-weight and int8-dynamic, runs both and the float32 input on the
   calibration feeds, and keeps the one whose outputs are closest (mean per-sample cosine, then worst
   sample). Without calibration feeds it takes int8-weight, the most faithful on every model measured so far.
+  A model over 1 GiB of float32 weights (a language model) takes int8-resident instead: int8-weight widens
+  its weights back to float32 at load (a 0.5 B model peaked at 7.3 GB), int8-resident keeps them int8.
 - memory: int8-resident for the target (weights stay int8 in memory: about half int8-weight's peak RSS;
   accuracy level 4 where the target has integer dot products, else 0 with int8-weight's fidelity).
 - latency, by the target: with integer dot products (VNNI, AMX, arm64 dotprod/i8mm) int8-resident at
@@ -48,6 +50,10 @@ from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSp
 
 CANDIDATES = (int8_weight, int8_dynamic)
 MAX_FEEDS = 32  # enough to rank two methods whose gap is measured in thousandths; bounds the step's time
+# Above this many bytes of float32 weights, int8-weight's fold back to float32 at load costs more memory than
+# a serverless function affords (a 0.5 B LM: 7.3 GB peak at load, benchmarks/results/generation_lm.md), so
+# the fidelity priority takes int8-resident: the same int8 rounding, the weights kept int8 in memory.
+RESIDENT_ABOVE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,11 @@ def run(src: Path, dst: Path, ctx: StepContext, options: Int8Options) -> StepRes
         return _delegate(int8_dynamic.SPEC, int8_dynamic.SPEC.options(), src, dst, ctx,
                          f"priority latency on {target}: without integer dot products only int8-dynamic's "
                          "integer matmuls beat float32")
+    weights = sum(p.stat().st_size for p in model_files(Path(src)))
+    if weights > RESIDENT_ABOVE_BYTES:
+        return _delegate(int8_weight.RESIDENT_SPEC, int8_weight.Int8ResidentOptions(cpu=opts.cpu), src, dst, ctx,
+                         f"{weights / 2**30:.1f} GiB of float32 weights: int8-weight would widen them back to "
+                         f"float32 when the session loads; int8-resident keeps them int8, on {target}")
     feeds = list(ctx.calibration)[:MAX_FEEDS]
     if not feeds:
         return _delegate(int8_weight.SPEC, int8_weight.Int8WeightOptions(), src, dst, ctx,
