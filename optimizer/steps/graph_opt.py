@@ -19,12 +19,15 @@ the key loads at ALL as before. Measured on MiniLM int8-dynamic (benchmarks/resu
 Why the file does not grow: onnxruntime's constant folding turns int8-weight's folded form (int8 x fp16
 scales via Cast/Mul, also used for the MatMuls int8-dynamic/static keep out of integer compute) into
 float32 initializers (MiniLM int8-dynamic grew 23.2 -> 33.6 MB: +14.2 MB of float32 for 3.5 MB of int8).
-Switching ConstantFolding off offline keeps them int8 but changes the fusions (with a computed weight ORT
-fuses six Add+LayerNormalization into SkipLayerNormalization that it does not fuse at load): up to 0.013
-on a batch-1 embedding through dynamic int8's rounding. So we fold and fuse exactly as the handler did at
-load, then put back every constant subgraph that folding widened (`unfold_widened`): the file stays
-int8-sized, and at load the basic level folds those weights again into the same float32 values, giving
-the same graph the handler built from the unfused file. Measured on MiniLM int8-dynamic: identical outputs.
+So we fold and fuse exactly as the handler did at load, then put back every constant subgraph that
+folding widened (`unfold_widened`): the file stays int8-sized, and at load the basic level folds those
+weights again into the same float32 values, giving the graph the handler built from the unfused file
+(MiniLM int8-dynamic: identical outputs on every eval text). Switching ConstantFolding off offline instead
+also gave identical outputs on MiniLM, but fusions that need a constant weight would then differ from
+what the handler built; folding and restoring reproduces the load-time graph by construction.
+The fusing runs on the file as shipped, without the quantizer's inferred shapes (`without_inferred_shapes`):
+with them ORT fused six SkipLayerNormalizations it never fuses at load (batch-1 embeddings moved by up to
+0.013 through dynamic int8's rounding, ~10% slower warm).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSp
 # The level a pre-optimized file loads at. Not DISABLE_ALL: constant folding must widen the restored int8
 # weights again (without it onnxruntime's outputs changed on MiniLM int8-dynamic, max |diff| 0.16).
 LOAD_LEVEL = "basic"
-# What preoptimize saves: portable, without constant folding (see the module docstring).
+# What preoptimize saves: portable (see the module docstring).
 OFFLINE_LEVEL = "extended"
 MAX_GROWTH = 1.02  # a re-optimized file larger than this (ratio) is not shipped
 CHECK_FEEDS = 32  # batch-1 feeds: dynamic int8 turns a one-ulp change into a visible one on some texts
