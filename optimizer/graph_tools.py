@@ -74,7 +74,10 @@ def _needs_external(src: Path) -> bool:
     src = Path(src)
     total = src.stat().st_size
     # The files its tensors point to (optimum names them `model.onnx_data`), plus the usual `<stem>*.data`.
-    referenced = set(onnx_io.external_data_files(onnx_io.load_onnx(src)))
+    try:
+        referenced = set(onnx_io.external_data_files(onnx_io.load_onnx(src)))
+    except SlimserveError:  # not ONNX at all: the tool that reads it next says so, as it always did
+        referenced = set()
     for sibling in src.parent.iterdir():
         if sibling != src and (sibling.name in referenced
                                or (sibling.suffix in {".data", ".bin"} and sibling.name.startswith(src.stem))):

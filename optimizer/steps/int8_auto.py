@@ -98,6 +98,14 @@ def _score(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[fl
     return float(cos.mean()), float(cos.min())
 
 
+def _weight_bytes(src: Path) -> int:
+    """The model's bytes with its external data (0 when it cannot be read: the step that reads it says why)."""
+    try:
+        return sum(p.stat().st_size for p in model_files(src))
+    except (SlimserveError, OSError):
+        return 0
+
+
 def run(src: Path, dst: Path, ctx: StepContext, options: Int8Options) -> StepResult:
     """By priority: memory and latency delegate to one step; fidelity builds each candidate beside `dst`
     (or takes it from `ctx.cache`) and keeps the most faithful on this model's calibration feeds."""
@@ -114,7 +122,7 @@ def run(src: Path, dst: Path, ctx: StepContext, options: Int8Options) -> StepRes
         return _delegate(int8_dynamic.SPEC, int8_dynamic.SPEC.options(), src, dst, ctx,
                          f"priority latency on {target}: without integer dot products only int8-dynamic's "
                          "integer matmuls beat float32")
-    weights = sum(p.stat().st_size for p in model_files(Path(src)))
+    weights = _weight_bytes(Path(src))
     if weights > RESIDENT_ABOVE_BYTES:
         return _delegate(int8_weight.RESIDENT_SPEC, int8_weight.Int8ResidentOptions(cpu=opts.cpu), src, dst, ctx,
                          f"{weights / 2**30:.1f} GiB of float32 weights: int8-weight would widen them back to "
