@@ -323,6 +323,15 @@ def run_recipe(prepared: Prepared, recipe: str, dst: Path, progress: Progress = 
                         "seconds": round(seconds, 3), "bytes": result.path.stat().st_size,
                         "notes": list(result.notes), **({"details": dict(result.details)} if result.details else {})})
         current = result.path
+    # The final model pre-optimized offline, so cold starts skip the fusions (steps/graph_opt.preoptimize).
+    from slimserve.optimizer.steps.graph_opt import preoptimize
+
+    with progress.stage("offline graph optimization of the result"):
+        current, load_level, notes = preoptimize(current, scratch / "final.onnx", prepared.calibration,
+                                                 original=prepared.exported.onnx_path)
+    records[-1]["notes"].extend(notes)
+    if load_level:
+        records[-1].setdefault("details", {})["load_level"] = load_level
     for path in model_files(current):
         shutil.copy2(path, dst / ("model.onnx" if path == current else path.name))
     stale = drop_inferred_value_info(dst / "model.onnx", prepared.exported.onnx_path)
@@ -350,9 +359,21 @@ def drop_inferred_value_info(model_file: Path, original: Path) -> int:
     return len(added)
 
 
-def make_candidate(prepared: Prepared, recipe: str, out_dir: Path, progress: Progress = NULL_PROGRESS) -> dict[str, Any]:
-    """Write model.onnx, runtime files and slimserve.json into `out_dir` (a staging folder)."""
-    steps, recipe_seconds = run_recipe(prepared, recipe, out_dir, progress)
+def load_session(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runtime section's `session` key: the load-time optimization level of a model pre-optimized
+    offline (read by model_runtime.session_options); nothing, i.e. ORT_ENABLE_ALL, otherwise."""
+    level = steps[-1].get("details", {}).get("load_level") if steps else None
+    return {"session": {"graph_optimization_level": level}} if level else {}
+
+
+def make_candidate(prepared: Prepared, recipe: str, out_dir: Path, progress: Progress = NULL_PROGRESS,
+                   cpu: str | None = None) -> dict[str, Any]:
+    """Write model.onnx, runtime files and slimserve.json into `out_dir` (a staging folder). `cpu` names the
+    target CPU (optimizer/isa.py): steps that take one get it, and the manifest says where fidelity was measured."""
+    from slimserve.optimizer import isa
+    from slimserve.optimizer.recipes import with_target
+
+    steps, recipe_seconds = run_recipe(prepared, with_target(recipe, cpu), out_dir, progress)
     model_path = out_dir / "model.onnx"
     ort_session(model_path)  # a candidate onnxruntime cannot load is an error, not a result
     check_input_sizes(prepared, model_path)
@@ -374,12 +395,15 @@ def make_candidate(prepared: Prepared, recipe: str, out_dir: Path, progress: Pro
                   "sha256": sha256_file(model_path), "external_data": info["external_data"],
                   "fp32_bytes": sum(p.stat().st_size for p in model_files(prepared.exported.onnx_path)),
                   "inputs": info["inputs"], "outputs": info["outputs"], "opset": info["opset"]},
-        "runtime": prepared.exported.runtime,
+        "runtime": {**prepared.exported.runtime, **load_session(steps)},
         "fidelity": fidelity.as_dict(),
         "timings": {"export_s": round(prepared.export_seconds, 3), "reference_s": round(prepared.reference_seconds, 3),
                     "recipe_s": round(recipe_seconds, 3), "eval_s": round(eval_seconds, 3)},
         "notes": [note for record in steps for note in record["notes"]],
     }
+    isa_section, isa_notes = isa.record(steps, cpu)  # fidelity of integer matmuls depends on the CPU
+    manifest["fidelity"]["isa"] = isa_section
+    manifest["notes"] += isa_notes
     from slimserve.measure.coldstart import sample_event
 
     # The request the handler runs before a SnapStart snapshot, so a restored environment is warm.
@@ -390,11 +414,11 @@ def make_candidate(prepared: Prepared, recipe: str, out_dir: Path, progress: Pro
 
 
 def optimize(source: Source, recipe: str, out: Path, work_dir: Path, eval_path: Path | None = None,
-             progress: Progress = NULL_PROGRESS) -> dict[str, Any]:
+             progress: Progress = NULL_PROGRESS, cpu: str | None = None) -> dict[str, Any]:
     """Validate the recipe before the (slow) export, then prepare and build one candidate into `out`."""
     parse_recipe(recipe)
     prepared = prepare(source, work_dir, eval_path, progress)
-    return make_candidate(prepared, recipe, out, progress)
+    return make_candidate(prepared, recipe, out, progress, cpu=cpu)
 
 
 def recipes_in(names: Sequence[str]) -> list[str]:

@@ -67,13 +67,15 @@ def optimize(model: PathLike, out: PathLike, *, recipe: str | None = None, task:
              trust_remote_code: bool = False, allow_pickle: bool = False,
              image_size: int | None = None, resize: int | None = None, mean: Sequence[float] | None = None,
              std: Sequence[float] | None = None, labels: PathLike | None = None, resample: str | None = None,
-             progress: Progress = NULL_PROGRESS) -> Candidate:
+             progress: Progress = NULL_PROGRESS, cpu: str | None = None) -> Candidate:
     """Export `model` (an .onnx file, a Hugging Face folder, `package.module:factory` or a packaged model
     name), apply `recipe` (default: the recommended int8) and measure fidelity; write the folder `out`.
 
     `image_size` (with `resize`, `mean`, `std`, `labels`, `resample`) declares a PyTorch factory an image
     classifier preprocessed like torchvision's Resize(resize) + CenterCrop(image_size) + ToTensor +
-    Normalize(mean, std) (ImageNet's mean/std by default): it is then served by the image handler."""
+    Normalize(mean, std) (ImageNet's mean/std by default): it is then served by the image handler.
+    `cpu` names the target CPU (optimizer/isa.py TARGETS) for recipes that choose by it (int8) and for the
+    manifest's record of where fidelity was measured."""
     import dataclasses
 
     from slimserve.atomic import atomic_dir
@@ -85,6 +87,10 @@ def optimize(model: PathLike, out: PathLike, *, recipe: str | None = None, task:
 
     recipe = recipe or DEFAULT_RECIPE
     parse_recipe(recipe)  # a misspelt recipe fails before the (slow) export
+    if cpu is not None:
+        from slimserve.optimizer.isa import resolve
+
+        resolve(cpu)  # so does an unknown target CPU
     image = factory_image(image_size, resize, mean, std, Path(labels) if labels is not None else None, resample)
     if image is not None and not input_shapes and not Path(model).exists():
         input_shapes = (f"1x3x{image_size}x{image_size}",)
@@ -101,7 +107,7 @@ def optimize(model: PathLike, out: PathLike, *, recipe: str | None = None, task:
     with tempfile.TemporaryDirectory(prefix="slimserve-") as work, \
             atomic_dir(Path(out), inputs=inputs) as staging:
         written = run_optimize(source, recipe, staging, Path(work), Path(eval_path) if eval_path else None,
-                               progress)
+                               progress, cpu=cpu)
     return candidate_from_manifest(Path(out), written)
 
 

@@ -10,7 +10,9 @@ validates what it is given (the optimizer still builds a plain dict; it goes thr
     versions    library -> version
     model       path, bytes, sha256, external_data, fp32_bytes, inputs/outputs (name, dtype, shape), opset,
                 deployed (the files shipped for it when packaging moved its weights to external data)
-    runtime     kind, task + what the family's handler needs (the shipped runtime reads it as plain JSON)
+    runtime     kind, task + what the family's handler needs (the shipped runtime reads it as plain JSON);
+                session.graph_optimization_level (basic|extended|all): the load-time level of a model
+                pre-optimized offline (steps/graph_opt.preoptimize); absent = all
     fidelity    metric, mean, min, samples, ... ;  timings, notes, files (path, bytes, sha256)
     handler     the handler an artifact runs (packages only)
     package     one section for every target (packages only): target, platform, python, arch, artifacts,

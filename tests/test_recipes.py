@@ -68,7 +68,7 @@ def test_options_are_typed_values() -> None:
     ("prune-ffn-0", "between 1 and 99", "prune-ffn-25"),
     ("prune-ffn-25(percent=30)", "sets percent twice", None),
     ("int8+", "empty", None),
-    ("int8(x=1)", "unknown option 'x'", "int8 options: none"),
+    ("int8(x=1)", "unknown option 'x'", "int8 options: priority, cpu"),
 ])
 def test_bad_recipes_are_one_line_user_errors(recipe: str, message: str, hint: str | None) -> None:
     with pytest.raises(SlimserveError) as info:
@@ -79,7 +79,8 @@ def test_bad_recipes_are_one_line_user_errors(recipe: str, message: str, hint: s
 
 
 def test_registry_is_explicit_and_refuses_duplicates() -> None:
-    assert list(registry()) == ["fp32", "fp16", "int8-dynamic", "int8-static", "int8-weight", "int4-weight", "int8",
+    assert list(registry()) == ["fp32", "fp16", "int8-dynamic", "int8-static", "int8-weight", "int8-resident",
+                                "int4-weight", "int8",
                                 "prune-ffn", "prune-heads", "sparsity"]
     with pytest.raises(ValueError, match="registered twice"):
         make_registry([int8_weight.SPEC, int8_weight.SPEC])

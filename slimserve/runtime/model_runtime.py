@@ -221,12 +221,24 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+# runtime.session.graph_optimization_level: the load-time level of a model slimserve already optimized
+# offline (optimizer/steps/graph_opt.py `preoptimize`). Missing or unknown (an older or newer manifest): ALL,
+# which is correct for any file.
+_LOAD_LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+def session_options(threads: int | None = None, level: str | None = None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or available_cpus()
     opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LOAD_LEVELS.get(str(level), "ORT_ENABLE_ALL"))
     return opts
+
+
+def load_level(spec: dict[str, Any]) -> str | None:
+    """The load-time optimization level the manifest's runtime section records, if any."""
+    session = spec.get("session")
+    return str(session.get("graph_optimization_level")) if isinstance(session, dict) else None
 
 
 class LoadedModel:
@@ -250,7 +262,8 @@ class LoadedModel:
             model_file = model_file or self.root / manifest["model"]["path"]
         self.spec: dict[str, Any] = spec
         self.session = ort.InferenceSession(
-            str(model_file), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+            str(model_file), sess_options=session_options(threads, load_level(self.spec)),
+            providers=["CPUExecutionProvider"]
         )
         self.input_types = {i.name: _NUMPY_DTYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
