@@ -171,7 +171,7 @@ def built_candidate(recipe: str, manifest: Mapping[str, Any], seconds: float) ->
 
 
 def build_candidates(prepared: Any, recipes: Sequence[str], root: Path, jobs: int,
-                     progress: Progress = NULL_PROGRESS) -> dict[str, CandidateResult]:
+                     progress: Progress = NULL_PROGRESS, cpu: str | None = None) -> dict[str, CandidateResult]:
     """make_candidate for each recipe into root/<recipe>; `jobs` threads at most. Failures are kept."""
     from slimserve.optimizer.optimize import make_candidate
 
@@ -180,7 +180,7 @@ def build_candidates(prepared: Any, recipes: Sequence[str], root: Path, jobs: in
         started = time.perf_counter()
         try:  # one progress row per candidate: its steps and evaluation show inside it
             with progress.stage(f"candidate {recipe}"), atomic_dir(folder) as staging:
-                manifest = make_candidate(prepared, recipe, staging, progress)
+                manifest = make_candidate(prepared, recipe, staging, progress, cpu=cpu)
         except SlimserveError as exc:
             return CandidateResult(recipe, f"{CANDIDATES_DIR}/{recipe}", error=exc.message,
                                    build_seconds=time.perf_counter() - started)
@@ -282,6 +282,7 @@ def compare_into(staging: Path, model: str, recipes: Sequence[str], profiles: Se
                  options: CompareOptions, eval_path: Path | None = None, progress: Progress = NULL_PROGRESS,
                  *, prepared: Any = None, source: Any = None) -> Comparison:
     """Build, measure and write the comparison into `staging` (an empty folder owned by the caller)."""
+    from slimserve.optimizer.isa import platform_target
     from slimserve.optimizer.optimize import prepare
     from slimserve.optimizer.sources import resolve_source
 
@@ -291,7 +292,8 @@ def compare_into(staging: Path, model: str, recipes: Sequence[str], profiles: Se
             prepared = prepare(source, Path(work), eval_path, progress)
         root = staging / CANDIDATES_DIR
         root.mkdir(parents=True, exist_ok=True)
-        built = build_candidates(prepared, recipes, root, options.jobs, progress)
+        built = build_candidates(prepared, recipes, root, options.jobs, progress,
+                                 cpu=options.cpu or platform_target(options.arch))
     if not any(c.error is None for c in built.values()):
         errors = "; ".join(f"{r}: {c.error}" for r, c in built.items())
         raise SlimserveError(f"every recipe failed on this model ({errors})",

@@ -37,6 +37,7 @@ class CompareOptions:
     runs: int = 3  # fresh processes per cold-start measurement
     latency_runs: int = 20
     jobs: int = 1  # threads for building candidates; measuring is always one at a time
+    cpu: str | None = None  # target CPU (optimizer/isa.py TARGETS); None: what `arch` guarantees (isa.platform_target)
     min_fidelity: float | None = None  # floor for the recommendation (default: the metric's, slimserve.tasks)
     size_tolerance: SizeTolerance = field(default_factory=SizeTolerance)  # sizes this close count as equal
 
