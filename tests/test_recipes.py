@@ -96,7 +96,7 @@ def test_list_recipes_shows_every_option_with_help() -> None:
             assert f"{f.name}: " in text
     assert "block: int, default 32: MatMul weights per 4-bit block" in text
     result = run_cli("optimize", "--list-recipes")
-    assert result.returncode == 0 and "keep_int8: int, default 8" in result.stdout
+    assert result.returncode == 0 and "keep_int8: int, default 12" in result.stdout
 
 
 def test_manifest_records_resolved_options_and_the_config_file_sets_them(tmp_path: Path) -> None:
