@@ -54,6 +54,9 @@ STEP = "int4-weight"
 # rank=model loads the model once per MatMul: past this many weight bytes x MatMuls (MiniLM: 42 MB x 36) the
 # probes would take minutes, and the MatMuls' own output error ranks them instead.
 MODEL_RANK_BUDGET = 20 * 1024**3
+# GPTQ costs ~K*K*N multiply-adds per [K, N] weight (MiniLM's largest: 9e8; a 7B LM's: 2e11). Past this a
+# weight is rounded to nearest instead (an 8192 x 8192 one took minutes on 2 cores, with a 512 MB Hessian).
+GPTQ_MAX_WORK = 2**36
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,11 @@ def _nbits_node(
 
 
 Quantized = tuple[np.ndarray, np.ndarray, np.ndarray | None]
+
+
+def _gptq_affordable(shape: tuple[int, ...] | None) -> bool:
+    """A constant [K, N] weight small enough for GPTQ: its work grows as K*K*N (and its Hessian as K*K)."""
+    return shape is not None and len(shape) == 2 and shape[0] * shape[0] * shape[1] <= GPTQ_MAX_WORK
 
 
 def input_hessians(model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[Feed]) -> dict[str, np.ndarray]:
@@ -352,8 +360,8 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: st
     try:
         hessians = {}
         if opts.method == "gptq":
-            constant = {t.name for t in model.graph.initializer}
-            matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in constant]
+            dims = {t.name: tuple(t.dims) for t in model.graph.initializer}
+            matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and _gptq_affordable(dims.get(n.input[1]))]
             hessians = input_hessians(model, matmuls, ctx.calibration[: opts.calib_feeds])
         plans = plan_matmuls(model, inputs, opts, hessians)
         keep = most_sensitive(model, plans, inputs, ctx.calibration[: opts.rank_feeds], opts, opts.keep_int8)
