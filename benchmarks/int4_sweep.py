@@ -14,7 +14,7 @@ users get:
   measured in interleaved rounds over all variants (the machine is shared; compare within one run).
 
     .venv/bin/python benchmarks/int4_sweep.py                 # every variant, writes the results file
-    .venv/bin/python benchmarks/int4_sweep.py --only gptq-b32 # a subset, printed only
+    .venv/bin/python benchmarks/int4_sweep.py --only gptq-keep8 default  # a subset, printed only
 
 Writes benchmarks/results/int4_sweep.md. One heavy job at a time: onnxruntime runs with 1 thread.
 """
