@@ -132,38 +132,9 @@ def cold(folders: dict[str, Path], runs: int) -> dict[str, dict[str, float]]:
 
 
 def warm(folders: dict[str, Path], rounds: int = 15) -> dict[str, tuple[float, float]]:
-    """Warm ms at batch 1 and 8, one thread; each round visits every model once."""
-    import numpy as np
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
-
+    """Warm ms at batch 1 and 8, one thread; each round visits every model once (int8_isa's measurement)."""
     first = next(iter(folders.values()))
-    tok = Tokenizer.from_file(str(first / "tokenizer.json"))
-    tok.enable_padding()
-    text = "The serverless function timed out after 15 seconds while loading the model."
-    sessions = {}
-    for name, folder in folders.items():
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        sessions[name] = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    feeds = {}
-    for batch in (1, 8):
-        enc = tok.encode_batch([text] * batch)
-        feeds[batch] = {"input_ids": np.array([e.ids for e in enc], np.int64),
-                        "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
-                        "token_type_ids": np.array([e.type_ids for e in enc], np.int64)}
-    times: dict[tuple[str, int], list[float]] = {(n, b): [] for n in sessions for b in feeds}
-    for _ in range(rounds):
-        for name, sess in sessions.items():
-            names = {i.name for i in sess.get_inputs()}
-            for batch, feed in feeds.items():
-                args = {k: v for k, v in feed.items() if k in names}
-                sess.run(None, args)
-                start = time.perf_counter()
-                for _ in range(5):
-                    sess.run(None, args)
-                times[(name, batch)].append((time.perf_counter() - start) / 5 * 1000)
-    return {n: (statistics.median(times[(n, 1)]), statistics.median(times[(n, 8)])) for n in sessions}
+    return int8_isa.latency({name: folder / "model.onnx" for name, folder in folders.items()}, first, rounds)
 
 
 def emulated(folders: dict[str, Path], reuse: bool) -> dict[str, tuple[float, float]]:
