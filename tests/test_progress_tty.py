@@ -65,7 +65,8 @@ def test_each_stage_is_one_row_and_no_unknown_length_bar(tiny_onnx: Path, tmp_pa
     names = [r[1:].split("  ")[0].strip() for r in rows]
     # One finished row per stage, each once: the step's inner stage ("int8-dynamic: ONNX Runtime dynamic
     # quantization") showed inside the step's row while it ran (test_nested_stages_share_their_row_per_thread).
-    assert names == ["export to ONNX (fp32)", "reference outputs", "step int8-dynamic", "evaluate fidelity"], rows
+    assert names == ["export to ONNX (fp32)", "reference outputs", "step int8-dynamic",
+                     "offline graph optimization of the result", "evaluate fidelity"], rows
     assert all(r.startswith("✓") for r in rows)
     unknown = next(r for r in rows if "step int8-dynamic" in r)
     assert "━" not in unknown and "/" not in unknown  # no bar, no count for a stage of unknown length
