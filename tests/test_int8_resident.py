@@ -288,9 +288,24 @@ def _peak_rss_mb(folder: Path) -> float:
     return int(result.stdout.split()[-1]) / 1024
 
 
+def _as_deployed(folder: Path, dst: Path) -> Path:
+    """The model folder as every packager ships it (packagers/model_files.py: weights in external data,
+    memory-mapped by onnxruntime), which is what a deployment's peak RSS is made of."""
+    from slimserve.bundle import load_bundle
+    from slimserve.packagers.model_files import model_entries
+
+    for rel, source in model_entries(load_bundle(folder)).items():
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dst / rel).write_bytes(source if isinstance(source, bytes) else source.read_bytes())
+    return dst
+
+
 def test_minilm_int8_resident_is_faithful_in_half_the_memory(minilm_candidate: Callable[[str], Path],
-                                                            minilm_int8: Path, minilm_dir: Path) -> None:
-    """The issue's goal: an int8 MiniLM with mean cosine >= 0.999 on held-out text and peak RSS <= 110 MB."""
+                                                            minilm_int8: Path, minilm_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """The issue's goal: an int8 MiniLM with mean cosine >= 0.999 on held-out text and peak RSS <= 110 MB,
+    measured on the folder as it ships (both layouts are measured: the goal must hold for the shipped one,
+    and int8-resident must keep well under int8-weight in either)."""
     from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
 
@@ -311,8 +326,11 @@ def test_minilm_int8_resident_is_faithful_in_half_the_memory(minilm_candidate: C
         v = sess.run(None, {k: v for k, v in feed.items() if k in names})[0][0].mean(0)
         cos.append(float(v @ r / np.linalg.norm(v)))
     assert np.mean(cos) >= 0.999 and min(cos) >= 0.995, (np.mean(cos), min(cos))
-    weight, kept = _peak_rss_mb(minilm_int8), _peak_rss_mb(resident)
-    assert kept <= 110 and kept <= 0.7 * weight, (kept, weight)
+    shipped = _peak_rss_mb(_as_deployed(resident, tmp_path / "resident"))
+    weight = _peak_rss_mb(_as_deployed(minilm_int8, tmp_path / "weight"))
+    assert shipped <= 110 and shipped <= 0.7 * weight, (shipped, weight)
+    weight_inline, kept_inline = _peak_rss_mb(minilm_int8), _peak_rss_mb(resident)
+    assert kept_inline <= 0.7 * weight_inline, (kept_inline, weight_inline)
 
 
 @pytest.mark.slow
