@@ -28,6 +28,7 @@ from slimserve.bundle import ModelBundle
 from slimserve.errors import SlimserveError
 from slimserve.manifest import MANIFEST_NAME, Closure, PackageSection, sha256_file, write_manifest
 from slimserve.packagers.closure import build_closure, closure_info
+from slimserve.packagers.handler_code import handler_entries
 from slimserve.packagers.lambda_target import ZipArtifact, checks_record, request_limits, verdict_for
 from slimserve.packagers.model_check import check_model
 from slimserve.packagers.model_files import model_entries, shipped_manifest
@@ -35,7 +36,7 @@ from slimserve.packagers.repro_zip import write_zip
 from slimserve.packagers.reproducible import tree_entries
 from slimserve.packagers.target import Target
 from slimserve.progress import NULL_PROGRESS, Progress
-from slimserve.runtime import RUNTIME_DIR, handler_modules
+from slimserve.runtime import handler_modules
 
 if TYPE_CHECKING:
     from slimserve.profiles.rules import PlatformVerdict
@@ -122,11 +123,12 @@ def requirements_txt(pins: list[str]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def function_entries(bundle: ModelBundle, closure: Path, timeout_s: int) -> dict[str, Path | bytes]:
-    """arcname -> source for function.zip: the v2 entry point, the shared runtime, host.json, the
-    dependencies and the model folder."""
-    entries: dict[str, Path | bytes] = {name: RUNTIME_DIR / name for name in handler_modules("lambda_handler.py")}
-    entries[ENTRY] = RUNTIME_DIR / SHIPPED_ENTRY
+def function_entries(bundle: ModelBundle, closure: Path, timeout_s: int,
+                     target: Target | None = None) -> dict[str, Path | bytes]:
+    """arcname -> source for function.zip: the v2 entry point, the shared runtime (with bytecode for
+    `target`'s interpreter, packagers/handler_code.py), host.json, the dependencies and the model folder."""
+    entries = handler_entries((*handler_modules("lambda_handler.py"), SHIPPED_ENTRY), target, APP_ROOT,
+                              renames={SHIPPED_ENTRY: ENTRY})
     entries["host.json"] = host_json(timeout_s)
     entries["requirements.txt"] = requirements_txt(closure_info(closure)["pins"])
     entries.update(tree_entries(closure, SITE_DIR))
@@ -140,7 +142,7 @@ def build_function_zip(bundle: ModelBundle, target: Target, folder: Path, timeou
     closure = build_closure(target, bundle.runtime_extra, progress=progress, prefix=SITE_PREFIX)
     with progress.stage("zip the function app", total=1) as stage:
         path = folder / "function.zip"
-        unzipped = write_zip(path, function_entries(bundle, closure, timeout_s))
+        unzipped = write_zip(path, function_entries(bundle, closure, timeout_s, target))
         stage.advance()
     return ZipArtifact(path, path.stat().st_size, unzipped, sha256_file(path)), closure
 

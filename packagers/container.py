@@ -153,7 +153,7 @@ def package_container(
         from slimserve.packagers.closure import build_closure
 
         closure = build_closure(target, bundle.runtime_extra, progress=progress, prefix="/" + spec.packages_dir.strip("/"))
-    entries = role_entries(bundle, spec, closure, _server_site(target, spec))
+    entries = role_entries(bundle, spec, closure, target, _server_site(target, spec))
 
     with atomic_dir(Path(out), inputs=[bundle.model_path]) as stage:
         with progress.stage("build context", total=1) as handle:
@@ -239,7 +239,7 @@ def container_image_size(
         from slimserve.packagers.closure import build_closure
 
         closure = build_closure(target, bundle.runtime_extra, prefix="/" + spec.packages_dir.strip("/"))
-    entries = role_entries(bundle, spec, closure, _server_site(target, spec))
+    entries = role_entries(bundle, spec, closure, target, _server_site(target, spec))
     base = fetch_base(ref, oci_platform(target), client)
     with tempfile.TemporaryDirectory(prefix="slimserve-image-") as tmp:
         image = build_image(base.image, entries, spec, target, Path(tmp), source_date_epoch())

@@ -16,6 +16,7 @@ from slimserve.bundle import ModelBundle
 from slimserve.errors import SlimserveError, ToolError
 from slimserve.manifest import ImageFacts, ImageLayer
 from slimserve.packagers.container_spec import PlatformSpec
+from slimserve.packagers.handler_code import handler_entries
 from slimserve.packagers.model_files import model_entries
 from slimserve.packagers.oci import layout
 from slimserve.packagers.oci.digest import Digest
@@ -37,7 +38,6 @@ from slimserve.packagers.oci.layer import (
 from slimserve.packagers.oci.registry import PulledImage, Reference, RegistryClient
 from slimserve.packagers.reproducible import Source, is_executable
 from slimserve.packagers.target import Target
-from slimserve.runtime import RUNTIME_DIR
 
 ROLES = ("runtime", "handler", "model")
 
@@ -46,19 +46,15 @@ def oci_platform(target: Target) -> Platform:
     return Platform.parse(f"linux/{target.arch}")
 
 
-def role_entries(bundle: ModelBundle, spec: PlatformSpec, closure: Path,
+def role_entries(bundle: ModelBundle, spec: PlatformSpec, closure: Path, target: Target,
                  extra_sites: Iterable[Path] = ()) -> dict[str, dict[str, Source]]:
-    """role -> {path in image: source}. The model folder gets the bundle's files and its manifest."""
+    """role -> {path in image: source}. The model folder gets the bundle's files and its manifest; the
+    handler its bytecode for `target`'s interpreter (packagers/handler_code.py)."""
     runtime: dict[str, Source] = {}
     for site in (closure, *extra_sites):
         runtime.update(tree_entries(site, spec.packages_dir))
-    handler: dict[str, Source] = {}
-    for name in spec.handler_files:
-        src = RUNTIME_DIR / name
-        if not src.is_file():
-            raise SlimserveError(f"the shipped runtime file {name} is missing from {RUNTIME_DIR}",
-                                 hint="reinstall slimserve")
-        handler[image_path(f"{spec.app_dir}/{name}")] = src
+    handler: dict[str, Source] = {image_path(f"{spec.app_dir}/{name}"): src for name, src in
+                                  handler_entries(spec.handler_files, target, spec.app_dir).items()}
     model: dict[str, Source] = {image_path(f"{spec.app_dir}/model/{rel}"): source
                                 for rel, source in model_entries(bundle).items()}
     return {"runtime": runtime, "handler": handler, "model": model}

@@ -34,13 +34,16 @@ from slimserve.manifest import (
 )
 from slimserve.measure import ColdStart, PackageSize
 from slimserve.packagers.closure import build_closure, closure_info
+from slimserve.packagers.handler_code import handler_entries
 from slimserve.packagers.model_check import check_model
 from slimserve.packagers.model_files import model_entries, shipped_manifest
 from slimserve.packagers.repro_zip import write_zip
 from slimserve.packagers.reproducible import tree_entries
 from slimserve.packagers.target import Target
 from slimserve.progress import NULL_PROGRESS, Progress
-from slimserve.runtime import RUNTIME_DIR, handler_modules
+from slimserve.runtime import handler_modules
+
+TASK_ROOT = "/var/task"  # LAMBDA_TASK_ROOT: where function.zip is extracted
 
 if TYPE_CHECKING:
     from slimserve.profiles.rules import PlatformVerdict
@@ -92,9 +95,10 @@ class LambdaArtifacts:
     timeout_s: int = DEFAULT_TIMEOUT_S
 
 
-def function_entries(bundle: ModelBundle) -> dict[str, Path | bytes]:
-    """arcname -> source for function.zip: the shipped handler and runtime, then the model folder."""
-    entries: dict[str, Path | bytes] = {name: RUNTIME_DIR / name for name in handler_modules("lambda_handler.py")}
+def function_entries(bundle: ModelBundle, target: Target | None = None) -> dict[str, Path | bytes]:
+    """arcname -> source for function.zip: the shipped handler and runtime (with their bytecode for
+    `target`'s interpreter, packagers/handler_code.py), then the model folder."""
+    entries = handler_entries(handler_modules("lambda_handler.py"), target, TASK_ROOT)
     for rel, source in model_entries(bundle).items():
         entries[f"{MODEL_SUBDIR}/{rel}"] = source
     return entries
@@ -112,7 +116,7 @@ def build_zips(bundle: ModelBundle, target: Target, folder: Path,
     with progress.stage("zip layer and function", total=2) as stage:
         layer = _zip(folder / "layer.zip", dict(tree_entries(closure, "python")))
         stage.advance()
-        function = _zip(folder / "function.zip", function_entries(bundle))
+        function = _zip(folder / "function.zip", function_entries(bundle, target))
         stage.advance()
     return layer, function, closure
 

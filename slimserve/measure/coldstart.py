@@ -308,12 +308,13 @@ def cold_start_for_bundle(bundle: Any, target: Any, runs: int = 5, warm_runs: in
     if arch != host_arch:
         why = (why + "; " if why else "") + f"{target.arch} cannot run here: measured the {host_arch} build"
         arch = host_arch
-    closure = build_closure(Target(python=version, arch=arch), bundle.runtime_extra)
+    measured = Target(python=version, arch=arch)
+    closure = build_closure(measured, bundle.runtime_extra)
     with tempfile.TemporaryDirectory(prefix="slimserve-lambda-") as tmp:
         opt, task = Path(tmp) / "opt", Path(tmp) / "task"
         opt.mkdir()
         (opt / "python").symlink_to(closure, target_is_directory=True)
-        for arcname, src in function_entries(bundle).items():
+        for arcname, src in function_entries(bundle, measured).items():
             dest = task / arcname
             dest.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(src, bytes):
