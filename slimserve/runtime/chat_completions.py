@@ -17,8 +17,8 @@ Anything else is a 400 naming the field, like the rest of the runtime; errors ha
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,7 +99,7 @@ def _usage(details: dict[str, Any]) -> dict[str, int]:
 
 
 def new_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    return f"chatcmpl-{os.urandom(16).hex()}"  # uuid4's 122 random bits without importing uuid (~2 ms of every cold start)
 
 
 def completion(answer: dict[str, Any], model_name: str) -> dict[str, Any]:
