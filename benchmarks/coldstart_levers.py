@@ -11,12 +11,13 @@ Configurations:
                  onnxruntime at every load), loaded at ORT_ENABLE_ALL, no OPENBLAS_NUM_THREADS
   after-level    the same recipe now: re-optimized offline, loaded at the level the manifest records
                  (basic); environment as today (isolates this lever)
-  after          the same model with the packaged function's environment (OPENBLAS_NUM_THREADS=1)
+  after          the same model with the packaged function's environment (OPENBLAS_NUM_THREADS=1) and the
+                 handler's bytecode shipped (packagers/handler_code.py; today and after-level compile it)
   default        the recipe `build` picks by default (`int8`), as optimize writes it now, packaged env
   naive          the `default` model and handler on a layer made by a plain
                  `pip install --target` of onnxruntime, numpy and tokenizers (same versions, from the
                  wheels the closure uses; pip pulls their dependencies), no environment
-  floor          interpreter start + reading `today`'s model file (already in the page cache)
+  floor          interpreter start + reading `today`'s model files (already in the page cache)
 
 Then warm latency of today and after in this process (interleaved calls).
 
@@ -69,8 +70,9 @@ def mark(name):
     out[name + "_wall"] = (w - marks[-1][1]) * 1000
     marks.append((c, w))
 if cfg["mode"] == "floor":
-    with open(cfg["weights"], "rb") as fh:
-        data = fh.read()
+    for name in cfg["weights"]:  # model.onnx and its external data, as the package ships them
+        with open(name, "rb") as fh:
+            data = fh.read()
     mark("read_weights")
 else:
     import numpy
@@ -151,14 +153,16 @@ def build_models(work: Path) -> dict[str, Path]:
     return out
 
 
-def lay_out(model: Path, dest: Path) -> Path:
-    """The unzipped function.zip: handler + runtime + model/ exactly as the Lambda packager lists them."""
+def lay_out(model: Path, dest: Path, bytecode: bool = True) -> Path:
+    """The unzipped function.zip: handler + runtime + model/ exactly as the Lambda packager lists them
+    (with the handler's python3.12 bytecode, or, for today's layout, without it as before)."""
     from slimserve.bundle import load_bundle
     from slimserve.packagers.lambda_target import function_entries
+    from slimserve.packagers.target import Target
 
     if dest.exists():
         shutil.rmtree(dest)
-    for arcname, src in function_entries(load_bundle(model)).items():
+    for arcname, src in function_entries(load_bundle(model), Target("3.12") if bytecode else None).items():
         target = dest / arcname
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(src, bytes):
@@ -222,17 +226,19 @@ def main() -> None:
     models = build_models(WORK / "models")
     closure = build_closure(Target(python="3.12", arch="x86_64"), "text")
     naive = naive_layer(python, WORK / "naive")
-    funcs = {name: lay_out(path, WORK / "task" / name) for name, path in models.items()}
+    funcs = {name: lay_out(path, WORK / "task" / name, bytecode=name != "today") for name, path in models.items()}
+    funcs["after-level"] = lay_out(models["after"], WORK / "task" / "after-level", bytecode=False)
     sample = sample_event(json.loads((models["today"] / "slimserve.json").read_text()))
     base_env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
     packaged_env = {**base_env, "OPENBLAS_NUM_THREADS": "1"}
     configs: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
         "today": ({"mode": "handler", "path": [str(funcs["today"]), str(closure)]}, base_env),
-        "after-level": ({"mode": "handler", "path": [str(funcs["after"]), str(closure)]}, base_env),
+        "after-level": ({"mode": "handler", "path": [str(funcs["after-level"]), str(closure)]}, base_env),
         "after": ({"mode": "handler", "path": [str(funcs["after"]), str(closure)]}, packaged_env),
         "default": ({"mode": "handler", "path": [str(funcs["default"]), str(closure)]}, packaged_env),
         "naive": ({"mode": "handler", "path": [str(funcs["default"]), str(naive)]}, base_env),
-        "floor": ({"mode": "floor", "path": [], "weights": str(funcs["today"] / "model" / "model.onnx")}, base_env),
+        "floor": ({"mode": "floor", "path": [], "weights": [str(p) for p in sorted((funcs["today"] / "model").glob("model.onnx*"))]},
+                  base_env),
     }
     names = list(configs)
     samples: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
