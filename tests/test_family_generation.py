@@ -225,6 +225,64 @@ def test_more_decoder_architectures_generate_like_transformers(config_name: str,
         assert answer["details"]["token_ids"] == _generate(model, tokenizer, prompt, do_sample=False), prompt
 
 
+# Decoders whose attention, KV cache or config differ from Llama's; kwargs beyond vocabulary and special ids.
+OTHER_DECODERS = {
+    "bloom": ("BloomConfig", "BloomForCausalLM", {"hidden_size": 32, "n_layer": 2, "n_head": 4}),  # ALiBi, no window
+    "mpt": ("MptConfig", "MptForCausalLM", {"d_model": 32, "n_heads": 4, "n_layers": 2, "max_seq_len": 256}),
+    "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM",  # multi-query, one fused key/value cache
+                    {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 256}),
+    "falcon": ("FalconConfig", "FalconForCausalLM", {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                                     "multi_query": True, "new_decoder_architecture": False,
+                                                     "max_position_embeddings": 256}),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                                         "num_attention_heads": 4, "max_position_embeddings": 256}),
+    "opt": ("OPTConfig", "OPTForCausalLM", {"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                            "max_position_embeddings": 256, "word_embed_proj_dim": 32}),
+}
+
+
+def _other_decoder(name: str, folder: Path, tokenizer_window: int | None = 256) -> Any:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    tokenizer = _tokenizer(bos=True)
+    if tokenizer_window is None:
+        tokenizer.model_max_length = int(1e30)  # what transformers writes when nobody said
+    config_name, model_name, kwargs = OTHER_DECODERS[name]
+    config = getattr(transformers, config_name)(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                                eos_token_id=tokenizer.eos_token_id,
+                                                pad_token_id=tokenizer.pad_token_id, **kwargs)
+    model = getattr(transformers, model_name)(config).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return model, tokenizer
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_DECODERS))
+def test_other_decoder_families_generate_like_transformers(name: str, tmp_path: Path) -> None:
+    """BLOOM (ALiBi: no position table, so the window comes from the tokenizer), MPT (`max_seq_len`),
+    GPT-BigCode (multi-query attention with one fused key/value cache), Falcon (multi-query), GPT-NeoX,
+    OPT (learned positions offset by 2): greedy ids identical to generate."""
+    model, tokenizer = _other_decoder(name, tmp_path / "model")
+    out = tmp_path / "out"
+    result = run_cli("optimize", str(tmp_path / "model"), "-o", str(out), "--recipe", "fp32", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "slimserve.json").read_text())
+    assert manifest["source"]["task"] == "text-generation" and manifest["fidelity"]["mean"] == 1.0
+    assert manifest["runtime"]["context_window"] == 256
+    answers = LoadedModel(out).predict(PROMPTS, {"max_new_tokens": NEW_TOKENS})
+    for prompt, answer in zip(PROMPTS, answers):
+        assert answer["details"]["token_ids"] == _generate(model, tokenizer, prompt, do_sample=False), prompt
+
+
+def test_a_decoder_without_a_known_context_window_is_refused_with_a_hint(tmp_path: Path) -> None:
+    _other_decoder("bloom", tmp_path / "model", tokenizer_window=None)
+    result = run_cli("optimize", str(tmp_path / "model"), "-o", str(tmp_path / "out"), "--recipe", "fp32")
+    assert_clean_error(result, contains="context window")
+    assert "max_position_embeddings" in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_special_tokens_transformers_adds_from_the_config_are_added(folder: Callable[[str], Path], tmp_path: Path,
                                                                      torch_model: Callable[[str], tuple[Any, Any]]) -> None:
     """A Llama tokenizer whose tokenizer.json adds nothing, but whose tokenizer_config.json says

@@ -40,7 +40,10 @@ SAMPLE_PROMPT = "Serverless inference should start fast because"
 WORST_FILLER = ("Cold starts, memory and tokens per second decide what a small model costs on Lambda; "
                 "see run #A-17/b (2,417 tokens at 56.12 tok/s). ")
 EVAL_HINT = 'the --eval file takes JSON lines like {"text": "a prompt"}'
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length",
+                "max_seq_len")  # the last: MPT
+# transformers' "no limit known" model_max_length (int(1e30)) and anything past a million tokens is no window.
+MAX_TOKENIZER_WINDOW = 1 << 20
 GENERATION_KEYS = tuple(task_generation.SAMPLING_DEFAULTS)
 
 
@@ -82,6 +85,19 @@ def _config_value(config: dict[str, Any], keys: Sequence[str]) -> int | None:
             return value
     text_config = config.get("text_config")
     return _config_value(text_config, keys) if isinstance(text_config, dict) else None
+
+
+def context_window(folder: Path, config: dict[str, Any]) -> int | None:
+    """The model's context window: config.json's (CONTEXT_KEYS), else the tokenizer's `model_max_length`
+    (ALiBi models such as BLOOM have no position table, so their config names no window; their tokenizer
+    carries the length they were trained at). None when neither says."""
+    window = _config_value(config, CONTEXT_KEYS)
+    if window is not None:
+        return window
+    length = _read_json(folder / "tokenizer_config.json").get("model_max_length")
+    if isinstance(length, int) and not isinstance(length, bool) and 0 < length <= MAX_TOKENIZER_WINDOW:
+        return length
+    return None
 
 
 def _eos_ids(generation: dict[str, Any], config: dict[str, Any]) -> list[int]:
@@ -169,9 +185,12 @@ class GenerationFamily:
         if not (source.path / "tokenizer.json").is_file():
             raise SlimserveError(f"{source.path} has no tokenizer.json: text generation needs a fast tokenizer",
                                  hint="save the model's tokenizer with transformers (a fast tokenizer) first")
-        if _config_value(config, CONTEXT_KEYS) is None:
+        if context_window(source.path, config) is None:
             raise SlimserveError(f"{source.path}/config.json does not say the model's context window "
-                                 f"(none of {', '.join(CONTEXT_KEYS)})")
+                                 f"(none of {', '.join(CONTEXT_KEYS)}), nor does tokenizer_config.json "
+                                 "(model_max_length)",
+                                 hint='add "max_position_embeddings": N to config.json, N the longest sequence '
+                                      "the model was trained on (generation is refused beyond it)")
 
     def runtime_spec(self, source: HfFolderSource, export_dir: Path, base: dict[str, Any]) -> dict[str, Any]:
         """The base text spec plus what generate reads from the configs: the context window, EOS ids,
@@ -181,7 +200,8 @@ class GenerationFamily:
                                  hint="save the model's tokenizer (tokenizer.json) in the folder")
         config = _read_json(export_dir / "config.json") or _read_json(source.path / "config.json")
         generation = _read_json(source.path / "generation_config.json")
-        window = _config_value(config, CONTEXT_KEYS) or task_generation.DEFAULT_MAX_NEW_TOKENS_LIMIT * 8
+        window = (context_window(export_dir, config) or context_window(source.path, config)
+                  or task_generation.DEFAULT_MAX_NEW_TOKENS_LIMIT * 8)
         heads = _config_value(config, ("num_key_value_heads", "num_attention_heads", "n_head"))
         head_dim = _config_value(config, ("head_dim",))
         hidden = _config_value(config, ("hidden_size", "n_embd"))
