@@ -601,7 +601,7 @@ def test_encoder_decoder_folder_is_refused_up_front(tmp_path: Path) -> None:
 
 
 # -- quantized -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("recipe", ["int4-weight", "int8-weight"])
+@pytest.mark.parametrize("recipe", ["int4-weight", "int8-weight", "int4-weight(int8_form=resident)"])
 def test_weight_quantized_fidelity_is_reported_and_measured(recipe: str, optimized: Callable[[str, str], Path],
                                                             torch_model: Callable[[str], tuple[Any, Any]]) -> None:
     out = optimized("llama", recipe)
@@ -622,6 +622,43 @@ def test_weight_quantized_fidelity_is_reported_and_measured(recipe: str, optimiz
           f"greedy identical prefixes vs generate on this test's prompts: {prefixes} of {NEW_TOKENS}")
     assert fidelity["details"]["logit_cosine_mean"] > 0.9
     assert fidelity["mean"] > 0.5
+
+
+def test_int4_keeps_its_int8_matmuls_resident_when_asked_and_folded_by_default_on_a_small_model(
+        tmp_path: Path) -> None:
+    """int8_form=resident: the MatMuls 4 bits would hurt most become MatMulNBits bits=8 (int8 in memory);
+    auto on this small model (< 1 GiB of weights) keeps the folded form (float32 at load, float32 speed).
+    A Llama wide enough (hidden 64) that eleven MatMuls are 4-bit candidates, so three are kept int8."""
+    import onnx
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = _tokenizer(bos=True)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "model", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "model")
+    for recipe, form in (("int4-weight(int8_form=resident)", "resident"), ("int4-weight", "fold")):
+        out = tmp_path / form
+        result = run_cli("optimize", str(tmp_path / "model"), "-o", str(out), "--recipe", recipe)
+        assert result.returncode == 0, result.stderr
+        details = json.loads((out / "slimserve.json").read_text())["steps"][-1]["details"]
+        assert details["int8_form"] == form and len(details["kept_int8"]) == 3, details
+        graph = onnx.load(str(out / "model.onnx")).graph
+        bits = [next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits"]
+        kept_as_matmul = [n.name for n in graph.node if n.op_type == "MatMul" and n.name in details["kept_int8"]]
+        if form == "resident":
+            assert bits.count(8) >= 3 and not kept_as_matmul, (bits, kept_as_matmul)
+        else:
+            assert 8 not in bits and len(kept_as_matmul) == 3, (bits, kept_as_matmul)
+        answers = LoadedModel(out).predict(PROMPTS, {"max_new_tokens": NEW_TOKENS})
+        greedy = [_generate(model, tokenizer, p, do_sample=False) for p in PROMPTS]
+        first = [a["details"]["token_ids"][0] == g[0] for a, g in zip(answers, greedy)]
+        assert sum(first) >= 3, (form, first)  # a quantized model still mostly agrees on the first token
 
 
 # -- Lambda, end to end ----------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ What it writes:
 - the word-embedding table becomes com.microsoft GatherBlockQuantized (4 bits, blocks of 64 along the row,
   float16 scales + a Cast back to float32), so only looked-up rows are dequantized;
 - the 12 MatMuls (at most a third) whose 4-bit form hurts the MODEL's outputs most (one probe session per
-  MatMul with only it 4-bit, on 8 calibration feeds; a MatMul's own output error ranks worse) stay int8 in
-  the folded int8-weight form.
+  MatMul with only it 4-bit, on 8 calibration feeds; a MatMul's own output error ranks worse) stay int8:
+  in the folded int8-weight form (float32 at load, float32 speed), or for a model over 1 GiB of weights as
+  MatMulNBits bits=8, which stays int8 in memory (`int8_form`; `int8` makes the same choice).
 
 Why these defaults (benchmarks/int4_sweep.py, all-MiniLM-L6-v2, results in benchmarks/results/int4_sweep.md;
 cosine of the sentence embedding vs sentence-transformers, eval = built-in eval set, held-out = 60 sentences
@@ -45,6 +46,7 @@ import numpy as np
 from slimserve.errors import SlimserveError, ToolError, first_line
 from slimserve.optimizer import activations, graph_tools, int8_rewrites, matmul_analysis, nbits, onnx_io
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
+from slimserve.optimizer.steps.int8_auto import RESIDENT_ABOVE_BYTES, RESIDENT_INT8_LEVEL
 from slimserve.optimizer.weight_graph import MIN_ELEMENTS, WeightGraph, drop_initializers, ensure_ms_domain
 
 if TYPE_CHECKING:
@@ -86,6 +88,9 @@ class Int4Options:
         "model", "how keep_int8 ranks MatMuls: output: each one's own output error on calibration inputs; "
         "model: the whole model's output error with only that MatMul 4-bit (one session per MatMul)")
     rank_feeds: int = option(8, "rank=model: calibration feeds run per MatMul")
+    int8_form: Literal["auto", "fold", "resident"] = option(
+        "auto", "the kept int8 MatMuls: fold (int8 x block scales, widened to float32 at load: float32 speed), "
+        "resident (MatMulNBits bits=8: stay int8 in memory); auto: resident for a model over 1 GiB of weights")
 
     def __post_init__(self) -> None:
         if self.block < 16 or self.block & (self.block - 1):
@@ -357,6 +362,8 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: st
     wants_inputs = opts.activation_aware or opts.keep_int8 or opts.method == "gptq"
     inputs = calibration_inputs(prepared, ctx.calibration, opts.calib_feeds) if wants_inputs else {}
     model = onnx_io.read_model(prepared, step)
+    resident = opts.int8_form == "resident" or (
+        opts.int8_form == "auto" and sum(p.stat().st_size for p in onnx_io.model_files(prepared)) > RESIDENT_ABOVE_BYTES)
     try:
         hessians = {}
         if opts.method == "gptq":
@@ -375,8 +382,14 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: st
         if emb and opts.emb_scales == "float16":
             half_embedding_scales(model)
         q4 = apply_plans(model, plans, opts, frozenset(keep))
+        # The kept MatMuls of a large model stay int8 in memory: folded, a 0.5 B LM's kept LM head alone
+        # widened to 545 MB of float32 at load and the process peaked at 2.8 GB (4x the all-4-bit model).
+        # Accuracy level 4 (int8 activations): onnxruntime 1.32 has no float-activation kernel for 8 bits and
+        # dequantizes the whole weight at every call (Qwen2.5-0.5B's LM head at one token: 513 ms vs 8 ms).
+        n8 = len(nbits.replace_matmuls_nbits(model, 8, opts.block, True, RESIDENT_INT8_LEVEL, gemm=True)) \
+            if resident else 0
         # What 4 bits skipped (sensitive MatMuls, Gemm, Conv, small tables) gets the int8-weight treatment.
-        n8 = int8_rewrites.quantize_linear_weights(model)
+        n8 += int8_rewrites.quantize_linear_weights(model)
         n8 += int8_rewrites.quantize_embeddings(model, "gather-mul")
     except (ValueError, KeyError, IndexError) as exc:
         raise ToolError(f"{step}: cannot rewrite the weights of {Path(src).name}: {first_line(exc)}") from exc
@@ -390,13 +403,16 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: st
     notes += (
         (
             f"4-bit MatMulNBits block {opts.block} ({'symmetric' if opts.symmetric else 'asymmetric'}, {opts.method}, "
-            f"accuracy_level {opts.accuracy_level}); {len(keep)} most sensitive MatMuls kept int8"
+            f"accuracy_level {opts.accuracy_level}); {len(keep)} most sensitive MatMuls kept int8 "
+            + (f"resident (MatMulNBits bits=8, accuracy_level {RESIDENT_INT8_LEVEL})" if resident
+               else "(folded to float32 at load)")
         ),
     )
     return StepResult(
         path=Path(dst),
         notes=notes,
-        details={"matmul_4bit": len(q4), "embeddings_4bit": len(emb), "int8": n8, "kept_int8": keep},
+        details={"matmul_4bit": len(q4), "embeddings_4bit": len(emb), "int8": n8, "kept_int8": keep,
+                 "int8_form": "resident" if resident else "fold"},
     )
 
 

@@ -7,8 +7,9 @@ never the build machine's own extensions):
 - fidelity (the default): builds int8-weight and int8-dynamic, runs both and the float32 input on the
   calibration feeds, and keeps the one whose outputs are closest (mean per-sample cosine, then worst
   sample). Without calibration feeds it takes int8-weight, the most faithful on every model measured so far.
-  A model over 1 GiB of float32 weights (a language model) takes int8-resident instead: int8-weight widens
-  its weights back to float32 at load (a 0.5 B model peaked at 7.3 GB), int8-resident keeps them int8.
+  A model over 1 GiB of float32 weights (a language model) takes int8-resident at accuracy level 4 instead:
+  int8-weight widens its weights back to float32 at load (a 0.5 B model peaked at 7.3 GB), int8-resident
+  keeps them int8 (level 0 would decode 13x slower than float32: see RESIDENT_INT8_LEVEL).
 - memory: int8-resident for the target (weights stay int8 in memory: about half int8-weight's peak RSS;
   accuracy level 4 where the target has integer dot products, else 0 with int8-weight's fidelity).
 - latency, by the target: with integer dot products (VNNI, AMX, arm64 dotprod/i8mm) int8-resident at
@@ -54,6 +55,12 @@ MAX_FEEDS = 32  # enough to rank two methods whose gap is measured in thousandth
 # a serverless function affords (a 0.5 B LM: 7.3 GB peak at load, benchmarks/results/generation_lm.md), so
 # the fidelity priority takes int8-resident: the same int8 rounding, the weights kept int8 in memory.
 RESIDENT_ABOVE_BYTES = 1 << 30
+# The accuracy level of 8-bit MatMulNBits chosen for a model that size. A model over 1 GiB is a language
+# model, run one token at a time, and at one row onnxruntime 1.32's 8-bit float-activation path (level 0)
+# dequantizes the whole weight per call: Qwen2.5-0.5B decoded 1.5 tokens/s at level 0, 13x slower than
+# float32 (benchmarks/results/generation_lm.md); level 4 (int8 activations) has kernels on AVX2, VNNI
+# and arm64 alike and was faster than float32 (its LM head: 8 ms vs 19 ms float32 vs 513 ms level 0).
+RESIDENT_INT8_LEVEL: Literal[4] = 4
 
 
 @dataclass(frozen=True)
@@ -124,9 +131,11 @@ def run(src: Path, dst: Path, ctx: StepContext, options: Int8Options) -> StepRes
                          "integer matmuls beat float32")
     weights = _weight_bytes(Path(src))
     if weights > RESIDENT_ABOVE_BYTES:
-        return _delegate(int8_weight.RESIDENT_SPEC, int8_weight.Int8ResidentOptions(cpu=opts.cpu), src, dst, ctx,
-                         f"{weights / 2**30:.1f} GiB of float32 weights: int8-weight would widen them back to "
-                         f"float32 when the session loads; int8-resident keeps them int8, on {target}")
+        return _delegate(int8_weight.RESIDENT_SPEC,
+                         int8_weight.Int8ResidentOptions(cpu=opts.cpu, accuracy_level=RESIDENT_INT8_LEVEL), src, dst,
+                         ctx, f"{weights / 2**30:.1f} GiB of float32 weights: int8-weight would widen them back to "
+                         f"float32 when the session loads; int8-resident keeps them int8, on {target}, at accuracy "
+                         "level 4 (at level 0 a token-by-token decode dequantizes every weight per call)")
     feeds = list(ctx.calibration)[:MAX_FEEDS]
     if not feeds:
         return _delegate(int8_weight.SPEC, int8_weight.Int8WeightOptions(), src, dst, ctx,

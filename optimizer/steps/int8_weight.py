@@ -147,7 +147,8 @@ class Int8ResidentOptions:
         "none = the build machine's architecture at its baseline (x86-64-avx2 on x86-64)")
     accuracy_level: Literal["auto", 0, 4] = option(
         "auto", "MatMulNBits accuracy_level: auto = 4 on CPUs with integer dot products (VNNI, AMX, arm64 "
-        "dotprod/i8mm), 0 (float activations) elsewhere")
+        "dotprod/i8mm), 0 (float activations) elsewhere; 0 dequantizes the whole weight at every call, so use "
+        "4 for a language model (token-by-token decode: 13x slower than float32 at 0)")
     block: int = option(32, "inputs per scale along the reduction axis")
     embeddings: EmbeddingMode = option(  # noqa: RUF009 - option() is dataclasses.field with help
         "gather-mul", "embedding tables: gather-mul (int8 rows x row scales), gbq, dq, none")
