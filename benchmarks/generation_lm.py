@@ -1,4 +1,4 @@
-"""A ~0.5 B-parameter language model on CPU: slimserve's fp32 / int8-weight / int4-weight vs PyTorch + transformers.
+"""A ~0.5 B-parameter language model on CPU: slimserve's fp32 / int8-weight / int8 / int4-weight vs PyTorch.
 
     .venv/bin/python benchmarks/generation_lm.py [--rounds 3] [--out benchmarks/results/generation_lm.md]
 
@@ -7,7 +7,8 @@ weights (torch seeded), plus a byte-level BPE tokenizer trained here (no hub) an
 regular ids + its special tokens at Qwen's ids, so every id the random model emits decodes to bytes as a
 real Qwen tokenizer would. Saved under benchmarks/work/ (git-ignored), then `slimserve optimize` (the real
 CLI) for each recipe. Measured, each in a FRESH python process (interleaved fp32, int8-weight,
-int4-weight, PyTorch per round; medians over the rounds):
+`int8` (which takes int8-resident at accuracy level 4 for a model this size), int4-weight, PyTorch per
+round; medians over the rounds):
 - bytes: the folder a deployment ships (slimserve: the optimize output; PyTorch: the saved HF folder);
 - import: importing the runtime (slimserve.runtime.model_runtime + onnxruntime + tokenizers, no torch;
   PyTorch: torch + transformers);
@@ -43,7 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "work" / "generation_lm"
 PY = sys.executable
-RECIPES = ("fp32", "int8-weight", "int4-weight")
+RECIPES = ("fp32", "int8-weight", "int8", "int4-weight")
 NEW_TOKENS = 32
 PROMPT_TOKENS = 64
 

@@ -385,7 +385,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: st
         # The kept MatMuls of a large model stay int8 in memory: folded, a 0.5 B LM's kept LM head alone
         # widened to 545 MB of float32 at load and the process peaked at 2.8 GB (4x the all-4-bit model).
         # Accuracy level 4 (int8 activations): onnxruntime 1.32 has no float-activation kernel for 8 bits and
-        # dequantizes the whole weight at every call (Qwen2.5-0.5B's LM head at one token: 513 ms vs 8 ms).
+        # dequantizes the whole weight at every call (Qwen2.5-0.5B's LM head at one row: 402 ms vs 2.8 ms).
         n8 = len(nbits.replace_matmuls_nbits(model, 8, opts.block, True, RESIDENT_INT8_LEVEL, gemm=True)) \
             if resident else 0
         # What 4 bits skipped (sensitive MatMuls, Gemm, Conv, small tables) gets the int8-weight treatment.

@@ -59,7 +59,8 @@ RESIDENT_ABOVE_BYTES = 1 << 30
 # model, run one token at a time, and at one row onnxruntime 1.32's 8-bit float-activation path (level 0)
 # dequantizes the whole weight per call: Qwen2.5-0.5B decoded 1.5 tokens/s at level 0, 13x slower than
 # float32 (benchmarks/results/generation_lm.md); level 4 (int8 activations) has kernels on AVX2, VNNI
-# and arm64 alike and was faster than float32 (its LM head: 8 ms vs 19 ms float32 vs 513 ms level 0).
+# and arm64 alike and was faster than float32 (its LM head at one row: 2.8 ms vs 8.6 ms float32 vs 402 ms
+# at level 0, benchmarks/results/matmulnbits_decode.md).
 RESIDENT_INT8_LEVEL: Literal[4] = 4
 
 
