@@ -60,7 +60,7 @@ def _bytecode(python: str, sources: tuple[tuple[str, str], ...], prefix: str, di
         proc = subprocess.run([python, "-I", "-S", "-m", "compileall", "-q", "-l", "-d", prefix,
                                "--invalidation-mode", "checked-hash", tmp],
                               capture_output=True, text=True, check=False, timeout=300)
-        if proc.returncode != 0:  # the sources ship regardless; a compile error would show at import anyway
+        if proc.returncode != 0:  # the shipped runtime must compile: a failure here is a broken install
             raise SlimserveError(f"compiling the handler with {python} failed: {(proc.stdout + proc.stderr).strip()[-300:]}",
                                  hint="the target interpreter must import the shipped runtime; reinstall slimserve")
         cache = Path(tmp) / "__pycache__"
