@@ -158,18 +158,12 @@ def lay_out(model: Path, dest: Path, bytecode: bool = True) -> Path:
     (with the handler's python3.12 bytecode, or, for today's layout, without it as before)."""
     from slimserve.bundle import load_bundle
     from slimserve.packagers.lambda_target import function_entries
+    from slimserve.packagers.reproducible import write_tree
     from slimserve.packagers.target import Target
 
     if dest.exists():
         shutil.rmtree(dest)
-    for arcname, src in function_entries(load_bundle(model), Target("3.12") if bytecode else None).items():
-        target = dest / arcname
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(src, bytes):
-            target.write_bytes(src)
-        else:
-            shutil.copyfile(src, target)
-    return dest
+    return write_tree(function_entries(load_bundle(model), Target("3.12") if bytecode else None), dest)
 
 
 def naive_layer(python: Path, dest: Path) -> Path:

@@ -31,6 +31,7 @@ from slimserve.packagers.closure import build_closure, closure_info
 from slimserve.packagers.interpreters import find_python
 from slimserve.packagers.lambda_target import function_entries
 from slimserve.packagers.repro_zip import tree_entries, write_zip
+from slimserve.packagers.reproducible import write_tree
 from slimserve.packagers.target import Target
 from slimserve.packagers.wheels import read_pins
 from slimserve.runtime import RUNTIME_DIR
@@ -80,9 +81,7 @@ def main() -> None:
         slim_site = build_closure(target, bundle.is_text)
         naive_site = naive_layer(target, bundle.is_text, tmp / "naive")
         tasks = {"slimserve": tmp / "task-slimserve", "naive": tmp / "task-naive"}
-        for arc, src in function_entries(bundle).items():
-            (tasks["slimserve"] / arc).parent.mkdir(parents=True, exist_ok=True)
-            (tasks["slimserve"] / arc).write_bytes(src if isinstance(src, bytes) else src.read_bytes())
+        write_tree(function_entries(bundle), tasks["slimserve"])
         # naive: the same handler with the optimize output zipped as it is (model.onnx in one file)
         naive_task = tasks["naive"]
         for name in ("lambda_handler.py", "model_runtime.py"):

@@ -243,6 +243,7 @@ def layers(int8: Path, runs: int, python: str, tmp: Path) -> dict[str, dict[str,
     from slimserve.packagers.closure import build_closure
     from slimserve.packagers.lambda_target import function_entries
     from slimserve.packagers.repro_zip import tree_entries, write_zip
+    from slimserve.packagers.reproducible import write_tree
     from slimserve.packagers.target import Target
 
     target = Target(python=python)
@@ -250,9 +251,7 @@ def layers(int8: Path, runs: int, python: str, tmp: Path) -> dict[str, dict[str,
     sites = {"naive": naive_layer(target, bundle.is_text, tmp / "naive"),
              "slimserve": build_closure(target, bundle.is_text)}
     task = tmp / "task"
-    for arc, src in function_entries(bundle).items():
-        (task / arc).parent.mkdir(parents=True, exist_ok=True)
-        (task / arc).write_bytes(src if isinstance(src, bytes) else src.read_bytes())
+    write_tree(function_entries(bundle), task)
     exe, version, why = resolve_python(python)
     out: dict[str, dict[str, float]] = {}
     for name, site in sites.items():

@@ -47,3 +47,13 @@ def tree_entries(root: Path, prefix: str = "") -> dict[str, Path]:
             rel = path.relative_to(root).as_posix()
             out[f"{prefix.rstrip('/')}/{rel}" if prefix else rel] = path
     return out
+
+
+def write_tree(entries: Mapping[str, Path | bytes], root: Path) -> Path:
+    """The inverse of `tree_entries`: each `relative/path -> file or bytes` written under `root` (created),
+    as an artifact would unpack, so it can be run or measured in place. Returns `root`."""
+    for name, source in entries.items():
+        dest = root / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(source if isinstance(source, bytes) else Path(source).read_bytes())
+    return root

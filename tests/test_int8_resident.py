@@ -294,11 +294,9 @@ def _as_deployed(folder: Path, dst: Path) -> Path:
     memory-mapped by onnxruntime), which is what a deployment's peak RSS is made of."""
     from slimserve.bundle import load_bundle
     from slimserve.packagers.model_files import model_entries
+    from slimserve.packagers.reproducible import write_tree
 
-    for rel, source in model_entries(load_bundle(folder)).items():
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        (dst / rel).write_bytes(source if isinstance(source, bytes) else source.read_bytes())
-    return dst
+    return write_tree(model_entries(load_bundle(folder)), dst)
 
 
 def test_minilm_int8_resident_is_faithful_in_half_the_memory(minilm_candidate: Callable[[str], Path],

@@ -46,7 +46,7 @@ import numpy as np
 from slimserve.errors import SlimserveError, ToolError, first_line
 from slimserve.optimizer import activations, graph_tools, int8_rewrites, matmul_analysis, nbits, onnx_io
 from slimserve.optimizer.steps.base import Feed, StepContext, StepResult, StepSpec, option
-from slimserve.optimizer.steps.int8_auto import RESIDENT_ABOVE_BYTES, RESIDENT_INT8_LEVEL
+from slimserve.optimizer.steps.int8_auto import RESIDENT_ABOVE_BYTES, RESIDENT_INT8_LEVEL, weight_bytes
 from slimserve.optimizer.weight_graph import MIN_ELEMENTS, WeightGraph, drop_initializers, ensure_ms_domain
 
 if TYPE_CHECKING:
@@ -363,7 +363,7 @@ def quantize(src: Path, dst: Path, ctx: StepContext, opts: Int4Options, step: st
     inputs = calibration_inputs(prepared, ctx.calibration, opts.calib_feeds) if wants_inputs else {}
     model = onnx_io.read_model(prepared, step)
     resident = opts.int8_form == "resident" or (
-        opts.int8_form == "auto" and sum(p.stat().st_size for p in onnx_io.model_files(prepared)) > RESIDENT_ABOVE_BYTES)
+        opts.int8_form == "auto" and weight_bytes(prepared) > RESIDENT_ABOVE_BYTES)
     try:
         hessians = {}
         if opts.method == "gptq":

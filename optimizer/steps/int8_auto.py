@@ -106,7 +106,7 @@ def _score(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[fl
     return float(cos.mean()), float(cos.min())
 
 
-def _weight_bytes(src: Path) -> int:
+def weight_bytes(src: Path) -> int:
     """The model's bytes with its external data (0 when it cannot be read: the step that reads it says why)."""
     try:
         return sum(p.stat().st_size for p in model_files(src))
@@ -130,7 +130,7 @@ def run(src: Path, dst: Path, ctx: StepContext, options: Int8Options) -> StepRes
         return _delegate(int8_dynamic.SPEC, int8_dynamic.SPEC.options(), src, dst, ctx,
                          f"priority latency on {target}: without integer dot products only int8-dynamic's "
                          "integer matmuls beat float32")
-    weights = _weight_bytes(Path(src))
+    weights = weight_bytes(Path(src))
     if weights > RESIDENT_ABOVE_BYTES:
         return _delegate(int8_weight.RESIDENT_SPEC,
                          int8_weight.Int8ResidentOptions(cpu=opts.cpu, accuracy_level=RESIDENT_INT8_LEVEL), src, dst,

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -300,6 +299,7 @@ def cold_start_for_bundle(bundle: Any, target: Any, runs: int = 5, warm_runs: in
     """
     from slimserve.packagers.closure import build_closure
     from slimserve.packagers.lambda_target import function_entries
+    from slimserve.packagers.reproducible import write_tree
     from slimserve.packagers.target import Target
 
     exe, version, why = resolve_python(target.python)
@@ -314,13 +314,7 @@ def cold_start_for_bundle(bundle: Any, target: Any, runs: int = 5, warm_runs: in
         opt, task = Path(tmp) / "opt", Path(tmp) / "task"
         opt.mkdir()
         (opt / "python").symlink_to(closure, target_is_directory=True)
-        for arcname, src in function_entries(bundle, measured).items():
-            dest = task / arcname
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(src, bytes):
-                dest.write_bytes(src)
-            else:
-                shutil.copyfile(src, dest)
+        write_tree(function_entries(bundle, measured), task)
         return measure_cold_start([task, opt / "python"], task / "model", version, sample_event(bundle.manifest.to_dict()),
                                   runs=runs, warm_runs=warm_runs, text=bundle.is_text, executable=exe,
                                   fallback=why, worst=worst_event(bundle.manifest.to_dict()) if worst else None, cpus=cpus)
