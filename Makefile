@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL ?= all-MiniLM-L6-v2
 DEMO_OUT ?= demo-out
-EXTRAS := export,tabular,test,plot,container,lint
+EXTRAS := export,tabular,test,plot,container,numpy-build,lint
 
 .PHONY: demo test lint install system-deps lambda-ric sam clean
 
@@ -55,8 +55,10 @@ sam: $(SAM)/.installed
 demo: install
 	$(VENV)/bin/slimserve build $(MODEL) --platform aws-lambda-zip -o $(DEMO_OUT)
 
+# The tests' runtime closures and wheels (numpy built without BLAS among them) are cached in .cache/slimserve
+# (ignored by git), not in the user's ~/.cache.
 test: install system-deps lambda-ric sam lint
-	$(PY) -m pytest -q
+	SLIMSERVE_CACHE=$(CURDIR)/.cache/slimserve $(PY) -m pytest -q
 
 # ruff over everything Python here; mypy --strict over slimserve (optimizer/, packagers/, profiles/ through
 # the slimserve/* links), its cache in .cache/mypy (ignored by git).
