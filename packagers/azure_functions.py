@@ -189,7 +189,7 @@ def _manifest(bundle: ModelBundle, target: Target, memory: int, timeout: int, fu
         target=TARGET, platform=PLATFORM, python=target.python, arch=target.arch,
         artifacts=[function.as_artifact()], model_dir=MODEL_SUBDIR, runtime=f"python {target.python}",
         memory_mb=memory, timeout_s=timeout,
-        closure=Closure(pins=info["pins"], wheels=info["wheels"], bytecode=info["bytecode"], sources=info["sources"]))
+        closure=Closure.from_info(info))
     if check is not None and verdict is not None:
         record = CheckRecord.model_validate(checks_record(verdict, check.package, check.cold_start))
         package = package.model_copy(update={"checks": record})
@@ -203,7 +203,7 @@ def _example_inputs(bundle: ModelBundle) -> Any:
     return warmup if warmup is not None else sample_event(bundle.manifest.to_dict())["inputs"]
 
 
-def package_from_path(path: Path, out: Path, *, python: str, arch: str, memory_mb: int | None = None,
+def package_from_path(path: Path, out: Path, *, python: str, arch: str, numpy: str = "pypi", memory_mb: int | None = None,
                       check: bool = True, progress: Progress = NULL_PROGRESS) -> tuple[AzureArtifacts, Report | None]:
     """`slimserve package PATH --target azure-functions`: the folder (or bare .onnx) checked against
     azure-functions-flex (unless `check` is False), then packaged with the memory and timeout it measured.
@@ -211,12 +211,13 @@ def package_from_path(path: Path, out: Path, *, python: str, arch: str, memory_m
     from slimserve.bundle import load_bundle
     from slimserve.pipeline.check import CheckOptions, run_check
 
-    target = Target.parse(python, arch)
+    target = Target.parse(python, arch, numpy)
     validate_target(target)
     if memory_mb is not None:
         choose_memory(memory_mb)
     bundle = load_bundle(Path(path))
     check_model(bundle)
-    report = run_check(Path(path), [PLATFORM], CheckOptions(memory_mb=memory_mb, python=python, arch=arch),
+    report = run_check(Path(path), [PLATFORM], CheckOptions(memory_mb=memory_mb, python=python, arch=arch,
+                                                             numpy=numpy),
                        progress) if check else None
     return package_azure(bundle, Path(out), target, memory_mb, report, progress), report

@@ -127,7 +127,7 @@ def build_closure(target: Target, text: bool | str, cache_dir: Path | None = Non
         with progress.stage(f"runtime closure for {target.describe()}", total=len(pins) + 3) as stage:
             wheels = []
             for pin in pins:
-                wheels.append(download_wheel(pin, target, wheel_cache() if cache_dir is None else root / "wheels"))
+                wheels.append(_wheel(pin, target, wheel_cache() if cache_dir is None else root / "wheels", progress))
                 stage.advance()
             for wheel in wheels:
                 unpack_wheel(wheel, site)
@@ -144,7 +144,7 @@ def build_closure(target: Target, text: bool | str, cache_dir: Path | None = Non
         info = {"format": CLOSURE_FORMAT, "target": {"python": target.python, "arch": target.arch},
                 "text": extra == "text", "extra": extra, "pins": [str(p) for p in pins], "wheels": [w.name for w in wheels],
                 "bytecode": compiler or "none: no python" + target.python + " on this machine",
-                "sources": KEEP_SOURCES, "trimmed_bytes": trimmed, "stripped_bytes": stripped, "strip": strip_tool(target), "pins_file": PINS_FILE.name,
+                "numpy": target.numpy, "sources": KEEP_SOURCES, "trimmed_bytes": trimmed, "stripped_bytes": stripped, "strip": strip_tool(target), "pins_file": PINS_FILE.name,
                 "prefix": prefix}
         (staging / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         try:
@@ -156,6 +156,15 @@ def build_closure(target: Target, text: bool | str, cache_dir: Path | None = Non
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return final / "site"
+
+
+def _wheel(pin: Pin, target: Target, cache: Path, progress: Progress) -> Path:
+    """The wheel a pin ships as: PyPI's, or for `--numpy no-blas` numpy built here without BLAS."""
+    if pin.name == "numpy" and target.numpy == "no-blas":
+        from slimserve.packagers.numpy_noblas import noblas_wheel
+
+        return noblas_wheel(pin, target, cache, progress)
+    return download_wheel(pin, target, cache)
 
 
 def closure_info(site: Path) -> dict[str, Any]:

@@ -245,7 +245,7 @@ def artifact_manifest(bundle: ModelBundle, target: Target, memory: int, layer: Z
         target="lambda", platform=PLATFORM, python=target.python, arch=target.arch,
         artifacts=[layer.as_artifact(), function.as_artifact()], model_dir=MODEL_SUBDIR,
         runtime=target.lambda_runtime, memory_mb=memory, timeout_s=timeout_s,
-        closure=Closure(pins=info["pins"], wheels=info["wheels"], bytecode=info["bytecode"], sources=info["sources"]))
+        closure=Closure.from_info(info))
     if check is not None and verdict is not None:  # absent, not null, when no check ran (--no-check)
         record = CheckRecord.model_validate(checks_record(verdict, check.package, check.cold_start))
         package = package.model_copy(update={"checks": record})

@@ -15,6 +15,10 @@ from typing import Literal
 from slimserve.errors import SlimserveError
 
 Arch = Literal["x86_64", "arm64"]
+# Which numpy the runtime closure ships: PyPI's wheel (with OpenBLAS), or one built here without BLAS for the
+# target's glibc (packagers/numpy_noblas.py: 8.5 MB zipped smaller; onnxruntime does every matrix product).
+NumpyBuild = Literal["pypi", "no-blas"]
+NUMPY_BUILDS: tuple[NumpyBuild, ...] = ("pypi", "no-blas")
 
 DEFAULT_PYTHON = "3.12"
 ARCHES: tuple[Arch, ...] = ("x86_64", "arm64")
@@ -39,10 +43,12 @@ ELF_MACHINE = {"x86_64": 62, "arm64": 183}
 
 @dataclass(frozen=True)
 class Target:
-    """A Lambda-compatible Linux target: CPython `python` ("3.12") on `arch` ("x86_64" | "arm64")."""
+    """A Lambda-compatible Linux target: CPython `python` ("3.12") on `arch` ("x86_64" | "arm64"), and the
+    numpy build its runtime closure ships (`numpy`: "pypi" | "no-blas")."""
 
     python: str = DEFAULT_PYTHON
     arch: Arch = "x86_64"
+    numpy: NumpyBuild = "pypi"
 
     def __post_init__(self) -> None:
         supported = supported_pythons()
@@ -57,14 +63,22 @@ class Target:
                                  hint="add it to packagers/target.py's _GLIBC (from the platform's runtime docs)")
         if self.arch not in ARCHES:
             raise SlimserveError(f"unsupported architecture {self.arch!r}: choose x86_64 or arm64")
+        if self.numpy not in NUMPY_BUILDS:
+            raise SlimserveError(f"unknown numpy build {self.numpy!r}: choose {' or '.join(NUMPY_BUILDS)}")
 
     @classmethod
-    def parse(cls, python: str, arch: str) -> Target:
-        """A Target from user-given strings (CLI, config): the same one-line errors, the arch narrowed."""
+    def parse(cls, python: str, arch: str, numpy: str = "pypi") -> Target:
+        """A Target from user-given strings (CLI, config): the same one-line errors, arch and numpy narrowed."""
+        build = next((known for known in NUMPY_BUILDS if numpy == known), None)
         for known in ARCHES:
-            if arch == known:
-                return cls(python=python, arch=known)
-        return cls(python=python, arch=arch)  # type: ignore[arg-type]  # __post_init__ raises the error
+            if arch == known and build is not None:
+                target = cls(python=python, arch=known, numpy=build)
+                if build == "no-blas":  # built on this machine: say now if it cannot be, not after the export
+                    from slimserve.packagers.numpy_noblas import require_buildable
+
+                    require_buildable(target)
+                return target
+        return cls(python=python, arch=arch, numpy=numpy)  # type: ignore[arg-type]  # __post_init__ raises
 
     @property
     def glibc(self) -> tuple[int, int]:
@@ -95,5 +109,11 @@ class Target:
         return f"{self.abi}-manylinux_{major}_{top}..{major}_17_{self.wheel_arch}"
 
     @property
-    def key(self) -> str:
+    def wheel_key(self) -> str:
+        """Folder-name identity of the interpreter and architecture: which downloaded wheels fit."""
         return f"py{self.python}-{self.arch}"
+
+    @property
+    def key(self) -> str:
+        """Folder-name identity of what the closure ships (PyPI's numpy keeps the key it always had)."""
+        return self.wheel_key + ("" if self.numpy == "pypi" else f"-numpy-{self.numpy}")

@@ -62,7 +62,7 @@ def download_wheel(pin: Pin, target: Target, dest: Path) -> Path:
 
     `dest` is a download cache shared across runs; wheels go to a per-target subfolder.
     """
-    dest = dest / target.key
+    dest = dest / target.wheel_key
     dest.mkdir(parents=True, exist_ok=True)
     before = set(dest.glob("*.whl"))
     cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input", "-q",

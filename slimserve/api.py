@@ -128,13 +128,15 @@ def candidate_from_manifest(folder: Path, written: dict[str, Any]) -> Candidate:
 def check(path: PathLike, platforms: Sequence[str] = ("aws-lambda-zip",), *, memory_mb: int | None = None,
           python: str = DEFAULT_PYTHON, arch: str = "x86_64", max_cold_start_ms: float | None = None,
           min_fidelity: float | None = None, runs: int = 3, profile_files: Sequence[PathLike] = (),
-          progress: Progress = NULL_PROGRESS, min_tokens_per_s: float | None = None) -> Report:
+          progress: Progress = NULL_PROGRESS, min_tokens_per_s: float | None = None,
+          numpy: str = "pypi") -> Report:
     """Hold an optimize output folder (or a bare .onnx, or a container package) against platforms: the
     package built and weighed, cold start and the worst accepted request measured in fresh processes,
     every limit with its verdict. `report.fits` is what the CLI's exit code says."""
     from slimserve.pipeline.check import CheckOptions, run_check
 
-    options = CheckOptions(memory_mb=memory_mb, python=python, arch=arch, max_cold_start_ms=max_cold_start_ms,
+    options = CheckOptions(memory_mb=memory_mb, python=python, arch=arch, numpy=numpy,
+                           max_cold_start_ms=max_cold_start_ms,
                            min_fidelity=min_fidelity, min_tokens_per_s=min_tokens_per_s, runs=runs)
     return run_check(Path(path), list(platforms), options, progress,
                      profile_files=[Path(p) for p in profile_files])
@@ -164,7 +166,7 @@ def package(path: PathLike, out: PathLike, *, target: Literal["lambda", "contain
             python: str = DEFAULT_PYTHON, arch: str = "x86_64", memory_mb: int | None = None, check: bool = True,
             platform: str = "aws-lambda-container", base: str | None = None, push: str | None = None,
             insecure_registries: Sequence[str] = (), engine: str = "auto", snapstart: bool | None = None,
-            tracing: bool = False, progress: Progress = NULL_PROGRESS) -> Package:
+            tracing: bool = False, progress: Progress = NULL_PROGRESS, numpy: str = "pypi") -> Package:
     """Package an optimize output folder (or a bare .onnx) as Lambda zips + SAM template (`target="lambda"`,
     sized by a check against aws-lambda-zip unless `check=False`) or as an OCI image for a container
     `platform`. Every shipped file is proven to lie inside the folder and the model to load in
@@ -178,7 +180,7 @@ def package(path: PathLike, out: PathLike, *, target: Literal["lambda", "contain
     for reference in (push, base):
         if reference and not reference.startswith("oci:"):
             Reference.parse(reference)  # credentials inside a reference are refused here, never echoed
-    parsed = Target.parse(python, arch)
+    parsed = Target.parse(python, arch, numpy)
     bundle = load_bundle(Path(path))
     check_model(bundle)
     if target == "container":
@@ -190,7 +192,8 @@ def package(path: PathLike, out: PathLike, *, target: Literal["lambda", "contain
         return Package(target="container", out=Path(out).absolute(), report=None, image=image)
     from slimserve.packagers.lambda_target import PLATFORM, choose_memory, choose_timeout, package_lambda
 
-    report = run_check(Path(path), [PLATFORM], CheckOptions(memory_mb=memory_mb, python=python, arch=arch),
+    report = run_check(Path(path), [PLATFORM], CheckOptions(memory_mb=memory_mb, python=python, arch=arch,
+                                                             numpy=numpy),
                        progress) if check else None
     verdict = None if report is None else report.verdict(PLATFORM)
     artifacts = package_lambda(bundle, Path(out), parsed, choose_memory(memory_mb, verdict),
@@ -204,7 +207,7 @@ def compare(model: PathLike, out: PathLike, *, recipes: Sequence[str] | None = N
             python: str = DEFAULT_PYTHON, arch: str = "x86_64", memory_mb: int | None = None, runs: int = 3,
             jobs: int = 1, profile_files: Sequence[PathLike] = (),
             progress: Progress = NULL_PROGRESS, size_tolerance_pct: float = 10.0,
-            size_tolerance_mib: float = 2.0) -> Comparison:
+            size_tolerance_mib: float = 2.0, numpy: str = "pypi") -> Comparison:
     """Export `model` once, build one candidate per recipe (default: fp32, fp16, int8, int8-dynamic,
     int4-weight), measure each the same way and mark the Pareto frontier; write OUT (compare.json/.md/.png
     and candidates/)."""
@@ -214,7 +217,7 @@ def compare(model: PathLike, out: PathLike, *, recipes: Sequence[str] | None = N
     names = list(recipes) if recipes is not None else list(DEFAULT_RECIPES)
     from slimserve.selection import SizeTolerance
 
-    options = CompareOptions(python=python, arch=arch, memory_mb=memory_mb, runs=runs, jobs=jobs,
+    options = CompareOptions(python=python, arch=arch, numpy=numpy, memory_mb=memory_mb, runs=runs, jobs=jobs,
                              min_fidelity=min_fidelity,
                              size_tolerance=SizeTolerance(size_tolerance_pct, size_tolerance_mib))
     files = [Path(p) for p in profile_files]
@@ -230,7 +233,7 @@ def build(model: PathLike, out: PathLike, *, platform: str = "aws-lambda-zip", t
           task: str | None = None, python: str = DEFAULT_PYTHON, arch: str = "x86_64",
           memory_mb: int | None = None, runs: int = 3, jobs: int = 1,
           progress: Progress = NULL_PROGRESS, size_tolerance_pct: float = 10.0,
-          size_tolerance_mib: float = 2.0) -> BuildResult:
+          size_tolerance_mib: float = 2.0, numpy: str = "pypi") -> BuildResult:
     """Compare recipes, choose the best candidate under the budgets, package it for `platform` and check
     the package. Raises `BuildFailed` (a `LimitExceeded`, carrying `.result`) after writing OUT when no
     candidate meets the budgets or the package fails its check."""
@@ -243,7 +246,7 @@ def build(model: PathLike, out: PathLike, *, platform: str = "aws-lambda-zip", t
     tolerance = SizeTolerance(size_tolerance_pct, size_tolerance_mib)
     options = BuildOptions(platform=platform, target=target, min_fidelity=min_fidelity,
                            max_cold_start_ms=max_cold_start_ms, base=base, size_tolerance=tolerance,
-                           compare=CompareOptions(python=python, arch=arch, memory_mb=memory_mb, runs=runs,
+                           compare=CompareOptions(python=python, arch=arch, numpy=numpy, memory_mb=memory_mb, runs=runs,
                                                   jobs=jobs, min_fidelity=min_fidelity, size_tolerance=tolerance))
     (profile,) = validate(names, [platform], options.compare)  # bad input fails before the slow export
     resolve_target(profile, target)

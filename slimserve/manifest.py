@@ -148,6 +148,13 @@ class Closure(_Open):
     wheels: list[str]
     bytecode: str
     sources: bool
+    numpy: str = "pypi"  # "no-blas": numpy built without OpenBLAS for the target (packagers/numpy_noblas.py)
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> Closure:
+        """From what `build_closure` recorded beside the closure (closures built before `numpy` say pypi)."""
+        return cls(pins=info["pins"], wheels=info["wheels"], bytecode=info["bytecode"], sources=info["sources"],
+                   numpy=info.get("numpy", "pypi"))
 
 
 class FindingRecord(_Open):

@@ -36,7 +36,8 @@ from slimserve.report.build_report import FORMATS, BuildResult
 @format_option(FORMATS)
 def command(model: str, out: Path, platform: str, target: str | None, min_fidelity: float | None,
             max_cold_start_ms: float | None, base: str | None, recipes: str | None, all_recipes: bool,
-            eval_path: Path | None, task: str | None, jobs: int, python: str, arch: str, memory_mb: int | None,
+            eval_path: Path | None, task: str | None, jobs: int, python: str, arch: str, numpy: str,
+            memory_mb: int | None,
             runs: int, tolerance_pct: float, tolerance_mib: float, fmt: str) -> int:
     """Compare recipes on MODEL, choose the best under budgets, package it for the platform, check it.
 
@@ -54,7 +55,7 @@ def command(model: str, out: Path, platform: str, target: str | None, min_fideli
         with progress_for(sys.stderr) as progress:
             result = build(model, out, platform=platform, target=target, recipes=chosen_recipes(recipes, all_recipes),
                            min_fidelity=min_fidelity, max_cold_start_ms=max_cold_start_ms, base=base,
-                           eval_path=eval_path, task=task, python=python, arch=arch, memory_mb=memory_mb,
+                           eval_path=eval_path, task=task, python=python, arch=arch, numpy=numpy, memory_mb=memory_mb,
                            runs=runs, jobs=jobs, progress=progress, size_tolerance_pct=tolerance_pct,
                            size_tolerance_mib=tolerance_mib)
     except BuildFailed as failed:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from slimserve.commands.options import arch_option, python_option
+from slimserve.commands.options import arch_option, numpy_option, python_option
 from slimserve.report import FORMATS
 
 
@@ -24,6 +24,7 @@ from slimserve.report import FORMATS
               help="Memory setting to judge; must be one the platform offers. Default: the recommended one.")
 @python_option("Target Python version the package is built and timed for.")
 @arch_option()
+@numpy_option()
 @click.option("--max-cold-start", "max_cold_start_ms", type=click.FloatRange(min=0, min_open=True),
               metavar="MS", help="Fail when the projected cold start on the platform exceeds MS milliseconds.")
 @click.option("--min-fidelity", type=click.FloatRange(min=0, max=1, min_open=True), metavar="X",
@@ -38,7 +39,7 @@ from slimserve.report import FORMATS
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), metavar="REPORT",
               help="Write the report here (atomically) and print the text table to stdout.")
 def command(path: Path, platforms: tuple[str, ...], profile_files: tuple[Path, ...], memory_mb: int | None,
-            python: str, arch: str, max_cold_start_ms: float | None, min_fidelity: float | None,
+            python: str, arch: str, numpy: str, max_cold_start_ms: float | None, min_fidelity: float | None,
             min_tokens_per_s: float | None, runs: int, fmt: str, output: Path | None) -> int:
     """Hold an optimize output folder (or a bare .onnx) against platform limits.
 
@@ -54,7 +55,7 @@ def command(path: Path, platforms: tuple[str, ...], profile_files: tuple[Path, .
     if output is not None:
         check_report_path(output)
     with progress_for(sys.stderr) as progress:
-        report = check(path, platforms, memory_mb=memory_mb, python=python, arch=arch,
+        report = check(path, platforms, memory_mb=memory_mb, python=python, arch=arch, numpy=numpy,
                        max_cold_start_ms=max_cold_start_ms, min_fidelity=min_fidelity,
                        min_tokens_per_s=min_tokens_per_s, runs=runs,
                        profile_files=profile_files, progress=progress)

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from slimserve.commands.options import arch_option, python_option
+from slimserve.commands.options import arch_option, numpy_option, python_option
 from slimserve.optimizer.recipes import split_recipe_list
 from slimserve.optimizer.sources import SUPPORTED_TASKS
 from slimserve.report.comparison import FORMATS
@@ -36,6 +36,7 @@ def recipe_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N", help=JOBS_HELP),
         python_option(),
         arch_option(),
+        numpy_option(),
         click.option("--memory", "memory_mb", type=click.IntRange(min=1), metavar="MB",
                      help="Judge platforms at this memory setting (default: each one's recommended setting)."),
         click.option("--runs", type=click.IntRange(min=1, max=50), default=3, show_default=True,
@@ -88,7 +89,7 @@ def format_option(formats: tuple[str, ...]) -> Callable[[Callable[..., Any]], Ca
 @format_option(FORMATS)
 def command(model: str, out: Path, platforms: tuple[str, ...], profile_files: tuple[Path, ...],
             min_fidelity: float | None, recipes: str | None, all_recipes: bool, eval_path: Path | None,
-            task: str | None, jobs: int, python: str, arch: str, memory_mb: int | None, runs: int,
+            task: str | None, jobs: int, python: str, arch: str, numpy: str, memory_mb: int | None, runs: int,
             tolerance_pct: float, tolerance_mib: float, fmt: str) -> int:
     """Run several recipes on MODEL and put their trade-offs side by side.
 
@@ -102,7 +103,7 @@ def command(model: str, out: Path, platforms: tuple[str, ...], profile_files: tu
     with progress_for(sys.stderr) as progress:
         comparison = compare(model, out, recipes=chosen_recipes(recipes, all_recipes), platforms=platforms,
                              eval_path=eval_path, task=task, min_fidelity=min_fidelity, python=python, arch=arch,
-                             memory_mb=memory_mb, runs=runs, jobs=jobs, profile_files=profile_files,
+                             numpy=numpy, memory_mb=memory_mb, runs=runs, jobs=jobs, profile_files=profile_files,
                              progress=progress, size_tolerance_pct=tolerance_pct,
                              size_tolerance_mib=tolerance_mib)
     from slimserve.report.comparison import renderer

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from slimserve.commands.options import arch_option, python_option
+from slimserve.commands.options import arch_option, numpy_option, python_option
 from slimserve.packagers.container import DEFAULT_PLATFORM
 from slimserve.profiles.loader import load_profile, packaged_platforms
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
               metavar="OUT", help="Folder to write (replaced atomically).")
 @python_option(f"Target Python version (azure-functions: {_FLEX_PYTHONS}).")
 @arch_option()
+@numpy_option()
 @click.option("--memory", "memory_mb", type=click.IntRange(min=1), metavar="MB",
               help=f"Lambda memory setting (azure-functions: the instance memory, {_FLEX_SIZES}). "
                    "Default: the one `check` recommends.")
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
               help="docker: build with a Docker daemon; auto: use one if it answers, else build daemonless.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Summary format on stdout.")
-def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb: int | None, no_check: bool,
+def command(path: Path, kind: str, out: Path, python: str, arch: str, numpy: str, memory_mb: int | None, no_check: bool,
             snapstart: bool | None, tracing: bool, base_ref: str | None, platform: str, push_ref: str | None, insecure: tuple[str, ...], engine: str,
             fmt: str) -> int:
     """Package an optimize output folder (or a bare .onnx) for a serverless platform."""
@@ -75,19 +76,19 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, memory_mb:
     if kind != "lambda" and tracing:
         raise click.UsageError("--tracing applies only to --target lambda")
     if kind == "azure-functions":
-        return _azure(path, out, python, arch, memory_mb, no_check, fmt)
+        return _azure(path, out, python, arch, numpy, memory_mb, no_check, fmt)
     with progress_for(sys.stderr) as progress:
         # every shipped file proven to lie inside the folder, the model loaded in onnxruntime (even with
         # --no-check), references without credentials: all before anything is built or written
         result = package(path, out, target="container" if kind == "container" else "lambda", python=python,
                          arch=arch, memory_mb=memory_mb, check=not no_check, platform=platform, base=base_ref,
                          push=push_ref, insecure_registries=insecure, engine=engine, snapstart=snapstart,
-                         tracing=tracing, progress=progress)
+                         tracing=tracing, progress=progress, numpy=numpy)
     if result.image is not None:
         return _container(result.image, out, platform, fmt)
     artifacts, report, fits = result.lambda_artifacts, result.report, result.fits
     assert artifacts is not None  # a lambda Package always carries its artifacts
-    target = Target.parse(python, arch)
+    target = Target.parse(python, arch, numpy)
     rows = [(z.path.name, z.bytes, z.unzipped_bytes, z.sha256) for z in (artifacts.layer, artifacts.function)]
     summary = {"target": "lambda", "out": str(artifacts.out), "runtime": target.lambda_runtime, "arch": arch,
                "memory_mb": artifacts.memory_mb, "handler": "lambda_handler.handler", "fits": fits,
@@ -112,13 +113,13 @@ def _refuse_container_options(**given: Any) -> None:
         raise click.UsageError(f"{flags} {verb} only to --target container")
 
 
-def _azure(path: Path, out: Path, python: str, arch: str, memory_mb: int | None, no_check: bool, fmt: str) -> int:
+def _azure(path: Path, out: Path, python: str, arch: str, numpy: str, memory_mb: int | None, no_check: bool, fmt: str) -> int:
     """`--target azure-functions`: function.zip for Flex Consumption, sized by a check against its profile."""
     from slimserve.packagers.azure_functions import ENTRY, PLATFORM, package_from_path
     from slimserve.ui import progress_for
 
     with progress_for(sys.stderr) as progress:
-        artifacts, report = package_from_path(path, out, python=python, arch=arch, memory_mb=memory_mb,
+        artifacts, report = package_from_path(path, out, python=python, arch=arch, numpy=numpy, memory_mb=memory_mb,
                                               check=not no_check, progress=progress)
     verdict = None if report is None else report.verdict(PLATFORM)
     fits = None if verdict is None else verdict.fits

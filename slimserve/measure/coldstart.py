@@ -31,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -300,7 +300,6 @@ def cold_start_for_bundle(bundle: Any, target: Any, runs: int = 5, warm_runs: in
     from slimserve.packagers.closure import build_closure
     from slimserve.packagers.lambda_target import function_entries
     from slimserve.packagers.reproducible import write_tree
-    from slimserve.packagers.target import Target
 
     exe, version, why = resolve_python(target.python)
     host_arch = "arm64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
@@ -308,7 +307,7 @@ def cold_start_for_bundle(bundle: Any, target: Any, runs: int = 5, warm_runs: in
     if arch != host_arch:
         why = (why + "; " if why else "") + f"{target.arch} cannot run here: measured the {host_arch} build"
         arch = host_arch
-    measured = Target(python=version, arch=arch)
+    measured = replace(target, python=version, arch=arch)  # the same numpy build
     closure = build_closure(measured, bundle.runtime_extra)
     with tempfile.TemporaryDirectory(prefix="slimserve-lambda-") as tmp:
         opt, task = Path(tmp) / "opt", Path(tmp) / "task"

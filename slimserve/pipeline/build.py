@@ -149,7 +149,7 @@ def misses_line(decision: Decision) -> str:
 
 def _check_options(options: BuildOptions) -> CheckOptions:
     c = options.compare
-    return CheckOptions(memory_mb=c.memory_mb, python=c.python, arch=c.arch, runs=c.runs,
+    return CheckOptions(memory_mb=c.memory_mb, python=c.python, arch=c.arch, numpy=c.numpy, runs=c.runs,
                         max_cold_start_ms=options.max_cold_start_ms, min_fidelity=options.min_fidelity)
 
 
@@ -179,7 +179,7 @@ def package_winner(folder: Path, out: Path, target_kind: str, profile: Profile, 
     from slimserve.packagers.target import Target
 
     bundle = load_bundle(folder)
-    target = Target.parse(options.compare.python, options.compare.arch)
+    target = Target.parse(options.compare.python, options.compare.arch, options.compare.numpy)
     if target_kind == "lambda":
         from slimserve.packagers.lambda_target import choose_memory, choose_timeout, package_lambda
 

@@ -33,6 +33,7 @@ class CheckOptions:
     memory_mb: int | None = None
     python: str = DEFAULT_PYTHON
     arch: str = ARCHES[0]
+    numpy: str = "pypi"  # the runtime closure's numpy build (packagers.target.NUMPY_BUILDS)
     max_cold_start_ms: float | None = None
     min_fidelity: float | None = None
     min_tokens_per_s: float | None = None
@@ -89,7 +90,7 @@ def validate_options(options: CheckOptions, profiles: Sequence[Profile]) -> None
 def _target(options: CheckOptions) -> Any:
     from slimserve.packagers.target import Target  # validates python/arch with a one-line error
 
-    return Target.parse(options.python, options.arch)
+    return Target.parse(options.python, options.arch, options.numpy)
 
 
 def _readable_model(bundle: ModelBundle) -> None:

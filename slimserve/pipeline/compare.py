@@ -98,7 +98,7 @@ def evaluate_candidate(result: CandidateResult, profiles: Sequence[Profile], opt
                             fidelity_min=fidelity.min if fidelity else None,
                             fidelity_metric=ranked_metric(fidelity.metric if fidelity else None))
     report = check_facts(path or result.folder, profiles, facts, CheckOptions(
-        memory_mb=options.memory_mb, python=options.python, arch=options.arch))
+        memory_mb=options.memory_mb, python=options.python, arch=options.arch, numpy=options.numpy))
     return replace(result, verdicts=report.platforms)
 
 
@@ -158,7 +158,7 @@ def validate(recipes: Sequence[str], platforms: Sequence[str | Profile], options
         raise SlimserveError(f"--min-fidelity is a fidelity in (0, 1] (the task's metric), got {options.min_fidelity}")
     profiles = resolve_profiles(list(platforms) or list(DEFAULT_PLATFORMS), profile_files)
     validate_options(CheckOptions(memory_mb=options.memory_mb, runs=options.runs), profiles)
-    Target.parse(options.python, options.arch)  # validates with one line
+    Target.parse(options.python, options.arch, options.numpy)  # validates with one line
     return profiles
 
 
@@ -225,7 +225,7 @@ def measure_candidates(built: Mapping[str, CandidateResult], root: Path, options
     from slimserve.packagers.target import Target
     from slimserve.pipeline.check import measure_cold_start, measure_package
 
-    target = Target.parse(options.python, options.arch)
+    target = Target.parse(options.python, options.arch, options.numpy)
     results = dict(built)
     bundles: dict[str, Any] = {}
     packages: dict[str, PackageSize] = {}

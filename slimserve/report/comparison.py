@@ -33,6 +33,7 @@ FORMATS = tuple(RENDERERS)
 class CompareOptions:
     python: str = "3.12"
     arch: str = "x86_64"
+    numpy: str = "pypi"  # the runtime closure's numpy build (packagers.target.NUMPY_BUILDS)
     memory_mb: int | None = None  # judge platforms at this setting (default: each one's recommendation)
     runs: int = 3  # fresh processes per cold-start measurement
     latency_runs: int = 20
