@@ -37,7 +37,6 @@ from slimserve.packagers.repro_zip import tree_entries, write_zip
 from slimserve.packagers.reproducible import write_tree
 from slimserve.packagers.target import Target
 from slimserve.packagers.wheels import read_pins
-from slimserve.runtime import RUNTIME_DIR
 
 
 def cpu_name() -> str:
@@ -101,11 +100,11 @@ def main() -> None:
         for name in sites:
             if name != "naive":
                 write_tree(function_entries(bundle), tasks[name])
-        # naive: the same handler with the optimize output zipped as it is (model.onnx in one file)
+        # naive: the same handler's sources (no bytecode) with the optimize output as it is (model.onnx in
+        # one file)
         naive_task = tasks["naive"]
-        for name in ("lambda_handler.py", "model_runtime.py"):
-            (naive_task / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(RUNTIME_DIR / name, naive_task / name)
+        write_tree({name: source for name, source in function_entries(bundle).items()
+                    if not name.startswith("model/") and not name.endswith(".pyc")}, naive_task)
         shutil.copytree(bundle.root, naive_task / "model")
         sizes = {}
         for name, site in sites.items():
