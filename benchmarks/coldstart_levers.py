@@ -118,6 +118,7 @@ with open("/proc/self/status") as fh:
 print(json.dumps(out))
 """
 
+READING = "## Reading (written after the run above)"
 STAGES = [  # (label, key) in table order
     ("interpreter start", "interpreter"),
     ("import numpy", "import_numpy"),
@@ -255,7 +256,10 @@ def main() -> None:
     report = render(samples, models, funcs, args.rounds, naive) + "\n" + warm
     print(report)
     if args.out:
-        args.out.write_text(report, encoding="utf-8")
+        # the analysis written by hand after a run stays (its numbers name the run they came from)
+        previous = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""
+        reading = previous[previous.find(READING):] if READING in previous else ""
+        args.out.write_text(report + ("\n" + reading if reading else ""), encoding="utf-8")
 
 
 def warm_latency(models: dict[str, Path], runs: int = 200) -> str:
