@@ -159,3 +159,27 @@ def test_noblas_layer_is_under_25_mb_and_answers_like_pypi_numpy(noblas_wheel: P
     want = SentenceTransformer(str(minilm_dir), device="cpu").encode(TEXTS, normalize_embeddings=True)
     cosine = (vectors["no-blas"] * want).sum(axis=1)
     assert cosine.min() >= 0.995 and cosine.mean() >= 0.999, cosine
+
+
+@pytest.mark.slow
+def test_azure_function_app_ships_the_noblas_numpy_and_answers_like_onnxruntime(noblas_wheel: Path,
+                                                                                tmp_path: Path) -> None:
+    """The option reaches every packager through the target: here Azure's .python_packages."""
+    import onnxruntime as ort
+
+    from slimserve.bundle import load_bundle
+    from slimserve.packagers.azure_functions import SITE_DIR, package_azure
+    from tests.test_azure_functions import call_function, post
+
+    model = tensor_model_dir(tmp_path / "model")
+    package_azure(load_bundle(model), tmp_path / "pkg", Target("3.12", "x86_64", "no-blas"), memory_mb=512)
+    with zipfile.ZipFile(tmp_path / "pkg" / "function.zip") as zf:
+        numpy_files = [n for n in zf.namelist() if n.startswith(f"{SITE_DIR}/numpy")]
+    assert numpy_files and not [n for n in numpy_files if "numpy.libs" in n or "openblas" in n.lower()]
+    rows = np.random.default_rng(5).standard_normal((2, 16)).astype(np.float32)
+    (expected,) = ort.InferenceSession(str(model / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"x": rows})
+    result, _ = call_function(tmp_path / "pkg", tmp_path / "run", [post({"inputs": {"x": rows.tolist()}})])
+    answer = result["responses"][0]
+    assert answer["status"] == 200, answer
+    np.testing.assert_allclose(np.array(json.loads(answer["body"])["outputs"]["y"]), expected, rtol=1e-5, atol=1e-5)
