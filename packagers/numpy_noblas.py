@@ -1,8 +1,9 @@
 """numpy without BLAS for a runtime closure (`--numpy no-blas`), built here for the target's glibc.
 
 Why: onnxruntime does every matrix product; the shipped runtime uses numpy for arrays, one norm and one
-small outer product. PyPI's numpy wheel carries OpenBLAS and the Fortran runtime it needs (28 MB unzipped,
-8.5 MB zipped: a third of a text layer), which the runtime never calls. numpy's own build option
+small outer product. PyPI's numpy wheel carries OpenBLAS and the Fortran runtime it needs (28 MB unzipped),
+which the runtime never calls: without them MiniLM's text layer is 21.1 MB zipped instead of 29.2
+(benchmarks/results/lambda_layer.md). numpy's own build option
 `-Dblas=none -Dlapack=none` falls back to its internal loops (and its bundled lapack_lite for linalg).
 
 How: pip builds the pinned sdist with the *target's* interpreter, with zig's C/C++ compilers aimed at the

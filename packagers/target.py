@@ -16,7 +16,7 @@ from slimserve.errors import SlimserveError
 
 Arch = Literal["x86_64", "arm64"]
 # Which numpy the runtime closure ships: PyPI's wheel (with OpenBLAS), or one built here without BLAS for the
-# target's glibc (packagers/numpy_noblas.py: 8.5 MB zipped smaller; onnxruntime does every matrix product).
+# target's glibc (packagers/numpy_noblas.py: 8 MB off the zipped layer; onnxruntime does every matrix product).
 NumpyBuild = Literal["pypi", "no-blas"]
 NUMPY_BUILDS: tuple[NumpyBuild, ...] = ("pypi", "no-blas")
 

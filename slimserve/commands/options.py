@@ -35,5 +35,5 @@ def numpy_option() -> Callable[[F], F]:
     return click.option("--numpy", "numpy", type=click.Choice(NUMPY_BUILDS), default=NUMPY_BUILDS[0],
                         show_default=True,
                         help="numpy in the runtime: PyPI's wheel, or no-blas: built here without OpenBLAS for "
-                             "the target's glibc (8.5 MB smaller zipped; this machine's architecture only; once "
+                             "the target's glibc (about 8 MB off the zipped layer; this machine's architecture only; once "
                              "about 4 minutes; needs slimserve[numpy-build]).")
