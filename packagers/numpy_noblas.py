@@ -37,7 +37,7 @@ from typing import IO
 from slimserve.errors import SlimserveError, ToolError
 from slimserve.packagers.interpreters import find_python
 from slimserve.packagers.target import Target
-from slimserve.packagers.wheels import Pin
+from slimserve.packagers.wheels import Pin, read_pins
 from slimserve.progress import NULL_PROGRESS, Progress
 
 BUILD_PINS = Path(__file__).resolve().parent / "runtime" / "numpy-build.txt"
@@ -46,6 +46,7 @@ MESON_OPTIONS = ("-Dblas=none", "-Dlapack=none", "-Dallow-noblas=true")
 # The libraries a module may need: glibc's own (every Linux the targets name has them at these sonames).
 GLIBC_LIBRARIES = frozenset({"libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1",
                              "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"})
+MIN_NUMPY_MAJOR = 2  # numpy 1.26 (python3.10/3.11) builds with Cython < 3.1 and other options: not tried
 BUILD_FORMAT = 1  # bump when the build recipe changes, so cached wheels are rebuilt
 _ZIG_ARCH = {"x86_64": "x86_64", "arm64": "aarch64"}
 _ELF_MACHINE = {"x86_64": "EM_X86_64", "arm64": "EM_AARCH64"}  # pyelftools' names for e_machine
@@ -76,6 +77,11 @@ def require_buildable(target: Target) -> tuple[Path, str]:
     if target.arch != host_arch():
         raise SlimserveError(f"--numpy no-blas builds numpy on this machine, which cannot build for {target.arch}",
                              hint=f"build on an {target.arch} machine, or use --numpy pypi")
+    numpy = next((p for p in read_pins(target, "") if p.name == "numpy"), None)
+    if numpy is None or int(numpy.version.split(".")[0]) < MIN_NUMPY_MAJOR:
+        raise SlimserveError(f"--numpy no-blas builds numpy 2 with its pinned build tools; python{target.python} "
+                             f"ships {numpy or 'no numpy'} (Amazon Linux 2's glibc 2.26 needs it)",
+                             hint="use --python 3.12 or later, or --numpy pypi")
     python = find_python(target.python)
     if python is None:
         raise SlimserveError(f"--numpy no-blas builds numpy with python{target.python}, which is not on this "

@@ -85,6 +85,9 @@ def test_cli_refuses_what_cannot_be_built_here_in_one_line(tmp_path: Path) -> No
                      "--numpy", "no-blas", "--no-check")
     assert_clean_error(result, contains="cannot build for arm64")
     assert "hint: " in result.stderr and not (tmp_path / "out").exists()
+    result = run_cli("package", str(model), "--target", "lambda", "-o", str(tmp_path / "out"), "--python", "3.11",
+                     "--numpy", "no-blas", "--no-check")
+    assert_clean_error(result, contains="numpy==1.26.4")
     # compare and build say it before exporting and optimizing every candidate
     result = run_cli("build", str(model / "model.onnx"), "-o", str(tmp_path / "built"), "--arch", "arm64",
                      "--numpy", "no-blas")
