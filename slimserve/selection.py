@@ -4,8 +4,11 @@ Unlike tuners that stop at the first configuration that passes, the whole fronti
 may trade a little fidelity for a much smaller or faster model, and the table should show that.
 
 The pick is not simply the smallest: candidates within a size tolerance of the smallest (10% or 2 MiB)
-count as equally small, and among them the most faithful wins (worst sample, then mean). The choice comes
-with its reason and the runner-up, so a report can say what was traded for what.
+count as equally small, and among them the most faithful wins (worst sample, then mean). Fidelities within
+FIDELITY_TIE of the best are equally faithful: the eval set cannot tell them apart, and there the faster
+warm request wins (MiniLM's int8-resident at accuracy level 0 was ahead of int8-weight by 0.0001 on its
+worst text and 3x slower on every request). The choice comes with its reason and the runner-up, so a
+report can say what was traded for what.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Row:
     cold_start_ms: float | None
     fits: dict[str, bool] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
+    warm_ms: float | None = None  # warm latency of one request at batch 1 (None: not measured)
 
 
 def _dominates(a: Row, b: Row) -> bool:
@@ -104,18 +108,35 @@ class Choice:
     why: str  # why the winner, against the runner-up ("worst-sample fidelity 0.9991 vs 0.9680 for +0.3 MiB ...")
 
 
+# Fidelities this close count as equal (in the task's metric: cosine, F1, agreement...). On MiniLM's 161
+# eval texts the int8 recipes that round the same weights the same way differ by 0.0001-0.0003 on their
+# worst text, from float summation order; a real loss of fidelity is ten times that (int8-dynamic: 0.968).
+FIDELITY_TIE = 0.0005
+
+
 def _cold(r: Row) -> float:
     return r.cold_start_ms if r.cold_start_ms is not None else float("inf")
 
 
+def _warm(r: Row) -> float:
+    return r.warm_ms if r.warm_ms is not None else float("inf")
+
+
+def tied(a: Row, b: Row) -> bool:
+    """Equally faithful: worst sample and mean both within FIDELITY_TIE."""
+    return abs(a.fidelity_min - b.fidelity_min) <= FIDELITY_TIE and abs(a.fidelity_mean - b.fidelity_mean) <= FIDELITY_TIE
+
+
 def _pick(eligible: Sequence[Row], tolerance: SizeTolerance) -> tuple[Row, Row, list[Row]]:
     """(winner, smallest, near-smallest rows): most faithful near the smallest, by worst sample then mean
-    (the worst sample is what a user meets on an unlucky input; two means can hide a 0.97 outlier), then
-    smaller, faster to start, recipe name."""
+    (the worst sample is what a user meets on an unlucky input; two means can hide a 0.97 outlier); among
+    those tied with the most faithful, the fastest warm request, then smaller, faster to start, name."""
     smallest = min(eligible, key=lambda r: (r.deploy_bytes, -r.fidelity_min, -r.fidelity_mean, _cold(r), r.recipe))
     band = tolerance.band(smallest.deploy_bytes)
     near = [r for r in eligible if r.deploy_bytes - smallest.deploy_bytes <= band]
-    winner = min(near, key=lambda r: (-r.fidelity_min, -r.fidelity_mean, r.deploy_bytes, _cold(r), r.recipe))
+    best = min(near, key=lambda r: (-r.fidelity_min, -r.fidelity_mean, r.deploy_bytes, _cold(r), r.recipe))
+    equal = [r for r in near if tied(r, best)]
+    winner = min(equal, key=lambda r: (_warm(r), r.deploy_bytes, _cold(r), -r.fidelity_min, -r.fidelity_mean, r.recipe))
     return winner, smallest, near
 
 
@@ -138,10 +159,22 @@ def _fidelity_vs(a: Row, b: Row) -> str:
     return f"the same fidelity ({a.fidelity_min:.4f} worst sample)"
 
 
+def _tie_vs(a: Row, b: Row) -> str:
+    """Why a beat b when their fidelities tie: the warm request (or what broke the tie after it)."""
+    same = (f"fidelity tied within {FIDELITY_TIE:g} (worst sample {a.fidelity_min:.4f} vs {b.fidelity_min:.4f}, "
+            f"mean {a.fidelity_mean:.4f} vs {b.fidelity_mean:.4f})")
+    if a.warm_ms is not None and b.warm_ms is not None and a.warm_ms != b.warm_ms:
+        return f"warm latency {a.warm_ms:.1f} vs {b.warm_ms:.1f} ms at batch 1, {same},"
+    return f"{same},"
+
+
 def _why(winner: Row, runner_up: Row | None, smallest: Row, near: Sequence[Row], tolerance: SizeTolerance) -> str:
     within = tolerance.describe()
     if runner_up is None:
         return "the only candidate that meets every budget"
+    if any(r is runner_up for r in near) and tied(winner, runner_up):
+        return (f"{_tie_vs(winner, runner_up)} {_for_size(winner, runner_up)} ({within}, {smallest.recipe}); "
+                f"runner-up {runner_up.recipe}")
     if winner is not smallest:
         return (f"{_fidelity_vs(winner, runner_up)} {_for_size(winner, runner_up)} "
                 f"({within}, {smallest.recipe}); runner-up {runner_up.recipe}")

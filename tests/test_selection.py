@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from slimserve.selection import Budgets, Row, SizeTolerance, choose, explain_choice, misses, pareto_frontier
@@ -130,3 +132,22 @@ def test_frontier_is_size_against_fidelity_and_ignores_cold_start_noise() -> Non
     assert pareto_frontier(rows) == ["fp32", "fp16", "int8", "int8-dynamic"]
     twins = [near("a", 0.99, 0.98, 80.0), near("b", 0.99, 0.98, 80.0)]
     assert pareto_frontier(twins) == ["a", "b"]  # equal on both axes: neither dominates
+
+
+def test_fidelities_within_the_tie_are_equal_and_the_faster_warm_request_wins() -> None:
+    # MiniLM on an AVX2 target: int8-resident (level 0) 0.0001 ahead on its worst text, 3x slower per request
+    rows = [near("int8-weight", 0.9998, 0.9991, 83.3), near("int8-resident", 0.9998, 0.9992, 84.0),
+            near("int8-dynamic", 0.9950, 0.9680, 83.0)]
+    rows = [replace(rows[0], warm_ms=6.2), replace(rows[1], warm_ms=18.9), replace(rows[2], warm_ms=2.1)]
+    choice = explain_choice(rows, Budgets())
+    assert choice is not None and choice.winner.recipe == "int8-weight"
+    assert choice.runner_up is not None and choice.runner_up.recipe == "int8-resident"
+    assert choice.why == ("warm latency 6.2 vs 18.9 ms at batch 1, fidelity tied within 0.0005 (worst sample "
+                          "0.9991 vs 0.9992, mean 0.9998 vs 0.9998), and 0.7 MiB smaller (within 10% or 2 MiB of "
+                          "the smallest, int8-dynamic); runner-up int8-resident")
+    # a real difference is never a tie: 0.0006 on the worst sample beats any latency
+    apart = [replace(rows[0], fidelity_min=0.9986), rows[1]]
+    assert choose(apart, Budgets()).recipe == "int8-resident"  # type: ignore[union-attr]
+    # without latencies the tie goes to the smaller deployment
+    unmeasured = [replace(r, warm_ms=None) for r in rows[:2]]
+    assert choose(unmeasured, Budgets()).recipe == "int8-weight"  # type: ignore[union-attr]

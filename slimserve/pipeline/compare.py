@@ -61,7 +61,8 @@ def candidate_row(c: CandidateResult, cold_start_ms: float | None = None) -> Row
                model_bytes=c.model_bytes, deploy_bytes=c.package.unzipped_bytes,
                cold_start_ms=c.cold_start.total_ms if cold_start_ms is None else cold_start_ms,
                fits={v.name: v.fits for v in c.verdicts},
-               reasons={v.name: platform_reason(v) for v in c.verdicts})
+               reasons={v.name: platform_reason(v) for v in c.verdicts},
+               warm_ms=c.latency.batch1_ms if c.latency is not None else None)
 
 
 def machine_info() -> Machine:
