@@ -61,7 +61,7 @@ def _zig_version() -> str:
         return metadata.version("ziglang")
     except metadata.PackageNotFoundError:
         raise SlimserveError("--numpy no-blas builds numpy with zig's compilers, which are not installed",
-                        hint="pip install 'slimserve[numpy-build]' (or use --numpy pypi)") from None
+                             hint="pip install 'slimserve[numpy-build]' (or use --numpy pypi)") from None
 
 
 def _build_key(pin: Pin, target: Target, zig: str) -> str:

@@ -163,7 +163,7 @@ def _tie_vs(a: Row, b: Row) -> str:
     """Why a beat b when their fidelities tie: the warm request (or what broke the tie after it)."""
     same = (f"fidelity tied within {FIDELITY_TIE:g} (worst sample {a.fidelity_min:.4f} vs {b.fidelity_min:.4f}, "
             f"mean {a.fidelity_mean:.4f} vs {b.fidelity_mean:.4f})")
-    if a.warm_ms is not None and b.warm_ms is not None and a.warm_ms != b.warm_ms:
+    if a.warm_ms is not None and b.warm_ms is not None and f"{a.warm_ms:.1f}" != f"{b.warm_ms:.1f}":
         return f"warm latency {a.warm_ms:.1f} vs {b.warm_ms:.1f} ms at batch 1, {same},"
     return f"{same},"
 
