@@ -52,7 +52,7 @@ def comparison_dict(comparison: Comparison) -> dict[str, Any]:
         "model": comparison.model,
         "source": dict(comparison.source),
         "eval": comparison.eval_source,
-        "target": {"python": o.python, "arch": o.arch, "memory_mb": o.memory_mb},
+        "target": {"python": o.python, "arch": o.arch, "numpy": o.numpy, "memory_mb": o.memory_mb},
         "platforms": [p.name for p in comparison.platforms],
         "recommendation": None if comparison.recommendation is None else {
             "recipe": comparison.recommendation, "why": comparison.recommendation_reason},
