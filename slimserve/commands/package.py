@@ -88,7 +88,7 @@ def command(path: Path, kind: str, out: Path, python: str, arch: str, numpy: str
         return _container(result.image, out, platform, fmt)
     artifacts, report, fits = result.lambda_artifacts, result.report, result.fits
     assert artifacts is not None  # a lambda Package always carries its artifacts
-    target = Target.parse(python, arch, numpy)
+    target = Target.parse(python, arch)  # for the runtime's name only: the numpy build was checked above
     rows = [(z.path.name, z.bytes, z.unzipped_bytes, z.sha256) for z in (artifacts.layer, artifacts.function)]
     summary = {"target": "lambda", "out": str(artifacts.out), "runtime": target.lambda_runtime, "arch": arch,
                "memory_mb": artifacts.memory_mb, "handler": "lambda_handler.handler", "fits": fits,
