@@ -37,7 +37,7 @@ from typing import Any
 from slimserve.errors import ToolError, first_line
 from slimserve.packagers.interpreters import find_python
 from slimserve.packagers.slim import PILLOW_UNUSED_LIBS, slim_tree, strip_native
-from slimserve.packagers.target import ELF_MACHINE, Target
+from slimserve.packagers.target import Target, host_arch
 from slimserve.packagers.wheels import PINS_FILE, Pin, download_wheel, read_pins, unpack_wheel
 from slimserve.progress import NULL_PROGRESS, Progress
 
@@ -232,7 +232,7 @@ def _rewrite_records(site: Path) -> None:
 
 
 def _native_arch_matches(target: Target) -> bool:
-    return bool(ELF_MACHINE[target.arch] == ELF_MACHINE.get(os.uname().machine.replace("aarch64", "arm64"), -1))
+    return target.arch == host_arch()
 
 
 _SMOKE = r"""

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from typing import IO
 
 from slimserve.errors import SlimserveError, ToolError
 from slimserve.packagers.interpreters import find_python
-from slimserve.packagers.target import Target
+from slimserve.packagers.target import Target, host_arch
 from slimserve.packagers.wheels import Pin, read_pins
 from slimserve.progress import NULL_PROGRESS, Progress
 
@@ -50,10 +49,6 @@ MIN_NUMPY_MAJOR = 2  # numpy 1.26 (python3.10/3.11) builds with Cython < 3.1 and
 BUILD_FORMAT = 1  # bump when the build recipe changes, so cached wheels are rebuilt
 _ZIG_ARCH = {"x86_64": "x86_64", "arm64": "aarch64"}
 _ELF_MACHINE = {"x86_64": "EM_X86_64", "arm64": "EM_AARCH64"}  # pyelftools' names for e_machine
-
-
-def host_arch() -> str:
-    return "arm64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
 
 
 def _zig_version() -> str:

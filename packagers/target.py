@@ -9,6 +9,7 @@ for stop at the runtime's glibc.
 from __future__ import annotations
 
 import functools
+import platform
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +28,12 @@ ARCHES: tuple[Arch, ...] = ("x86_64", "arm64")
 # The closure is built for the oldest glibc a packaged platform offers for that Python (Lambda's; the other
 # platforms' images are newer), so every Python a packaged platform's profile lists needs an entry here.
 _GLIBC = {"3.10": (2, 26), "3.11": (2, 26), "3.12": (2, 34), "3.13": (2, 34), "3.14": (2, 34)}
+
+
+def host_arch() -> str:
+    """This machine's architecture in the targets' names ("x86_64", "arm64"; another machine's own name)."""
+    machine = platform.machine()
+    return "arm64" if machine in ("aarch64", "arm64") else "x86_64" if machine in ("x86_64", "AMD64") else machine
 
 
 @functools.cache

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -302,11 +301,13 @@ def cold_start_for_bundle(bundle: Any, target: Any, runs: int = 5, warm_runs: in
     from slimserve.packagers.reproducible import write_tree
 
     exe, version, why = resolve_python(target.python)
-    host_arch = "arm64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
+    from slimserve.packagers.target import host_arch
+
+    host = host_arch() if host_arch() == "arm64" else "x86_64"  # the builds a closure can have
     arch = target.arch
-    if arch != host_arch:
-        why = (why + "; " if why else "") + f"{target.arch} cannot run here: measured the {host_arch} build"
-        arch = host_arch
+    if arch != host:
+        why = (why + "; " if why else "") + f"{target.arch} cannot run here: measured the {host} build"
+        arch = host
     measured = replace(target, python=version, arch=arch)  # the same numpy build
     closure = build_closure(measured, bundle.runtime_extra)
     with tempfile.TemporaryDirectory(prefix="slimserve-lambda-") as tmp:
